@@ -1,0 +1,1 @@
+"""The coordinator: drives propose -> verify -> roll back, and serves the Generator API."""

@@ -1,0 +1,51 @@
+"""The coordinator's flags (each also read from SPECDEC_<FLAG> when absent)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from specdec.config import EnvDefaultsParser, add_logging_options, default_cache_dir
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    draft: str
+    target: str
+    host: str
+    port: int
+    tokenizer: str
+    cache_dir: str
+    max_new_tokens_limit: int
+    max_speculative_tokens: int
+    rpc_timeout_s: float
+    connect_timeout_s: float
+    log_level: str
+    log_format: str
+
+
+def parser() -> EnvDefaultsParser:
+    p = EnvDefaultsParser(prog="python -m coordinator",
+                          description="specdec coordinator: serves the Generator API (gRPC).")
+    p.add_option("--draft", help="draft service address HOST:PORT", default=None)
+    p.add_option("--target", help="target service address HOST:PORT", default=None)
+    p.add_option("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
+    p.add_option("--port", default=50050, type=int, help="port to bind; 0 = any free")
+    p.add_option("--tokenizer", default="",
+                 help="tokenizer (registry name, directory, .gguf or Hub id); empty = the "
+                      "target's --model, which must then be loadable here too")
+    p.add_option("--cache-dir", default=default_cache_dir(), help="model cache directory")
+    p.add_option("--max-new-tokens-limit", default=4096, type=int,
+                 help="largest max_new_tokens a request may ask for")
+    p.add_option("--max-speculative-tokens", default=16, type=int,
+                 help="largest num_speculative_tokens (K) a request may ask for (also capped by "
+                      "the services' --max-proposal-tokens)")
+    p.add_option("--rpc-timeout-s", default=120.0, type=float,
+                 help="deadline of each call to the draft and target services")
+    p.add_option("--connect-timeout-s", default=900.0, type=float,
+                 help="how long to wait at start for both services to report SERVING")
+    add_logging_options(p)
+    return p
+
+
+def from_args(args) -> CoordinatorConfig:
+    return CoordinatorConfig(**{f: getattr(args, f) for f in CoordinatorConfig.__dataclass_fields__})

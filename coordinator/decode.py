@@ -1,0 +1,155 @@
+"""The speculative decoding loop: propose K -> verify -> roll the draft back -> stream.
+
+Transport-agnostic (works with any draft/target client offering open/propose/verify/close)
+and free of tensor math: the accept/reject rule runs inside the target service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import structlog
+
+from .textstream import TextStream
+
+log = structlog.get_logger(__name__)
+
+
+class Finish(enum.Enum):
+    LENGTH = "length"
+    STOP = "stop"
+    EOS = "eos"
+
+
+@dataclass(frozen=True)
+class Params:
+    max_new_tokens: int
+    k: int
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Token:
+    id: int
+    text: str
+
+
+@dataclass
+class Stats:
+    session_id: str
+    prompt_tokens: int
+    finish: Finish | None = None
+    generated_tokens: int = 0
+    rounds: int = 0
+    proposed: int = 0
+    accepted: int = 0
+    time_to_first_token_s: float = 0.0
+    total_time_s: float = 0.0
+    draft_time_s: float = 0.0
+    verify_time_s: float = 0.0
+    started: float = field(default_factory=time.perf_counter, repr=False)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        return 1 + self.accepted / self.rounds if self.rounds else 0.0
+
+    @property
+    def coordinator_time_s(self) -> float:
+        return max(0.0, self.total_time_s - self.draft_time_s - self.verify_time_s)
+
+    def summary(self) -> dict:
+        return {
+            "finish_reason": self.finish.value if self.finish else None,
+            "prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
+            "rounds": self.rounds, "proposed_draft_tokens": self.proposed,
+            "accepted_draft_tokens": self.accepted,
+            "acceptance_rate": round(self.acceptance_rate, 4),
+            "mean_accepted_length": round(self.mean_accepted_length, 4),
+            "ttft_s": round(self.time_to_first_token_s, 4),
+            "total_s": round(self.total_time_s, 4), "draft_s": round(self.draft_time_s, 4),
+            "verify_s": round(self.verify_time_s, 4),
+            "coordinator_s": round(self.coordinator_time_s, 4),
+        }
+
+
+async def generate(session_id: str, prompt_ids: list[int], params: Params, draft, target,
+                   tokenizer, eos_token_ids: set[int]) -> AsyncIterator[Token | Stats]:
+    """Yield each accepted Token, then the Stats. Sessions are closed in every case."""
+    stats = Stats(session_id, len(prompt_ids))
+    text = TextStream(tokenizer, prompt_ids, list(params.stop))
+    use_draft = params.k > 0
+    services = [target, draft] if use_draft else [target]
+    opened = []
+    try:
+        results = await asyncio.gather(*(s.open(session_id, prompt_ids) for s in services),
+                                       return_exceptions=True)
+        opened = [s for s, r in zip(services, results) if not isinstance(r, BaseException)]
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        stats.verify_time_s += results[0].compute_time_us / 1e6
+        if use_draft:
+            stats.draft_time_s += results[1].compute_time_us / 1e6
+
+        position = len(prompt_ids)  # tokens the target session holds (all final)
+        draft_position = position  # tokens the draft session holds (final + proposals)
+        draft_keep: int | None = None  # where the draft must roll back to next round
+        draft_append: list[int] = []  # final tokens the draft has not seen yet
+        while True:
+            # A round yields up to k + 1 tokens; never propose past max_new_tokens.
+            k = min(params.k, params.max_new_tokens - stats.generated_tokens - 1)
+            proposals: list[int] = []
+            if k > 0:
+                reply = await draft.propose(session_id, draft_position, draft_keep,
+                                            draft_append, k)
+                stats.draft_time_s += reply.compute_time_us / 1e6
+                proposals = list(reply.token_ids)
+                draft_position = reply.position
+            result, verify_us = await target.verify(session_id, position, proposals)
+            stats.verify_time_s += verify_us / 1e6
+            stats.rounds += 1
+            stats.proposed += len(proposals)
+            stats.accepted += result.num_accepted
+            position = result.position
+            if k > 0:
+                draft_keep = draft_position - k + result.num_accepted
+                draft_append = [result.next_token_id]
+            else:
+                draft_append.append(result.next_token_id)
+
+            for token_id in [*proposals[:result.num_accepted], result.next_token_id]:
+                stats.generated_tokens += 1
+                delta, stopped = text.push(token_id)
+                if stopped:
+                    stats.finish = Finish.STOP
+                elif token_id in eos_token_ids:
+                    stats.finish = Finish.EOS
+                elif stats.generated_tokens >= params.max_new_tokens:
+                    stats.finish = Finish.LENGTH
+                if stats.finish is not None and not stopped:
+                    delta += text.flush()
+                if stats.generated_tokens == 1:
+                    stats.time_to_first_token_s = time.perf_counter() - stats.started
+                yield Token(token_id, delta)
+                if stats.finish is not None:
+                    stats.total_time_s = time.perf_counter() - stats.started
+                    yield stats
+                    return
+    finally:
+        await asyncio.shield(_close_all(opened, session_id))
+
+
+async def _close_all(services, session_id: str) -> None:
+    results = await asyncio.gather(*(s.close_session(session_id) for s in services),
+                                   return_exceptions=True)
+    for service, r in zip(services, results):
+        if isinstance(r, BaseException):
+            log.warning("closing a session failed", service=service.role, error=str(r))

@@ -1,0 +1,114 @@
+"""The Generator servicer: validates requests, runs the decode loop, streams pb messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import uuid
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from specdec.errors import InvalidArgument, SpecdecError, Unimplemented
+from specdec.rpc.status import status_code
+from specdec.v1 import generator_pb2, generator_pb2_grpc
+
+from .decode import Finish, Params, Stats, Token, generate
+
+log = structlog.get_logger(__name__)
+
+MAX_STOP_STRINGS = 16
+
+_FINISH_PB = {
+    Finish.LENGTH: generator_pb2.FINISH_REASON_LENGTH,
+    Finish.STOP: generator_pb2.FINISH_REASON_STOP,
+    Finish.EOS: generator_pb2.FINISH_REASON_EOS,
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_new_tokens: int
+    max_k: int
+    max_context: int  # the smaller of the draft's and target's contexts
+    target_context: int
+
+
+def params_from_pb(req: generator_pb2.GenerateRequest, limits: Limits) -> Params:
+    if not req.prompt:
+        raise InvalidArgument("prompt is empty")
+    if not 1 <= req.max_new_tokens <= limits.max_new_tokens:
+        raise InvalidArgument(f"max_new_tokens must be in [1, {limits.max_new_tokens}], got "
+                              f"{req.max_new_tokens}")
+    if req.num_speculative_tokens > limits.max_k:
+        raise InvalidArgument(f"num_speculative_tokens (K) must be in [0, {limits.max_k}], got "
+                              f"{req.num_speculative_tokens}")
+    if not math.isfinite(req.temperature) or req.temperature < 0:
+        raise InvalidArgument(f"temperature must be >= 0, got {req.temperature}")
+    if req.HasField("top_p") and not 0 < req.top_p <= 1:
+        raise InvalidArgument(f"top_p must be in (0, 1], got {req.top_p}")
+    if req.temperature > 0:
+        raise Unimplemented("sampling (temperature > 0) is not implemented yet; use "
+                            "temperature 0 (greedy)")
+    if len(req.stop) > MAX_STOP_STRINGS:
+        raise InvalidArgument(f"at most {MAX_STOP_STRINGS} stop strings, got {len(req.stop)}")
+    return Params(req.max_new_tokens, req.num_speculative_tokens, tuple(req.stop))
+
+
+def stats_to_pb(s: Stats) -> generator_pb2.GenerationStats:
+    return generator_pb2.GenerationStats(
+        finish_reason=_FINISH_PB[s.finish], prompt_tokens=s.prompt_tokens,
+        generated_tokens=s.generated_tokens, rounds=s.rounds, proposed_draft_tokens=s.proposed,
+        accepted_draft_tokens=s.accepted, acceptance_rate=s.acceptance_rate,
+        mean_accepted_length=s.mean_accepted_length,
+        time_to_first_token_s=s.time_to_first_token_s, total_time_s=s.total_time_s,
+        draft_time_s=s.draft_time_s, verify_time_s=s.verify_time_s,
+        coordinator_time_s=s.coordinator_time_s, session_id=s.session_id)
+
+
+class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
+    def __init__(self, draft, target, tokenizer, eos_token_ids: set[int], limits: Limits):
+        self.draft, self.target = draft, target
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
+        self.limits = limits
+
+    def _prepare(self, req) -> tuple[Params, list[int]]:
+        params = params_from_pb(req, self.limits)
+        prompt_ids = self.tokenizer(req.prompt).input_ids
+        context = self.limits.max_context if params.k else self.limits.target_context
+        if len(prompt_ids) + params.max_new_tokens > context:
+            raise InvalidArgument(
+                f"the prompt has {len(prompt_ids)} tokens; with max_new_tokens "
+                f"{params.max_new_tokens} that exceeds the models' context of {context} tokens")
+        return params, prompt_ids
+
+    async def Generate(self, request, context: grpc.aio.ServicerContext):
+        session_id = uuid.uuid4().hex
+        with structlog.contextvars.bound_contextvars(session_id=session_id):
+            fields = {"k": request.num_speculative_tokens,
+                      "max_new_tokens": request.max_new_tokens}
+            try:
+                params, prompt_ids = self._prepare(request)
+                events = generate(session_id, prompt_ids, params, self.draft, self.target,
+                                  self.tokenizer, self.eos_token_ids)
+                async with contextlib.aclosing(events):
+                    async for event in events:
+                        if isinstance(event, Token):
+                            yield generator_pb2.GenerateResponse(
+                                token=generator_pb2.GeneratedToken(id=event.id, text=event.text))
+                        else:
+                            log.info("generate", **fields, **event.summary())
+                            yield generator_pb2.GenerateResponse(stats=stats_to_pb(event))
+            except asyncio.CancelledError:
+                log.info("generate cancelled by the client", **fields)
+                raise
+            except SpecdecError as e:
+                log.info("generate failed", **fields, code=e.code, error=str(e))
+                await context.abort(status_code(e), str(e))
+            except Exception as e:
+                log.exception("generate crashed", **fields)
+                await context.abort(grpc.StatusCode.INTERNAL,
+                                    f"generation failed: {type(e).__name__}: {e}")

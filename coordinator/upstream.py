@@ -1,0 +1,135 @@
+"""Clients for the draft and target services, and the compatibility check between them.
+
+Upstream failures become SpecdecErrors carrying the upstream status code and naming the
+service, so a Generate caller sees e.g. UNAVAILABLE "draft service at host:port: ...".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from specdec.errors import FailedPrecondition, SpecdecError, Unavailable
+from specdec.rpc.server import CHANNEL_OPTIONS
+from specdec.v1 import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
+
+
+class UpstreamError(SpecdecError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _service_config(service: str) -> str:
+    """Retry UNAVAILABLE (a restarting or unreachable server). Safe: every state-changing
+    call names its expected position and services answer a repeated call idempotently."""
+    return json.dumps({"methodConfig": [{
+        "name": [{"service": service}],
+        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }]})
+
+
+class ServiceClient:
+    def __init__(self, role: str, addr: str, stub_cls, service: str, timeout_s: float):
+        self.role, self.addr, self.timeout_s = role, addr, timeout_s
+        self.channel = grpc.aio.insecure_channel(
+            addr, options=[*CHANNEL_OPTIONS, ("grpc.service_config", _service_config(service)),
+                           ("grpc.enable_retries", 1)])
+        self.stub = stub_cls(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def call(self, method: str, request):
+        try:
+            return await getattr(self.stub, method)(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise UpstreamError(e.code().name,
+                                f"{self.role} service at {self.addr}: {e.details()}") from None
+
+    async def wait_serving(self, timeout_s: float) -> None:
+        """Wait until the service's health reports SERVING (models take a while to load)."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                reply = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=5,
+                                                wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.aio.AioRpcError as e:
+                last = f"{e.code().name}: {e.details()}"
+            await asyncio.sleep(0.5)
+        raise Unavailable(f"{self.role} service at {self.addr} not SERVING after {timeout_s:g}s "
+                          f"({last})")
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class DraftClient(ServiceClient):
+    def __init__(self, addr: str, timeout_s: float):
+        super().__init__("draft", addr, draft_pb2_grpc.DraftServiceStub,
+                         "specdec.v1.DraftService", timeout_s)
+
+    async def info(self) -> draft_pb2.GetDraftInfoResponse:
+        return await self.call("GetInfo", draft_pb2.GetDraftInfoRequest())
+
+    async def open(self, session_id: str, prompt: list[int]):
+        return await self.call("OpenSession", draft_pb2.OpenDraftSessionRequest(
+            session_id=session_id, prompt_token_ids=prompt))
+
+    async def propose(self, session_id: str, position: int, truncate_to: int | None,
+                      append: list[int], k: int) -> draft_pb2.ProposeResponse:
+        return await self.call("Propose", draft_pb2.ProposeRequest(
+            session_id=session_id, position=position, truncate_to=truncate_to,
+            append_token_ids=append, num_tokens=k))
+
+    async def close_session(self, session_id: str) -> None:
+        await self.call("CloseSession", draft_pb2.CloseDraftSessionRequest(session_id=session_id))
+
+
+class TargetClient(ServiceClient):
+    def __init__(self, addr: str, timeout_s: float):
+        super().__init__("target", addr, target_pb2_grpc.TargetServiceStub,
+                         "specdec.v1.TargetService", timeout_s)
+
+    async def info(self) -> target_pb2.GetTargetInfoResponse:
+        return await self.call("GetInfo", target_pb2.GetTargetInfoRequest())
+
+    async def open(self, session_id: str, prompt: list[int]):
+        return await self.call("OpenSession", target_pb2.OpenTargetSessionRequest(
+            session_id=session_id, prompt_token_ids=prompt))
+
+    async def verify(self, session_id: str, position: int, drafts: list[int]):
+        """Verify one session's proposals; returns (VerifyResult, compute_time_us)."""
+        reply = await self.call("Verify", target_pb2.VerifyRequest(items=[target_pb2.VerifyItem(
+            session_id=session_id, position=position, draft_token_ids=drafts)]))
+        (result,) = reply.results
+        if result.code != grpc.StatusCode.OK.value[0]:
+            code = next(c.name for c in grpc.StatusCode if c.value[0] == result.code)
+            raise UpstreamError(code, f"target service at {self.addr}: {result.message}")
+        return result, reply.compute_time_us
+
+    async def close_session(self, session_id: str) -> None:
+        await self.call("CloseSession", target_pb2.CloseTargetSessionRequest(session_id=session_id))
+
+
+def check_compatible(draft, target) -> None:
+    """Refuse a draft/target pair whose token ids do not mean the same thing.
+
+    draft, target: common_pb2.ModelInfo."""
+    if draft.vocab_size != target.vocab_size:
+        raise FailedPrecondition(
+            f"vocabularies differ: draft {draft.model_name} has {draft.vocab_size} token ids, "
+            f"target {target.model_name} has {target.vocab_size}; pick a draft that shares the "
+            f"target's tokenizer")
+    if draft.tokenizer_fingerprint != target.tokenizer_fingerprint:
+        raise FailedPrecondition(
+            f"tokenizers differ: draft {draft.model_name} ({draft.tokenizer_fingerprint[:12]}) vs "
+            f"target {target.model_name} ({target.tokenizer_fingerprint[:12]}); pick a draft "
+            f"that shares the target's tokenizer")

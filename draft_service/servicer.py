@@ -1,0 +1,58 @@
+"""DraftService servicer: validates nothing itself; the engine does. Converts to/from pb."""
+
+from __future__ import annotations
+
+from specdec.config import ModelServiceConfig
+from specdec.engine import DraftEngine
+from specdec.models import LoadedModel
+from specdec.rpc.model_service import ModelServicer, start_model_service
+from specdec.rpc.status import rpc_method
+from specdec.v1 import draft_pb2, draft_pb2_grpc
+
+SERVICE_NAME = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
+
+
+class DraftServicer(ModelServicer, draft_pb2_grpc.DraftServiceServicer):
+    def build_engine(self, lm: LoadedModel) -> DraftEngine:
+        return DraftEngine(lm, self.cfg.max_sessions, self.cfg.session_ttl_s,
+                           self.cfg.max_proposal_tokens)
+
+    @rpc_method
+    async def GetInfo(self, request, context):
+        return draft_pb2.GetDraftInfoResponse(
+            model=self.model_info(), max_proposal_tokens=self.engine.max_proposal_tokens)
+
+    @rpc_method
+    async def OpenSession(self, request, context):
+        (sid, position), us = await self.timed(
+            self.engine.open, request.session_id, list(request.prompt_token_ids))
+        return draft_pb2.OpenDraftSessionResponse(session_id=sid, position=position,
+                                                  compute_time_us=us)
+
+    @rpc_method
+    async def Propose(self, request, context):
+        truncate_to = request.truncate_to if request.HasField("truncate_to") else None
+        (tokens, position), us = await self.timed(
+            self.engine.propose, request.session_id, request.position, truncate_to,
+            list(request.append_token_ids), request.num_tokens)
+        return draft_pb2.ProposeResponse(token_ids=tokens, position=position, compute_time_us=us)
+
+    @rpc_method
+    async def Truncate(self, request, context):
+        position, _ = await self.timed(self.engine.truncate, request.session_id,
+                                       request.position, request.length)
+        return draft_pb2.TruncateDraftSessionResponse(position=position)
+
+    @rpc_method
+    async def CloseSession(self, request, context):
+        await self.timed(self.engine.close, request.session_id)
+        return draft_pb2.CloseDraftSessionResponse()
+
+
+async def start(cfg: ModelServiceConfig, lm: LoadedModel | None = None):
+    """Start a draft server in the running event loop; returns (RunningServer, servicer)."""
+    servicer = DraftServicer(cfg)
+    server = await start_model_service(
+        cfg, servicer, lambda s: draft_pb2_grpc.add_DraftServiceServicer_to_server(servicer, s),
+        SERVICE_NAME, servicer.build_engine, lm)
+    return server, servicer

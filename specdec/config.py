@@ -1,0 +1,99 @@
+"""Explicit configuration: command-line flags with environment-variable defaults.
+
+Nothing here runs at import time; each main() parses its flags into a frozen dataclass that
+is passed down. Every flag FOO-BAR also reads SPECDEC_FOO_BAR when the flag is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+import platformdirs
+
+
+def env_name(flag: str) -> str:
+    return "SPECDEC_" + flag.lstrip("-").upper().replace("-", "_")
+
+
+class EnvDefaultsParser(argparse.ArgumentParser):
+    """ArgumentParser whose options default to SPECDEC_* environment variables.
+
+    The variable is read when the option is added, which happens inside main().
+    """
+
+    def add_option(self, flag: str, *, default=None, type=str, help: str = "", **kw):
+        var = env_name(flag)
+        if var in os.environ:
+            default = type(os.environ[var])
+        kw.setdefault("required", default is None and kw.get("action") is None)
+        return self.add_argument(
+            flag, default=default, type=type, help=f"{help} [env {var}; default: {default}]", **kw
+        )
+
+
+def default_cache_dir() -> str:
+    return platformdirs.user_cache_dir("specdec")
+
+
+def add_logging_options(p: EnvDefaultsParser) -> None:
+    p.add_option("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                 help="log level")
+    p.add_option("--log-format", default="auto", choices=["auto", "json", "console"],
+                 help="log format; auto = console on a terminal, JSON otherwise")
+
+
+@dataclass(frozen=True)
+class ModelServiceConfig:
+    """Configuration of a draft or target service."""
+
+    model: str
+    host: str
+    port: int
+    dtype: str
+    device: str
+    threads: int
+    max_sessions: int
+    session_ttl_s: float
+    max_proposal_tokens: int
+    max_batch_items: int
+    cache_dir: str
+    warmup: bool
+    log_level: str
+    log_format: str
+
+
+def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaultsParser:
+    p = EnvDefaultsParser(prog=prog, description=f"specdec {role} service (gRPC).")
+    p.add_option("--model", help="registry name, local HF directory, .gguf file or Hub id",
+                 default=None)
+    p.add_option("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
+    p.add_option("--port", default=default_port, type=int, help="port to bind; 0 = any free")
+    p.add_option("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                 help="weights' dtype; auto = bfloat16 on CUDA, float32 on CPU")
+    p.add_option("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N")
+    p.add_option("--threads", default=0, type=int, help="torch CPU threads; 0 = torch's default")
+    p.add_option("--max-sessions", default=64, type=int,
+                 help="most live sessions; more get RESOURCE_EXHAUSTED")
+    p.add_option("--session-ttl-s", default=600.0, type=float,
+                 help="idle sessions are closed after this many seconds")
+    p.add_option("--max-proposal-tokens", default=32, type=int,
+                 help="most draft tokens per Propose / per Verify item")
+    p.add_option("--max-batch-items", default=64, type=int, help="most items per Verify call")
+    p.add_option("--cache-dir", default=default_cache_dir(),
+                 help="where fetched and converted models are kept")
+    p.add_option("--warmup", default=1, type=int, choices=[0, 1],
+                 help="run warm-up passes before reporting SERVING")
+    add_logging_options(p)
+    return p
+
+
+def model_service_config(args: argparse.Namespace) -> ModelServiceConfig:
+    return ModelServiceConfig(
+        model=args.model, host=args.host, port=args.port, dtype=args.dtype, device=args.device,
+        threads=args.threads, max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,
+        max_proposal_tokens=args.max_proposal_tokens, max_batch_items=args.max_batch_items,
+        cache_dir=args.cache_dir, warmup=bool(args.warmup), log_level=args.log_level,
+        log_format=args.log_format,
+    )

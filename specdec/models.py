@@ -1,0 +1,126 @@
+"""Loading a causal LM and its tokenizer for serving; dtype, device and CPU bf16 safety."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .fetch import resolve_model_dir
+
+log = structlog.get_logger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# oneDNN ISA cap that keeps bf16 kernels off AMX. Some VMs advertise AMX but trap its
+# instructions (SIGILL kills the process), so on CPU we cap the ISA unless the user chose one.
+SAFE_ONEDNN_ISA = "AVX512_CORE_BF16"
+_BF16_PROBE = (
+    "import torch\n"
+    "a = torch.randn(64, 96, dtype=torch.bfloat16)\n"
+    "l = torch.nn.Linear(96, 128, dtype=torch.bfloat16)\n"
+    "torch.nn.functional.scaled_dot_product_attention(*(l(a)[None, None],) * 3)\n"
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve, with the facts services report in GetInfo."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: object
+    dtype: torch.dtype
+    device: torch.device
+    vocab_size: int
+    max_context_length: int
+    eos_token_ids: list[int]
+    tokenizer_fingerprint: str
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def cpu_bf16_usable() -> bool:
+    """Make bf16 safe on this CPU and prove it in a throw-away process.
+
+    Caps oneDNN below AMX when the CPU advertises AMX and ONEDNN_MAX_CPU_ISA is unset; the
+    variable must be set before the first oneDNN kernel runs, so call this before loading.
+    Then runs bf16 linear + attention in a subprocess: a crash there (SIGILL) costs nothing.
+    """
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "amx" in flags and "ONEDNN_MAX_CPU_ISA" not in os.environ:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = SAFE_ONEDNN_ISA
+        log.info("capping oneDNN ISA below AMX for bf16", ONEDNN_MAX_CPU_ISA=SAFE_ONEDNN_ISA)
+    probe = subprocess.run([sys.executable, "-c", _BF16_PROBE], capture_output=True, timeout=300)
+    if probe.returncode != 0:
+        log.warning("bf16 probe failed on this CPU", returncode=probe.returncode,
+                    stderr=probe.stderr.decode(errors="replace")[-500:])
+    return probe.returncode == 0
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 over the token->id map and the special tokens."""
+    payload = {
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "special": sorted(map(str, tokenizer.all_special_tokens)),
+    }
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
+
+
+def load_tokenizer(spec: str, cache_dir: str):
+    return AutoTokenizer.from_pretrained(resolve_model_dir(spec, cache_dir))
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer) -> list[int]:
+    ids: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None),
+                  getattr(tokenizer, "eos_token_id", None)):
+        if value is not None:
+            ids.update([value] if isinstance(value, int) else value)
+    return sorted(ids)
+
+
+def load_model(spec: str, dtype: str = "auto", device: str = "auto",
+               cache_dir: str | None = None) -> LoadedModel:
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if dt == torch.bfloat16 and dev.type == "cpu" and not cpu_bf16_usable():
+        log.warning("bfloat16 is not usable on this CPU; falling back to float32", model=spec)
+        dt = torch.float32
+    path = resolve_model_dir(spec, cache_dir or ".")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dt).to(dev).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = model.config.get_text_config()
+    return LoadedModel(
+        name=spec,
+        model=model,
+        tokenizer=tokenizer,
+        dtype=dt,
+        device=dev,
+        vocab_size=model.get_output_embeddings().weight.shape[0],
+        max_context_length=int(getattr(config, "max_position_embeddings", 2048)),
+        eos_token_ids=eos_token_ids(model, tokenizer),
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+    )

@@ -1,0 +1,111 @@
+"""What the draft and target services share: loading, readiness, session expiry, main()."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+import grpc
+import structlog
+import torch
+
+from ..config import ModelServiceConfig, model_service_config, model_service_parser
+from ..engine import Engine
+from ..errors import SpecdecError, Unavailable
+from ..logs import configure_logging
+from ..models import LoadedModel, load_model
+from ..v1 import common_pb2
+from .server import RunningServer, start_server, wait_for_signal
+from .worker import ModelWorker
+
+log = structlog.get_logger(__name__)
+
+
+class ModelServicer:
+    """Base of the draft and target servicers: the engine (once loaded) and its worker."""
+
+    def __init__(self, cfg: ModelServiceConfig):
+        self.cfg = cfg
+        self.worker = ModelWorker(type(self).__name__)
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise Unavailable("the model is still loading; the health service reports SERVING "
+                              "once it is ready")
+        return self._engine
+
+    def attach(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def timed(self, fn: Callable, *args) -> tuple[object, int]:
+        """Run fn on the model worker; returns (result, microseconds including queueing)."""
+        start = time.perf_counter_ns()
+        result = await self.worker.run(fn, *args)
+        return result, (time.perf_counter_ns() - start) // 1000
+
+    def model_info(self) -> common_pb2.ModelInfo:
+        e = self.engine
+        lm = e.lm
+        return common_pb2.ModelInfo(
+            model_name=lm.name, vocab_size=lm.vocab_size,
+            tokenizer_fingerprint=lm.tokenizer_fingerprint, dtype=lm.dtype_name,
+            device=str(lm.device), max_context_length=lm.max_context_length,
+            eos_token_ids=lm.eos_token_ids, max_sessions=e.sessions.max_sessions,
+            live_sessions=len(e.sessions))
+
+    async def expire_sessions(self) -> None:
+        """Close sessions idle past the TTL (a coordinator that died leaves them behind)."""
+        period = max(0.05, min(30.0, self.cfg.session_ttl_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            if self._engine is not None:
+                for sid in await self.worker.run(self._engine.expire):
+                    log.info("session expired", session_id=sid, ttl_s=self.cfg.session_ttl_s)
+
+
+async def start_model_service(cfg: ModelServiceConfig, servicer: ModelServicer,
+                              register: Callable[[grpc.aio.Server], None], service_name: str,
+                              build_engine: Callable[[LoadedModel], Engine],
+                              lm: LoadedModel | None = None) -> RunningServer:
+    """Bind and start the server (health NOT_SERVING), load the model (or use `lm`), warm
+    up, then report SERVING. Returns once serving."""
+    server = await start_server(cfg.host, cfg.port, register, [service_name])
+    log.info("listening; loading model", port=server.port, model=cfg.model)
+    if lm is None:
+        lm = await servicer.worker.run(load_model, cfg.model, cfg.dtype, cfg.device, cfg.cache_dir)
+    engine = build_engine(lm)
+    if cfg.warmup:
+        await servicer.worker.run(engine.warmup)
+    servicer.attach(engine)
+    servicer.reaper = asyncio.create_task(servicer.expire_sessions())
+    await server.set_serving(True)
+    log.info("serving", port=server.port, model=lm.name, dtype=lm.dtype_name,
+             device=str(lm.device), vocab_size=lm.vocab_size)
+    return server
+
+
+def main_model_service(prog: str, role: str, default_port: int, start) -> None:
+    """Entry point of `python -m draft_service` / `python -m target_service`.
+
+    start(cfg) starts the service in the running loop and returns (RunningServer, servicer)."""
+    cfg = model_service_config(model_service_parser(prog, role, default_port).parse_args())
+    configure_logging(cfg.log_level, cfg.log_format)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    structlog.contextvars.bind_contextvars(service=role)
+
+    async def serve() -> None:
+        server, servicer = await start(cfg)
+        await wait_for_signal()
+        log.info("shutting down")
+        await server.stop()
+        servicer.worker.shutdown()
+
+    try:
+        asyncio.run(serve())
+    except SpecdecError as e:
+        log.error("cannot start", error=str(e))
+        raise SystemExit(2) from None

@@ -1,0 +1,80 @@
+"""A plain session store keyed by id, with a size limit and idle expiry."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import AlreadyExists, NotFound, ResourceExhausted
+
+
+@dataclass
+class Session:
+    """One generation's state on a model service.
+
+    tokens: every token the session holds. cache: the KV cache of tokens[:cache_len];
+    tokens[cache_len:] are pending and fed on the next forward pass.
+    last_call / last_result: the last state-changing call and its answer, so that a retry
+    of the same call returns the same answer instead of applying it twice.
+    """
+
+    id: str
+    tokens: list[int]
+    cache: Any
+    cache_len: int = 0
+    last_call: tuple | None = None
+    last_result: Any = None
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class SessionStore:
+    def __init__(self, max_sessions: int, ttl_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.max_sessions = max_sessions
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._sessions
+
+    def peek(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def check_capacity(self) -> None:
+        if len(self._sessions) >= self.max_sessions:
+            raise ResourceExhausted(
+                f"{len(self._sessions)} sessions are live, the limit (--max-sessions) is "
+                f"{self.max_sessions}; retry later")
+
+    def add(self, session: Session) -> None:
+        if session.id in self._sessions:
+            raise AlreadyExists(f"session {session.id} already exists")
+        self.check_capacity()
+        session.last_used = self._clock()
+        self._sessions[session.id] = session
+
+    def get(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise NotFound(f"session {session_id!r} not found (never opened, closed, or expired "
+                           f"after {self.ttl_s:g}s idle)")
+        session.last_used = self._clock()
+        return session
+
+    def pop(self, session_id: str) -> Session:
+        session = self.get(session_id)
+        del self._sessions[session_id]
+        return session
+
+    def expire(self) -> list[str]:
+        """Drop sessions idle for longer than ttl_s; returns their ids."""
+        cutoff = self._clock() - self.ttl_s
+        stale = [sid for sid, s in self._sessions.items() if s.last_used < cutoff]
+        for sid in stale:
+            del self._sessions[sid]
+        return stale

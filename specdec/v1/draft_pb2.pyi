@@ -1,0 +1,88 @@
+from specdec.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetDraftInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetDraftInfoResponse(_message.Message):
+    __slots__ = ("model", "max_proposal_tokens")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROPOSAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelInfo
+    max_proposal_tokens: int
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., max_proposal_tokens: _Optional[int] = ...) -> None: ...
+
+class OpenDraftSessionRequest(_message.Message):
+    __slots__ = ("session_id", "prompt_token_ids")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class OpenDraftSessionResponse(_message.Message):
+    __slots__ = ("session_id", "position", "compute_time_us")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    position: int
+    compute_time_us: int
+    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., compute_time_us: _Optional[int] = ...) -> None: ...
+
+class ProposeRequest(_message.Message):
+    __slots__ = ("session_id", "position", "truncate_to", "append_token_ids", "num_tokens")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_TO_FIELD_NUMBER: _ClassVar[int]
+    APPEND_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    position: int
+    truncate_to: int
+    append_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    num_tokens: int
+    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., truncate_to: _Optional[int] = ..., append_token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ...) -> None: ...
+
+class ProposeResponse(_message.Message):
+    __slots__ = ("token_ids", "position", "compute_time_us")
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    position: int
+    compute_time_us: int
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., position: _Optional[int] = ..., compute_time_us: _Optional[int] = ...) -> None: ...
+
+class TruncateDraftSessionRequest(_message.Message):
+    __slots__ = ("session_id", "position", "length")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    position: int
+    length: int
+    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class TruncateDraftSessionResponse(_message.Message):
+    __slots__ = ("position",)
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    def __init__(self, position: _Optional[int] = ...) -> None: ...
+
+class CloseDraftSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CloseDraftSessionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

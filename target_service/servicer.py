@@ -1,0 +1,74 @@
+"""TargetService servicer: the engine validates; this converts to/from pb."""
+
+from __future__ import annotations
+
+import grpc
+
+from specdec.config import ModelServiceConfig
+from specdec.engine import TargetEngine, VerifyItem, VerifyOutcome
+from specdec.models import LoadedModel
+from specdec.rpc.model_service import ModelServicer, start_model_service
+from specdec.rpc.status import rpc_method, status_code
+from specdec.v1 import target_pb2, target_pb2_grpc
+
+SERVICE_NAME = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
+
+
+def item_from_pb(item: target_pb2.VerifyItem) -> VerifyItem:
+    return VerifyItem(item.session_id, item.position, list(item.draft_token_ids))
+
+
+def outcome_to_pb(o: VerifyOutcome) -> target_pb2.VerifyResult:
+    if o.error is not None:
+        return target_pb2.VerifyResult(session_id=o.session_id,
+                                       code=status_code(o.error).value[0], message=str(o.error))
+    return target_pb2.VerifyResult(session_id=o.session_id, code=grpc.StatusCode.OK.value[0],
+                                   num_accepted=o.num_accepted, next_token_id=o.next_token_id,
+                                   position=o.position)
+
+
+class TargetServicer(ModelServicer, target_pb2_grpc.TargetServiceServicer):
+    def build_engine(self, lm: LoadedModel) -> TargetEngine:
+        return TargetEngine(lm, self.cfg.max_sessions, self.cfg.session_ttl_s,
+                            self.cfg.max_proposal_tokens, self.cfg.max_batch_items)
+
+    @rpc_method
+    async def GetInfo(self, request, context):
+        e = self.engine
+        return target_pb2.GetTargetInfoResponse(
+            model=self.model_info(), max_batch_items=e.max_batch_items,
+            max_proposal_tokens=e.max_proposal_tokens)
+
+    @rpc_method
+    async def OpenSession(self, request, context):
+        (sid, position), us = await self.timed(
+            self.engine.open, request.session_id, list(request.prompt_token_ids))
+        return target_pb2.OpenTargetSessionResponse(session_id=sid, position=position,
+                                                    compute_time_us=us)
+
+    @rpc_method
+    async def Verify(self, request, context):
+        items = [item_from_pb(i) for i in request.items]
+        (outcomes, passes), us = await self.timed(self.engine.verify, items)
+        return target_pb2.VerifyResponse(results=[outcome_to_pb(o) for o in outcomes],
+                                         forward_passes=passes, compute_time_us=us)
+
+    @rpc_method
+    async def Truncate(self, request, context):
+        position, _ = await self.timed(self.engine.truncate, request.session_id,
+                                       request.position, request.length)
+        return target_pb2.TruncateTargetSessionResponse(position=position)
+
+    @rpc_method
+    async def CloseSession(self, request, context):
+        await self.timed(self.engine.close, request.session_id)
+        return target_pb2.CloseTargetSessionResponse()
+
+
+async def start(cfg: ModelServiceConfig, lm: LoadedModel | None = None):
+    """Start a target server in the running event loop; returns (RunningServer, servicer)."""
+    servicer = TargetServicer(cfg)
+    server = await start_model_service(
+        cfg, servicer, lambda s: target_pb2_grpc.add_TargetServiceServicer_to_server(servicer, s),
+        SERVICE_NAME, servicer.build_engine, lm)
+    return server, servicer

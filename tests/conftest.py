@@ -1,0 +1,53 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers.utils import logging as hf_logging
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from stack import LoopThread, start_stack  # noqa: E402
+from tiny_models import make_model_dirs  # noqa: E402
+
+from specdec.models import load_model  # noqa: E402
+
+
+def pytest_configure(config):
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    return make_model_dirs(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def lms(model_dirs, tmp_path_factory):
+    """Every tiny model, loaded through specdec's real loading path."""
+    cache = str(tmp_path_factory.mktemp("cache"))
+    return {name: load_model(str(path), "float32", "cpu", cache) for name, path in model_dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def loop():
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture(scope="session")
+def stacks(loop, lms):
+    """One running draft/target/coordinator stack per draft kind, started on first use."""
+    started = {}
+
+    def get(draft: str):
+        if draft not in started:
+            started[draft] = start_stack(loop, lms[draft], lms["target"])
+        return started[draft]
+
+    yield get
+    for stack in started.values():
+        stack.stop()

@@ -1,0 +1,114 @@
+"""Real gRPC servers (draft, target, coordinator) on loopback ports, run in-process on an
+event loop in a background thread, so tests can call them with ordinary blocking clients."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import draft_service.servicer as draft_server
+import target_service.servicer as target_server
+from coordinator import server as coordinator_server
+from coordinator.config import CoordinatorConfig
+from specdec.config import ModelServiceConfig
+from specdec.v1 import draft_pb2_grpc, generator_pb2_grpc, target_pb2_grpc
+
+
+class LoopThread:
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 120):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def service_config(**overrides) -> ModelServiceConfig:
+    base = dict(model="", host="127.0.0.1", port=0, dtype="float32", device="cpu", threads=0,
+                max_sessions=64, session_ttl_s=600.0, max_proposal_tokens=16, max_batch_items=64,
+                cache_dir="", warmup=True, log_level="info", log_format="console")
+    base.update(overrides)
+    return ModelServiceConfig(**base)
+
+
+def coordinator_config(draft_port: int, target_port: int, **overrides) -> CoordinatorConfig:
+    base = dict(draft=f"127.0.0.1:{draft_port}", target=f"127.0.0.1:{target_port}",
+                host="127.0.0.1", port=0, tokenizer="", cache_dir="", max_new_tokens_limit=512,
+                max_speculative_tokens=8, rpc_timeout_s=30.0, connect_timeout_s=30.0,
+                log_level="info", log_format="console")
+    base.update(overrides)
+    return CoordinatorConfig(**base)
+
+
+@dataclass
+class Stack:
+    loop: LoopThread
+    draft: tuple  # (RunningServer, servicer)
+    target: tuple
+    coordinator: object
+    channels: list = field(default_factory=list)
+
+    def _channel(self, port: int) -> grpc.Channel:
+        ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.channels.append(ch)
+        return ch
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.coordinator.port}"
+
+    def generator(self):
+        return generator_pb2_grpc.GeneratorStub(self._channel(self.coordinator.port))
+
+    def draft_stub(self):
+        return draft_pb2_grpc.DraftServiceStub(self._channel(self.draft[0].port))
+
+    def target_stub(self):
+        return target_pb2_grpc.TargetServiceStub(self._channel(self.target[0].port))
+
+    def health(self, which: str) -> int:
+        port = {"draft": self.draft[0].port, "target": self.target[0].port,
+                "coordinator": self.coordinator.port}[which]
+        stub = health_pb2_grpc.HealthStub(self._channel(port))
+        return stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+    def live_sessions(self) -> tuple[int, int]:
+        return len(self.draft[1].engine.sessions), len(self.target[1].engine.sessions)
+
+    def stop(self):
+        for ch in self.channels:
+            ch.close()
+        self.loop.run(self.coordinator.stop(0))
+        for server, servicer in (self.draft, self.target):
+            self.loop.run(server.stop(0))
+            servicer.reaper.cancel()
+            servicer.worker.shutdown()
+
+
+def start_stack(loop: LoopThread, draft_lm, target_lm, draft_cfg: dict | None = None,
+                target_cfg: dict | None = None, coord_cfg: dict | None = None) -> Stack:
+    draft = loop.run(draft_server.start(
+        service_config(model=draft_lm.name, **(draft_cfg or {})), draft_lm))
+    target = loop.run(target_server.start(
+        service_config(model=target_lm.name, **(target_cfg or {})), target_lm))
+    coordinator = loop.run(coordinator_server.start(
+        coordinator_config(draft[0].port, target[0].port, **(coord_cfg or {}))))
+    return Stack(loop, draft, target, coordinator)
+
+
+def with_eos(lm, eos_ids: list[int]):
+    """The same loaded model, reporting other EOS ids (to make EOS happen where we want)."""
+    return dataclasses.replace(lm, eos_token_ids=eos_ids)
+
+
+__all__ = ["LoopThread", "Stack", "start_stack", "with_eos", "health_pb2"]

@@ -1,0 +1,60 @@
+"""Greedy speculative decoding through the real services equals the target alone, exactly."""
+
+import pytest
+import torch
+
+from coordinator.client import generate as client_generate
+from specdec.v1 import generator_pb2
+from tiny_models import PROMPTS
+
+MAX_NEW = 24
+KS = [1, 2, 3, 4, 8]
+
+
+@pytest.fixture(scope="module")
+def reference(lms):
+    """Token ids of target.generate(do_sample=False) for every prompt."""
+    lm = lms["target"]
+    out = {}
+    for prompt in PROMPTS:
+        ids = lm.tokenizer(prompt).input_ids
+        with torch.inference_mode():
+            gen = lm.model.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW, do_sample=False,
+                                    eos_token_id=lm.eos_token_ids, pad_token_id=lm.eos_token_ids[0])
+        out[prompt] = gen[0, len(ids):].tolist()
+    return out
+
+
+def run(stack, prompt, k):
+    req = generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=MAX_NEW,
+                                        num_speculative_tokens=k)
+    return client_generate(stack.addr, req, timeout_s=60)
+
+
+def test_target_only_k0_equals_generate(stacks, reference):
+    stack = stacks("draft_unrelated")
+    for prompt in PROMPTS:
+        ids, _, stats = run(stack, prompt, 0)
+        assert ids == reference[prompt], prompt
+        assert stats["rounds"] == len(ids) and stats["proposed_draft_tokens"] == 0
+
+
+@pytest.mark.parametrize("draft", ["draft_unrelated", "draft_identical", "draft_perturbed"])
+def test_speculative_equals_generate(stacks, reference, draft):
+    stack = stacks(draft)
+    proposed = accepted = 0
+    for k in KS:
+        for prompt in PROMPTS:
+            ids, text, stats = run(stack, prompt, k)
+            assert ids == reference[prompt], (draft, k, prompt)
+            proposed += stats["proposed_draft_tokens"]
+            accepted += stats["accepted_draft_tokens"]
+            if draft == "draft_identical":
+                assert stats["acceptance_rate"] == 1.0, (k, prompt, stats)
+    rate = accepted / proposed
+    print(f"{draft}: acceptance {rate:.3f} over {proposed} proposals")
+    if draft == "draft_unrelated":
+        assert rate < 0.5
+    elif draft == "draft_perturbed":
+        assert 0.3 < rate < 0.95
+    assert stack.live_sessions() == (0, 0)
