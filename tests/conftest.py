@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from stack import LoopThread, start_stack  # noqa: E402
 from tiny_models import make_model_dirs  # noqa: E402
 
+from specdec.logs import configure_logging  # noqa: E402
 from specdec.models import load_model  # noqa: E402
 
 
@@ -17,6 +18,7 @@ def pytest_configure(config):
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     torch.set_num_threads(1)
+    configure_logging("info", "console")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,106 @@
+"""Start the three services locally as processes (for `make run`, `make demo` and tests).
+
+Each process logs JSON to its own file; a service is up once it logs its "serving" event,
+which also carries the port it bound (so port 0 works).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Process:
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+    port: int = 0
+
+
+@dataclass
+class LocalStack:
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.processes[-1].port}"
+
+    def stop(self, timeout_s: float = 20) -> list[int]:
+        """SIGTERM every process (coordinator first); returns their exit codes."""
+        for p in reversed(self.processes):
+            if p.proc.poll() is None:
+                p.proc.send_signal(signal.SIGTERM)
+        codes = []
+        for p in reversed(self.processes):
+            try:
+                codes.append(p.proc.wait(timeout_s))
+            except subprocess.TimeoutExpired:
+                p.proc.kill()
+                codes.append(p.proc.wait())
+        return codes
+
+
+def spawn(name: str, module: str, args: list[str], log_dir: Path, env: dict) -> Process:
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT,
+                                env={**os.environ, "SPECDEC_LOG_FORMAT": "json", **env})
+    return Process(name, proc, log_path)
+
+
+def wait_serving(p: Process, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in p.log_path.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("event") == "serving":
+                p.port = event["port"]
+                return
+        if p.proc.poll() is not None:
+            raise RuntimeError(f"{p.name} exited with {p.proc.returncode}; its log "
+                               f"({p.log_path}) ends:\n{p.log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    raise TimeoutError(f"{p.name} not serving after {timeout_s:g}s; see {p.log_path}")
+
+
+def start_local_stack(draft_model: str, target_model: str, *, log_dir: Path,
+                      ports: tuple[int, int, int] = (0, 0, 0), dtype: str = "float32",
+                      threads: int = 0, cache_dir: str | None = None,
+                      timeout_s: float = 1800) -> LocalStack:
+    """Start draft, target, then the coordinator; return once all three serve."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {"SPECDEC_THREADS": str(threads), "SPECDEC_DTYPE": dtype}
+    if cache_dir:
+        env["SPECDEC_CACHE_DIR"] = cache_dir
+    stack = LocalStack()
+    try:
+        for name, model, port in (("draft", draft_model, ports[0]),
+                                  ("target", target_model, ports[1])):
+            stack.processes.append(spawn(name, f"{name}_service",
+                                         ["--model", model, "--port", str(port)], log_dir, env))
+        for p in stack.processes:
+            wait_serving(p, timeout_s)
+        draft, target = stack.processes
+        coordinator = spawn("coordinator", "coordinator",
+                            ["--draft", f"127.0.0.1:{draft.port}",
+                             "--target", f"127.0.0.1:{target.port}", "--port", str(ports[2])],
+                            log_dir, env)
+        stack.processes.append(coordinator)
+        wait_serving(coordinator, timeout_s)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack

@@ -1,0 +1,126 @@
+"""Engines directly (no transport): caches, roll-back, positions and retries."""
+
+import pytest
+import torch
+
+from specdec.engine import DraftEngine, TargetEngine, VerifyItem
+from specdec.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound,
+                            OutOfRange, ResourceExhausted)
+
+
+@pytest.fixture
+def target(lms):
+    return TargetEngine(lms["target"], max_sessions=4, session_ttl_s=60, max_proposal_tokens=8,
+                        max_batch_items=4)
+
+
+@pytest.fixture
+def draft(lms):
+    return DraftEngine(lms["draft_perturbed"], max_sessions=4, session_ttl_s=60,
+                       max_proposal_tokens=8)
+
+
+PROMPT = [5, 17, 42, 99, 7, 64, 3]
+
+
+def test_truncate_then_logits_equal_fresh_prefill(target):
+    target.open("a", PROMPT)
+    # grow the session through a few verify rounds with arbitrary proposals
+    position = len(PROMPT)
+    for drafts in ([1, 2, 3], [4], [], [8, 9, 10, 11]):
+        (outcome,), _ = target.verify([VerifyItem("a", position, drafts)])
+        position = outcome.position
+    tokens = list(target.sessions.get("a").tokens)
+    for keep in (position - 1, len(PROMPT) + 2, len(PROMPT), 1):
+        assert target.truncate("a", len(target.sessions.get("a").tokens), keep) == keep
+        target.open(f"fresh{keep}", tokens[:keep])
+        torch.testing.assert_close(target.logits("a"), target.logits(f"fresh{keep}"),
+                                   rtol=1e-4, atol=1e-4)
+        target.close(f"fresh{keep}")
+
+
+def test_draft_truncate_then_propose_equals_fresh_session(draft):
+    draft.open("a", PROMPT)
+    proposals, position = draft.propose("a", len(PROMPT), None, [], 6)
+    assert position == len(PROMPT) + 6
+    draft.truncate("a", position, len(PROMPT) + 2)
+    draft.open("b", PROMPT + proposals[:2])
+    assert draft.propose("a", len(PROMPT) + 2, None, [], 4) == \
+        draft.propose("b", len(PROMPT) + 2, None, [], 4)
+
+
+def test_propose_rolls_back_and_appends_like_a_fresh_session(draft):
+    draft.open("a", PROMPT)
+    proposals, position = draft.propose("a", len(PROMPT), None, [], 5)
+    got = draft.propose("a", position, len(PROMPT) + 2, [33], 3)
+    draft.open("b", PROMPT + proposals[:2] + [33])
+    assert got == draft.propose("b", len(PROMPT) + 3, None, [], 3)
+
+
+def test_retry_returns_same_answer_without_applying_twice(draft, target):
+    draft.open("a", PROMPT)
+    first = draft.propose("a", len(PROMPT), None, [], 3)
+    assert draft.propose("a", len(PROMPT), None, [], 3) == first
+    assert len(draft.sessions.get("a").tokens) == len(PROMPT) + 3
+
+    assert draft.truncate("a", len(PROMPT) + 3, len(PROMPT) + 1) == len(PROMPT) + 1
+    assert draft.truncate("a", len(PROMPT) + 3, len(PROMPT) + 1) == len(PROMPT) + 1  # retry
+    assert len(draft.sessions.get("a").tokens) == len(PROMPT) + 1
+
+    target.open("t", PROMPT)
+    item = VerifyItem("t", len(PROMPT), [1, 2])
+    (first_outcome,), passes = target.verify([item])
+    (again,), passes_again = target.verify([item])
+    assert again == first_outcome and passes == 1 and passes_again == 0
+    assert len(target.sessions.get("t").tokens) == first_outcome.position
+
+
+def test_stale_position_is_rejected(draft, target):
+    draft.open("a", PROMPT)
+    with pytest.raises(FailedPrecondition, match="expects position 3"):
+        draft.propose("a", 3, None, [], 2)
+    target.open("t", PROMPT)
+    (outcome,), _ = target.verify([VerifyItem("t", len(PROMPT) + 1, [1])])
+    assert isinstance(outcome.error, FailedPrecondition)
+    assert target.sessions.get("t").tokens == PROMPT  # unchanged
+
+
+def test_bad_input(draft, target):
+    with pytest.raises(InvalidArgument, match="empty"):
+        draft.open("x", [])
+    with pytest.raises(InvalidArgument, match="outside the vocabulary"):
+        draft.open("x", [1, 10_000])
+    with pytest.raises(OutOfRange, match="context"):
+        draft.open("x", [1] * 1000)
+    draft.open("a", PROMPT)
+    with pytest.raises(AlreadyExists):
+        draft.open("a", [1, 2])
+    assert draft.open("a", PROMPT) == ("a", len(PROMPT))  # a retried open is a no-op
+    with pytest.raises(InvalidArgument, match="num_tokens"):
+        draft.propose("a", len(PROMPT), None, [], 9)
+    with pytest.raises(NotFound):
+        draft.propose("nope", 1, None, [], 1)
+    draft.close("a")
+    with pytest.raises(NotFound):
+        draft.close("a")
+    with pytest.raises(InvalidArgument, match="at least one item"):
+        target.verify([])
+
+
+def test_session_limit_and_expiry(draft):
+    for i in range(4):
+        draft.open(f"s{i}", PROMPT)
+    with pytest.raises(ResourceExhausted, match="--max-sessions"):
+        draft.open("s5", PROMPT)
+    draft.sessions.ttl_s = 0.0
+    assert sorted(draft.expire()) == [f"s{i}" for i in range(4)]
+    draft.open("s5", PROMPT)
+
+
+def test_one_failing_verify_item_does_not_affect_others(target):
+    target.open("good", PROMPT)
+    outcomes, passes = target.verify([VerifyItem("missing", 3, []),
+                                      VerifyItem("good", len(PROMPT), [1])])
+    assert isinstance(outcomes[0].error, NotFound)
+    assert outcomes[1].error is None and outcomes[1].position >= len(PROMPT) + 1
+    assert passes == 1

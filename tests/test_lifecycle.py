@@ -1,0 +1,66 @@
+"""Sessions are closed on success, error and client cancel; upstream failures surface clearly."""
+
+import time
+
+import grpc
+import pytest
+
+from coordinator.client import generate as client_generate
+from specdec.v1 import generator_pb2
+from stack import start_stack
+
+
+def wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_client_cancel_closes_both_sessions(stacks):
+    stack = stacks("draft_perturbed")
+    call = stack.generator().Generate(generator_pb2.GenerateRequest(
+        prompt="def", max_new_tokens=150, num_speculative_tokens=2))
+    for _ in range(3):
+        next(call)
+    assert stack.live_sessions() == (1, 1)
+    call.cancel()
+    assert wait_until(lambda: stack.live_sessions() == (0, 0)), stack.live_sessions()
+
+
+def test_draft_down_gives_unavailable_and_target_only_still_works(loop, lms):
+    stack = start_stack(loop, lms["draft_perturbed"], lms["target"])
+    try:
+        loop.run(stack.draft[0].stop(0))  # inject the failure: the draft server goes away
+        req = generator_pb2.GenerateRequest(prompt="def", max_new_tokens=8,
+                                            num_speculative_tokens=3)
+        with pytest.raises(grpc.RpcError) as e:
+            client_generate(stack.addr, req, timeout_s=30)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "draft service at 127.0.0.1:" in e.value.details()
+        assert len(stack.target[1].engine.sessions) == 0  # the target's session was closed
+        ids, _, stats = client_generate(stack.addr, generator_pb2.GenerateRequest(
+            prompt="def", max_new_tokens=8, num_speculative_tokens=0), timeout_s=30)
+        assert len(ids) == 8 and stats["finish_reason"] == "FINISH_REASON_LENGTH"
+    finally:
+        stack.stop()
+
+
+def test_session_limit_gives_resource_exhausted_and_running_requests_finish(loop, lms):
+    stack = start_stack(loop, lms["draft_identical"], lms["target"],
+                        target_cfg={"max_sessions": 1})
+    try:
+        running = stack.generator().Generate(generator_pb2.GenerateRequest(
+            prompt="def", max_new_tokens=60, num_speculative_tokens=2))
+        first = next(running)
+        with pytest.raises(grpc.RpcError) as e:
+            client_generate(stack.addr, generator_pb2.GenerateRequest(
+                prompt="class", max_new_tokens=4, num_speculative_tokens=2), timeout_s=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-sessions" in e.value.details()
+        rest = list(running)
+        assert rest[-1].stats.generated_tokens == 60 and first.HasField("token")
+    finally:
+        stack.stop()

@@ -1,0 +1,1 @@
+"""Developer tools: `make run` and `make demo`."""

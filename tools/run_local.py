@@ -1,0 +1,42 @@
+"""make run: the three services on loopback until Ctrl-C.
+
+python -m tools.run_local [--draft M] [--target M] [--dtype D] [--threads N]
+"""
+
+import argparse
+import signal
+from pathlib import Path
+
+from specdec.fetch import DEFAULT_DRAFT, DEFAULT_TARGET
+from specdec.launch import start_local_stack
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m tools.run_local", description=__doc__)
+    p.add_argument("--draft", default=DEFAULT_DRAFT, help="draft model")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="target model")
+    p.add_argument("--dtype", default="bfloat16", help="dtype of both models")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per service")
+    p.add_argument("--ports", default="50051,50052,50050", help="draft,target,coordinator")
+    p.add_argument("--log-dir", type=Path, default=Path("results/logs"))
+    args = p.parse_args()
+    ports = tuple(int(x) for x in args.ports.split(","))
+    print(f"starting draft {args.draft} and target {args.target} (logs in {args.log_dir}/) ...",
+          flush=True)
+    stack = start_local_stack(args.draft, args.target, log_dir=args.log_dir, ports=ports,
+                              dtype=args.dtype, threads=args.threads)
+    names = ", ".join(f"{p.name} 127.0.0.1:{p.port}" for p in stack.processes)
+    print(f"serving: {names}\ntry: .venv/bin/python -m coordinator.client --addr {stack.addr} "
+          f"\"def fib(n):\"\nCtrl-C stops all three.", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping ...", flush=True)
+        stack.stop()
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    main()
