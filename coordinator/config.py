@@ -48,4 +48,5 @@ def parser() -> EnvDefaultsParser:
 
 
 def from_args(args) -> CoordinatorConfig:
-    return CoordinatorConfig(**{f: getattr(args, f) for f in CoordinatorConfig.__dataclass_fields__})
+    fields = CoordinatorConfig.__dataclass_fields__
+    return CoordinatorConfig(**{f: getattr(args, f) for f in fields})

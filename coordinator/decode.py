@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import structlog
 
@@ -150,6 +150,6 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
 async def _close_all(services, session_id: str) -> None:
     results = await asyncio.gather(*(s.close_session(session_id) for s in services),
                                    return_exceptions=True)
-    for service, r in zip(services, results):
+    for service, r in zip(services, results, strict=True):
         if isinstance(r, BaseException):
             log.warning("closing a session failed", service=service.role, error=str(r))

@@ -65,8 +65,8 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     servicer = GeneratorServicer(draft, target, tokenizer, set(target_info.model.eos_token_ids),
                                  limits)
     server = await start_server(
-        cfg.host, cfg.port, lambda s: generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, s),
-        [SERVICE_NAME])
+        cfg.host, cfg.port,
+        lambda s: generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, s), [SERVICE_NAME])
     await server.set_serving(True)
     log.info("serving", port=server.port, draft=cfg.draft, target=cfg.target,
              draft_model=draft_info.model.model_name, target_model=target_info.model.model_name,

@@ -14,8 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from .acceptance import greedy_accept
-from .errors import (AlreadyExists, FailedPrecondition, InvalidArgument, OutOfRange,
-                     SpecdecError)
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, OutOfRange, SpecdecError
 from .models import LoadedModel
 from .sessions import Session, SessionStore
 

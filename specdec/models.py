@@ -62,22 +62,24 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def cpu_bf16_usable() -> bool:
+def cpu_bf16_usable(cpuinfo: str | None = None, probe: str = _BF16_PROBE) -> bool:
     """Make bf16 safe on this CPU and prove it in a throw-away process.
 
     Caps oneDNN below AMX when the CPU advertises AMX and ONEDNN_MAX_CPU_ISA is unset; the
     variable must be set before the first oneDNN kernel runs, so call this before loading.
     Then runs bf16 linear + attention in a subprocess: a crash there (SIGILL) costs nothing.
     """
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    if "amx" in flags and "ONEDNN_MAX_CPU_ISA" not in os.environ:
+    if cpuinfo is None:
+        info = Path("/proc/cpuinfo")
+        cpuinfo = info.read_text() if info.exists() else ""
+    if "amx" in cpuinfo and "ONEDNN_MAX_CPU_ISA" not in os.environ:
         os.environ["ONEDNN_MAX_CPU_ISA"] = SAFE_ONEDNN_ISA
         log.info("capping oneDNN ISA below AMX for bf16", ONEDNN_MAX_CPU_ISA=SAFE_ONEDNN_ISA)
-    probe = subprocess.run([sys.executable, "-c", _BF16_PROBE], capture_output=True, timeout=300)
-    if probe.returncode != 0:
-        log.warning("bf16 probe failed on this CPU", returncode=probe.returncode,
-                    stderr=probe.stderr.decode(errors="replace")[-500:])
-    return probe.returncode == 0
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=300)
+    if done.returncode != 0:
+        log.warning("bf16 probe failed on this CPU", returncode=done.returncode,
+                    stderr=done.stderr.decode(errors="replace")[-500:])
+    return done.returncode == 0
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -7,11 +7,10 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from stack import LoopThread, start_stack  # noqa: E402
-from tiny_models import make_model_dirs  # noqa: E402
-
 from specdec.logs import configure_logging  # noqa: E402
 from specdec.models import load_model  # noqa: E402
+from stack import LoopThread, start_stack  # noqa: E402
+from tiny_models import make_model_dirs  # noqa: E402
 
 
 def pytest_configure(config):
@@ -30,7 +29,8 @@ def model_dirs(tmp_path_factory):
 def lms(model_dirs, tmp_path_factory):
     """Every tiny model, loaded through specdec's real loading path."""
     cache = str(tmp_path_factory.mktemp("cache"))
-    return {name: load_model(str(path), "float32", "cpu", cache) for name, path in model_dirs.items()}
+    return {name: load_model(str(path), "float32", "cpu", cache)
+            for name, path in model_dirs.items()}
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from specdec.engine import DraftEngine, TargetEngine, VerifyItem
-from specdec.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound,
-                            OutOfRange, ResourceExhausted)
+from specdec.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
 
 
 @pytest.fixture
