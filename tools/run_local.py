@@ -5,6 +5,7 @@ python -m tools.run_local [--draft M] [--target M] [--dtype D] [--threads N]
 
 import argparse
 import signal
+import threading
 from pathlib import Path
 
 from specdec.fetch import DEFAULT_DRAFT, DEFAULT_TARGET
@@ -28,15 +29,18 @@ def main() -> None:
     names = ", ".join(f"{p.name} 127.0.0.1:{p.port}" for p in stack.processes)
     print(f"serving: {names}\ntry: .venv/bin/python -m coordinator.client --addr {stack.addr} "
           f"\"def fib(n):\"\nCtrl-C stops all three.", flush=True)
-    try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print("stopping ...", flush=True)
-        stack.stop()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        dead = [p for p in stack.processes if p.proc.poll() is not None]
+        if dead:
+            print(f"{dead[0].name} exited with {dead[0].proc.returncode}; see {dead[0].log_path}")
+            break
+    print("stopping ...", flush=True)
+    print("exit codes:", dict(zip([p.name for p in reversed(stack.processes)], stack.stop(),
+                                  strict=True)), flush=True)
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     main()

@@ -12,6 +12,8 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ..errors import Unavailable
+
 log = structlog.get_logger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -43,16 +45,18 @@ async def start_server(host: str, port: int, register: Callable[[grpc.aio.Server
                        service_names: list[str]) -> RunningServer:
     """Start a server with `register`ed servicers, health (NOT_SERVING until set_serving)
     and reflection. port 0 binds any free port; the bound one is returned."""
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    # SO_REUSEPORT (gRPC's default) would let a second server share a busy port silently.
+    server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"could not bind {host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as e:  # grpcio raises when the address cannot be bound
+        raise Unavailable(f"cannot bind {host}:{port} (in use?): {e}") from None
     await server.start()
     running = RunningServer(server, bound, health_servicer, service_names)
     await running.set_serving(False)
