@@ -66,7 +66,8 @@ def main() -> int:
     for key in ("generated_tokens", "finish_reason", "acceptance_rate", "mean_accepted_length",
                 "rounds", "tokens_per_s", "time_to_first_token_s", "total_time_s",
                 "draft_time_s", "verify_time_s", "coordinator_time_s"):
-        a, b = spec["stats"][key], base["stats"][key]
+        a, b = (str(run["stats"][key]).removeprefix("FINISH_REASON_")
+                if key == "finish_reason" else run["stats"][key] for run in (spec, base))
         fmt = (lambda v: f"{v:14.3f}") if isinstance(a, float) else (lambda v: f"{v!s:>14}")
         print(f"{key:>28}{fmt(a)}{fmt(b)}")
     print(f"\noutputs identical (K={args.k} vs K=0): {'YES' if identical else 'NO'}")
