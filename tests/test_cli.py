@@ -2,56 +2,41 @@
 `coordinator` and `coordinator.client`, configured by flags and environment variables."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
+from specdec.launch import spawn, wait_serving
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def spawn(args, env_extra=None):
-    """Start a service with JSON logs on port 0; returns (process, bound port)."""
-    env = {**os.environ, "SPECDEC_LOG_FORMAT": "json", "SPECDEC_PORT": "0",
-           "SPECDEC_THREADS": "1", **(env_extra or {})}
-    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env,
-                            stderr=subprocess.PIPE, text=True)
-    lines = []
-    for line in proc.stderr:
-        lines.append(line)
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if event.get("event") == "serving":
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            return proc, event["port"]
-    raise AssertionError(f"{args[0]} exited before serving:\n{''.join(lines)}")
 
 
 @pytest.fixture(scope="module")
 def processes(model_dirs, tmp_path_factory):
+    """Draft (model by flag), target (model by env var) and coordinator, each on port 0."""
     cache = str(tmp_path_factory.mktemp("cli-cache"))
+    logs = tmp_path_factory.mktemp("cli-logs")
+    env = {"SPECDEC_PORT": "0", "SPECDEC_THREADS": "1", "SPECDEC_CACHE_DIR": cache}
     procs = []
     try:
-        draft, draft_port = spawn(["draft_service", "--model", str(model_dirs["draft_perturbed"])],
-                                  {"SPECDEC_CACHE_DIR": cache})
-        procs.append(draft)
-        target, target_port = spawn(["target_service", "--cache-dir", cache],
-                                    {"SPECDEC_MODEL": str(model_dirs["target"])})
-        procs.append(target)
-        coord, port = spawn(["coordinator", "--draft", f"127.0.0.1:{draft_port}",
-                             "--target", f"127.0.0.1:{target_port}", "--cache-dir", cache])
-        procs.append(coord)
-        yield procs, port
+        draft_model = str(model_dirs["draft_perturbed"])
+        procs.append(spawn("draft", "draft_service", ["--model", draft_model], logs, env))
+        procs.append(spawn("target", "target_service", [], logs,
+                           {**env, "SPECDEC_MODEL": str(model_dirs["target"])}))
+        for p in procs:
+            wait_serving(p, 120)
+        procs.append(spawn("coordinator", "coordinator",
+                           ["--draft", f"127.0.0.1:{procs[0].port}",
+                            "--target", f"127.0.0.1:{procs[1].port}"], logs, env))
+        wait_serving(procs[2], 120)
+        yield [p.proc for p in procs], procs[2].port
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
+            if p.proc.poll() is None:
+                p.proc.kill()
 
 
 def client(port, *args):
