@@ -40,9 +40,6 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def __contains__(self, session_id: str) -> bool:
-        return session_id in self._sessions
-
     def peek(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
