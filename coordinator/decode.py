@@ -1,7 +1,9 @@
 """The speculative decoding loop: propose K -> verify -> roll the draft back -> stream.
 
-Transport-agnostic (works with any draft/target client offering open/propose/verify/close)
-and free of tensor math: the accept/reject rule runs inside the target service.
+Transport-agnostic (works with any draft/target client offering open/propose/verify/
+get_probs/close) and free of tensor math: the accept/reject rule runs inside the target
+service; after a sampled rejection the loop ferries the few draft probabilities the target
+asks for (draft_probs_query) from the draft to the target.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import structlog
+
+from specdec.sampling import GREEDY, SamplingParams
 
 from .textstream import TextStream
 
@@ -30,6 +34,7 @@ class Params:
     max_new_tokens: int
     k: int
     stop: tuple[str, ...] = ()
+    sampling: SamplingParams = GREEDY
 
 
 @dataclass
@@ -51,6 +56,8 @@ class Stats:
     total_time_s: float = 0.0
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
+    wire_bytes: int = 0
+    seed: int = 0
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
@@ -77,13 +84,15 @@ class Stats:
             "total_s": round(self.total_time_s, 4), "draft_s": round(self.draft_time_s, 4),
             "verify_s": round(self.verify_time_s, 4),
             "coordinator_s": round(self.coordinator_time_s, 4),
+            "wire_bytes": self.wire_bytes, "seed": self.seed,
         }
 
 
 async def generate(session_id: str, prompt_ids: list[int], params: Params, draft, target,
                    tokenizer, eos_token_ids: set[int]) -> AsyncIterator[Token | Stats]:
     """Yield each accepted Token, then the Stats. Sessions are closed in every case."""
-    stats = Stats(session_id, len(prompt_ids))
+    stats = Stats(session_id, len(prompt_ids),
+                  seed=0 if params.sampling.greedy else params.sampling.seed)
     text = TextStream(tokenizer, prompt_ids, list(params.stop))
     use_draft = params.k > 0
     services = [target, draft] if use_draft else [target]
@@ -92,7 +101,7 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
         # One after the other: on a shared CPU, two prefills at once slow each other down
         # more than they gain (the services take turns everywhere else too).
         for service in services:
-            reply = await service.open(session_id, prompt_ids)
+            reply = await service.open(session_id, prompt_ids, params.sampling)
             opened.append(service)
             if service is target:
                 stats.verify_time_s += reply.compute_time_us / 1e6
@@ -107,25 +116,38 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
             # A round yields up to k + 1 tokens; never propose past max_new_tokens.
             k = min(params.k, params.max_new_tokens - stats.generated_tokens - 1)
             proposals: list[int] = []
+            draft_probs: list[float] = []
             if k > 0:
-                reply = await draft.propose(session_id, draft_position, draft_keep,
-                                            draft_append, k)
+                reply, nbytes = await draft.propose(session_id, draft_position, draft_keep,
+                                                    draft_append, k)
                 stats.draft_time_s += reply.compute_time_us / 1e6
-                proposals = list(reply.token_ids)
+                stats.wire_bytes += nbytes
+                proposals, draft_probs = list(reply.token_ids), list(reply.draft_probs)
                 draft_position = reply.position
-            result, verify_us = await target.verify(session_id, position, proposals)
+            result, verify_us, nbytes = await target.verify(session_id, position, proposals,
+                                                            draft_probs)
+            accepted = result.num_accepted
             stats.verify_time_s += verify_us / 1e6
+            stats.wire_bytes += nbytes
+            while result.HasField("draft_probs_query"):  # sampled rejection: fetch q for it
+                probs, nbytes = await draft.get_probs(session_id, draft_position,
+                                                      result.draft_probs_query)
+                stats.wire_bytes += nbytes
+                result, verify_us, nbytes = await target.verify(
+                    session_id, result.position, [], answer=probs)
+                stats.verify_time_s += verify_us / 1e6
+                stats.wire_bytes += nbytes
             stats.rounds += 1
             stats.proposed += len(proposals)
-            stats.accepted += result.num_accepted
+            stats.accepted += accepted
             position = result.position
             if k > 0:
-                draft_keep = draft_position - k + result.num_accepted
+                draft_keep = draft_position - k + accepted
                 draft_append = [result.next_token_id]
             else:
                 draft_append.append(result.next_token_id)
 
-            for token_id in [*proposals[:result.num_accepted], result.next_token_id]:
+            for token_id in [*proposals[:accepted], result.next_token_id]:
                 stats.generated_tokens += 1
                 delta, stopped = text.push(token_id)
                 if stopped:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import secrets
 import uuid
 from dataclasses import dataclass
 
 import grpc
 import structlog
 
-from specdec.errors import InvalidArgument, SpecdecError, Unimplemented
+from specdec.errors import InvalidArgument, SpecdecError
 from specdec.rpc.status import status_code
+from specdec.sampling import GREEDY, SamplingParams
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
 from .decode import Finish, Params, Stats, Token, generate
@@ -45,16 +46,18 @@ def params_from_pb(req: generator_pb2.GenerateRequest, limits: Limits) -> Params
     if req.num_speculative_tokens > limits.max_k:
         raise InvalidArgument(f"num_speculative_tokens (K) must be in [0, {limits.max_k}], got "
                               f"{req.num_speculative_tokens}")
-    if not math.isfinite(req.temperature) or req.temperature < 0:
-        raise InvalidArgument(f"temperature must be >= 0, got {req.temperature}")
-    if req.HasField("top_p") and not 0 < req.top_p <= 1:
-        raise InvalidArgument(f"top_p must be in (0, 1], got {req.top_p}")
-    if req.temperature > 0:
-        raise Unimplemented("sampling (temperature > 0) is not implemented yet; use "
-                            "temperature 0 (greedy)")
     if len(req.stop) > MAX_STOP_STRINGS:
         raise InvalidArgument(f"at most {MAX_STOP_STRINGS} stop strings, got {len(req.stop)}")
-    return Params(req.max_new_tokens, req.num_speculative_tokens, tuple(req.stop))
+    return Params(req.max_new_tokens, req.num_speculative_tokens, tuple(req.stop),
+                  sampling_from_pb(req))
+
+
+def sampling_from_pb(req: generator_pb2.GenerateRequest) -> SamplingParams:
+    """Validated sampling parameters; an unset seed draws a random one (reported in stats)."""
+    seed = req.seed if req.HasField("seed") else secrets.randbits(63)
+    params = SamplingParams(req.temperature, req.top_k,
+                            req.top_p if req.HasField("top_p") else 1.0, seed).validate()
+    return GREEDY if params.greedy else params
 
 
 def stats_to_pb(s: Stats) -> generator_pb2.GenerationStats:
@@ -65,7 +68,8 @@ def stats_to_pb(s: Stats) -> generator_pb2.GenerationStats:
         mean_accepted_length=s.mean_accepted_length,
         time_to_first_token_s=s.time_to_first_token_s, total_time_s=s.total_time_s,
         draft_time_s=s.draft_time_s, verify_time_s=s.verify_time_s,
-        coordinator_time_s=s.coordinator_time_s, session_id=s.session_id)
+        coordinator_time_s=s.coordinator_time_s, session_id=s.session_id, seed=s.seed,
+        wire_bytes=s.wire_bytes)
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
@@ -89,7 +93,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         session_id = uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(session_id=session_id):
             fields = {"k": request.num_speculative_tokens,
-                      "max_new_tokens": request.max_new_tokens}
+                      "max_new_tokens": request.max_new_tokens,
+                      "temperature": round(request.temperature, 4)}
             try:
                 params, prompt_ids = self._prepare(request)
                 events = generate(session_id, prompt_ids, params, self.draft, self.target,

@@ -15,7 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specdec.errors import FailedPrecondition, SpecdecError, Unavailable
 from specdec.rpc.server import CHANNEL_OPTIONS
-from specdec.v1 import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
+from specdec.sampling import SamplingParams
+from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 
 
 class UpstreamError(SpecdecError):
@@ -32,6 +33,11 @@ def _service_config(service: str) -> str:
         "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
     }]})
+
+
+def sampling_to_pb(params: SamplingParams) -> common_pb2.SamplingParams:
+    return common_pb2.SamplingParams(temperature=params.temperature, top_k=params.top_k,
+                                     top_p=params.top_p, seed=params.seed)
 
 
 class ServiceClient:
@@ -79,15 +85,28 @@ class DraftClient(ServiceClient):
     async def info(self) -> draft_pb2.GetDraftInfoResponse:
         return await self.call("GetInfo", draft_pb2.GetDraftInfoRequest())
 
-    async def open(self, session_id: str, prompt: list[int]):
+    async def open(self, session_id: str, prompt: list[int],
+                   sampling: SamplingParams):
         return await self.call("OpenSession", draft_pb2.OpenDraftSessionRequest(
-            session_id=session_id, prompt_token_ids=prompt))
+            session_id=session_id, prompt_token_ids=prompt, sampling=sampling_to_pb(sampling)))
 
     async def propose(self, session_id: str, position: int, truncate_to: int | None,
-                      append: list[int], k: int) -> draft_pb2.ProposeResponse:
-        return await self.call("Propose", draft_pb2.ProposeRequest(
+                      append: list[int], k: int) -> tuple[draft_pb2.ProposeResponse, int]:
+        """Returns (reply, bytes on the wire)."""
+        request = draft_pb2.ProposeRequest(
             session_id=session_id, position=position, truncate_to=truncate_to,
-            append_token_ids=append, num_tokens=k))
+            append_token_ids=append, num_tokens=k)
+        reply = await self.call("Propose", request)
+        return reply, request.ByteSize() + reply.ByteSize()
+
+    async def get_probs(self, session_id: str, position: int,
+                        query: target_pb2.DraftProbsQuery) -> tuple[bytes, int]:
+        """The draft's q for a target's DraftProbsQuery; returns (float32 bytes, wire bytes)."""
+        request = draft_pb2.GetDraftProbsRequest(
+            session_id=session_id, position=position, index=query.index,
+            token_ids=query.token_ids, all_tokens=query.all_tokens)
+        reply = await self.call("GetProbs", request)
+        return reply.probs, request.ByteSize() + reply.ByteSize()
 
     async def close_session(self, session_id: str) -> None:
         await self.call("CloseSession", draft_pb2.CloseDraftSessionRequest(session_id=session_id))
@@ -101,19 +120,25 @@ class TargetClient(ServiceClient):
     async def info(self) -> target_pb2.GetTargetInfoResponse:
         return await self.call("GetInfo", target_pb2.GetTargetInfoRequest())
 
-    async def open(self, session_id: str, prompt: list[int]):
+    async def open(self, session_id: str, prompt: list[int],
+                   sampling: SamplingParams):
         return await self.call("OpenSession", target_pb2.OpenTargetSessionRequest(
-            session_id=session_id, prompt_token_ids=prompt))
+            session_id=session_id, prompt_token_ids=prompt, sampling=sampling_to_pb(sampling)))
 
-    async def verify(self, session_id: str, position: int, drafts: list[int]):
-        """Verify one session's proposals; returns (VerifyResult, compute_time_us)."""
-        reply = await self.call("Verify", target_pb2.VerifyRequest(items=[target_pb2.VerifyItem(
-            session_id=session_id, position=position, draft_token_ids=drafts)]))
+    async def verify(self, session_id: str, position: int, drafts: list[int],
+                     draft_probs: list[float] = (), answer: bytes | None = None):
+        """Verify one session's proposals (or answer its pending draft_probs_query).
+
+        Returns (VerifyResult, compute_time_us, bytes on the wire)."""
+        request = target_pb2.VerifyRequest(items=[target_pb2.VerifyItem(
+            session_id=session_id, position=position, draft_token_ids=drafts,
+            draft_probs=draft_probs, draft_probs_answer=answer)])
+        reply = await self.call("Verify", request)
         (result,) = reply.results
         if result.code != grpc.StatusCode.OK.value[0]:
             code = next(c.name for c in grpc.StatusCode if c.value[0] == result.code)
             raise UpstreamError(code, f"target service at {self.addr}: {result.message}")
-        return result, reply.compute_time_us
+        return result, reply.compute_time_us, request.ByteSize() + reply.ByteSize()
 
     async def close_session(self, session_id: str) -> None:
         await self.call("CloseSession", target_pb2.CloseTargetSessionRequest(session_id=session_id))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from specdec.config import ModelServiceConfig
-from specdec.engine import DraftEngine
+from specdec.draft_engine import DraftEngine
 from specdec.models import LoadedModel
-from specdec.rpc.model_service import ModelServicer, start_model_service
+from specdec.rpc.model_service import ModelServicer, sampling_from_pb, start_model_service
 from specdec.rpc.status import rpc_method
 from specdec.v1 import draft_pb2, draft_pb2_grpc
 
@@ -25,17 +25,25 @@ class DraftServicer(ModelServicer, draft_pb2_grpc.DraftServiceServicer):
     @rpc_method
     async def OpenSession(self, request, context):
         (sid, position), us = await self.timed(
-            self.engine.open, request.session_id, list(request.prompt_token_ids))
+            self.engine.open, request.session_id, list(request.prompt_token_ids),
+            sampling_from_pb(request.sampling))
         return draft_pb2.OpenDraftSessionResponse(session_id=sid, position=position,
                                                   compute_time_us=us)
 
     @rpc_method
     async def Propose(self, request, context):
         truncate_to = request.truncate_to if request.HasField("truncate_to") else None
-        (tokens, position), us = await self.timed(
+        (tokens, position, probs), us = await self.timed(
             self.engine.propose, request.session_id, request.position, truncate_to,
             list(request.append_token_ids), request.num_tokens)
-        return draft_pb2.ProposeResponse(token_ids=tokens, position=position, compute_time_us=us)
+        return draft_pb2.ProposeResponse(token_ids=tokens, position=position, compute_time_us=us,
+                                         draft_probs=probs)
+
+    @rpc_method
+    async def GetProbs(self, request, context):
+        probs, _ = await self.timed(self.engine.get_probs, request.session_id, request.position,
+                                    request.index, list(request.token_ids), request.all_tokens)
+        return draft_pb2.GetDraftProbsResponse(probs=probs)
 
     @rpc_method
     async def Truncate(self, request, context):

@@ -18,12 +18,19 @@ class Session:
     tokens[cache_len:] are pending and fed on the next forward pass.
     last_call / last_result: the last state-changing call and its answer, so that a retry
     of the same call returns the same answer instead of applying it twice.
+    sampling / generator: how tokens are chosen, and the session's own seeded generator
+    (None when greedy). draft_rows: the draft's warped distributions of its last proposal
+    [K, V]. recovery: the target's pending recovered-token draw (target_engine.Recovery).
     """
 
     id: str
     tokens: list[int]
     cache: Any
     cache_len: int = 0
+    sampling: Any = None
+    generator: Any = None
+    draft_rows: Any = None
+    recovery: Any = None
     last_call: tuple | None = None
     last_result: Any = None
     last_used: float = field(default_factory=time.monotonic)

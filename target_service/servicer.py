@@ -5,26 +5,33 @@ from __future__ import annotations
 import grpc
 
 from specdec.config import ModelServiceConfig
-from specdec.engine import TargetEngine, VerifyItem, VerifyOutcome
 from specdec.models import LoadedModel
-from specdec.rpc.model_service import ModelServicer, start_model_service
+from specdec.rpc.model_service import ModelServicer, sampling_from_pb, start_model_service
 from specdec.rpc.status import rpc_method, status_code
+from specdec.target_engine import TargetEngine, VerifyItem, VerifyOutcome
 from specdec.v1 import target_pb2, target_pb2_grpc
 
 SERVICE_NAME = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
 
 
 def item_from_pb(item: target_pb2.VerifyItem) -> VerifyItem:
-    return VerifyItem(item.session_id, item.position, list(item.draft_token_ids))
+    answer = item.draft_probs_answer if item.HasField("draft_probs_answer") else None
+    return VerifyItem(item.session_id, item.position, list(item.draft_token_ids),
+                      list(item.draft_probs), answer)
 
 
 def outcome_to_pb(o: VerifyOutcome) -> target_pb2.VerifyResult:
     if o.error is not None:
         return target_pb2.VerifyResult(session_id=o.session_id,
                                        code=status_code(o.error).value[0], message=str(o.error))
-    return target_pb2.VerifyResult(session_id=o.session_id, code=grpc.StatusCode.OK.value[0],
-                                   num_accepted=o.num_accepted, next_token_id=o.next_token_id,
-                                   position=o.position)
+    result = target_pb2.VerifyResult(session_id=o.session_id, code=grpc.StatusCode.OK.value[0],
+                                     num_accepted=o.num_accepted, next_token_id=o.next_token_id,
+                                     position=o.position)
+    if o.query is not None:
+        result.draft_probs_query.index = o.query.index
+        result.draft_probs_query.token_ids.extend(o.query.token_ids)
+        result.draft_probs_query.all_tokens = o.query.all_tokens
+    return result
 
 
 class TargetServicer(ModelServicer, target_pb2_grpc.TargetServiceServicer):
@@ -42,7 +49,8 @@ class TargetServicer(ModelServicer, target_pb2_grpc.TargetServiceServicer):
     @rpc_method
     async def OpenSession(self, request, context):
         (sid, position), us = await self.timed(
-            self.engine.open, request.session_id, list(request.prompt_token_ids))
+            self.engine.open, request.session_id, list(request.prompt_token_ids),
+            sampling_from_pb(request.sampling))
         return target_pb2.OpenTargetSessionResponse(session_id=sid, position=position,
                                                     compute_time_us=us)
 

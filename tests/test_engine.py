@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from specdec.engine import DraftEngine, TargetEngine, VerifyItem
+from specdec.draft_engine import DraftEngine
 from specdec.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -12,6 +12,7 @@ from specdec.errors import (
     OutOfRange,
     ResourceExhausted,
 )
+from specdec.target_engine import TargetEngine, VerifyItem
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def test_truncate_then_logits_equal_fresh_prefill(target):
 
 def test_draft_truncate_then_propose_equals_fresh_session(draft):
     draft.open("a", PROMPT)
-    proposals, position = draft.propose("a", len(PROMPT), None, [], 6)
+    proposals, position, _ = draft.propose("a", len(PROMPT), None, [], 6)
     assert position == len(PROMPT) + 6
     draft.truncate("a", position, len(PROMPT) + 2)
     draft.open("b", PROMPT + proposals[:2])
@@ -57,7 +58,7 @@ def test_draft_truncate_then_propose_equals_fresh_session(draft):
 
 def test_propose_rolls_back_and_appends_like_a_fresh_session(draft):
     draft.open("a", PROMPT)
-    proposals, position = draft.propose("a", len(PROMPT), None, [], 5)
+    proposals, position, _ = draft.propose("a", len(PROMPT), None, [], 5)
     got = draft.propose("a", position, len(PROMPT) + 2, [33], 3)
     draft.open("b", PROMPT + proposals[:2] + [33])
     assert got == draft.propose("b", len(PROMPT) + 3, None, [], 3)

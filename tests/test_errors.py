@@ -21,9 +21,11 @@ def generate_error(stack, **fields) -> grpc.RpcError:
     ({"max_new_tokens": 0}, grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens must be in [1, 512]"),
     ({"max_new_tokens": 513}, grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens must be in"),
     ({"num_speculative_tokens": 9}, grpc.StatusCode.INVALID_ARGUMENT, "must be in [0, 8]"),
-    ({"temperature": -1}, grpc.StatusCode.INVALID_ARGUMENT, "temperature must be >= 0"),
-    ({"temperature": 0.7}, grpc.StatusCode.UNIMPLEMENTED, "sampling"),
+    ({"temperature": -1}, grpc.StatusCode.INVALID_ARGUMENT, "temperature must be a number >= 0"),
+    ({"temperature": float("nan")}, grpc.StatusCode.INVALID_ARGUMENT, "temperature must be"),
     ({"top_p": 1.5}, grpc.StatusCode.INVALID_ARGUMENT, "top_p must be in (0, 1]"),
+    ({"temperature": 0.7, "top_p": 0.0}, grpc.StatusCode.INVALID_ARGUMENT, "top_p must be in"),
+    ({"temperature": 0.7, "top_k": -1}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be >= 0"),
     ({"prompt": "the quick brown fox " * 60}, grpc.StatusCode.INVALID_ARGUMENT, "context of 192"),
     ({"max_new_tokens": 200}, grpc.StatusCode.INVALID_ARGUMENT, "exceeds the models' context"),
 ])

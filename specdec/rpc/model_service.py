@@ -15,11 +15,17 @@ from ..engine import Engine
 from ..errors import SpecdecError, Unavailable
 from ..logs import configure_logging
 from ..models import LoadedModel, load_model
+from ..sampling import SamplingParams
 from ..v1 import common_pb2
 from .server import RunningServer, start_server, wait_for_signal
 from .worker import ModelWorker
 
 log = structlog.get_logger(__name__)
+
+
+def sampling_from_pb(pb: common_pb2.SamplingParams) -> SamplingParams:
+    """An unset message is greedy; top_p 0 (unset) means no nucleus cut."""
+    return SamplingParams(pb.temperature, pb.top_k, pb.top_p or 1.0, pb.seed)
 
 
 class ModelServicer:

@@ -20,12 +20,14 @@ class GetDraftInfoResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., max_proposal_tokens: _Optional[int] = ...) -> None: ...
 
 class OpenDraftSessionRequest(_message.Message):
-    __slots__ = ("session_id", "prompt_token_ids")
+    __slots__ = ("session_id", "prompt_token_ids", "sampling")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    sampling: _common_pb2.SamplingParams
+    def __init__(self, session_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
 
 class OpenDraftSessionResponse(_message.Message):
     __slots__ = ("session_id", "position", "compute_time_us")
@@ -52,14 +54,36 @@ class ProposeRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., truncate_to: _Optional[int] = ..., append_token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ...) -> None: ...
 
 class ProposeResponse(_message.Message):
-    __slots__ = ("token_ids", "position", "compute_time_us")
+    __slots__ = ("token_ids", "position", "compute_time_us", "draft_probs")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_PROBS_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     position: int
     compute_time_us: int
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., position: _Optional[int] = ..., compute_time_us: _Optional[int] = ...) -> None: ...
+    draft_probs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., position: _Optional[int] = ..., compute_time_us: _Optional[int] = ..., draft_probs: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class GetDraftProbsRequest(_message.Message):
+    __slots__ = ("session_id", "position", "index", "token_ids", "all_tokens")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    position: int
+    index: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    all_tokens: bool
+    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., all_tokens: _Optional[bool] = ...) -> None: ...
+
+class GetDraftProbsResponse(_message.Message):
+    __slots__ = ("probs",)
+    PROBS_FIELD_NUMBER: _ClassVar[int]
+    probs: bytes
+    def __init__(self, probs: _Optional[bytes] = ...) -> None: ...
 
 class TruncateDraftSessionRequest(_message.Message):
     __slots__ = ("session_id", "position", "length")

@@ -55,6 +55,11 @@ class DraftServiceStub:
                 request_serializer=specdec_dot_v1_dot_draft__pb2.ProposeRequest.SerializeToString,
                 response_deserializer=specdec_dot_v1_dot_draft__pb2.ProposeResponse.FromString,
                 _registered_method=True)
+        self.GetProbs = channel.unary_unary(
+                '/specdec.v1.DraftService/GetProbs',
+                request_serializer=specdec_dot_v1_dot_draft__pb2.GetDraftProbsRequest.SerializeToString,
+                response_deserializer=specdec_dot_v1_dot_draft__pb2.GetDraftProbsResponse.FromString,
+                _registered_method=True)
         self.Truncate = channel.unary_unary(
                 '/specdec.v1.DraftService/Truncate',
                 request_serializer=specdec_dot_v1_dot_draft__pb2.TruncateDraftSessionRequest.SerializeToString,
@@ -91,7 +96,16 @@ class DraftServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Propose(self, request, context):
-        """Optionally rolls back and appends tokens, then proposes `num_tokens` greedy tokens.
+        """Optionally rolls back and appends tokens, then proposes `num_tokens` tokens (greedy, or
+        sampled with the session's SamplingParams).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProbs(self, request, context):
+        """Reads the draft's probabilities q at one position of the last proposal (what the target
+        needs to sample a recovered token after rejecting that position's proposal).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +142,11 @@ def add_DraftServiceServicer_to_server(servicer, server):
                     servicer.Propose,
                     request_deserializer=specdec_dot_v1_dot_draft__pb2.ProposeRequest.FromString,
                     response_serializer=specdec_dot_v1_dot_draft__pb2.ProposeResponse.SerializeToString,
+            ),
+            'GetProbs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProbs,
+                    request_deserializer=specdec_dot_v1_dot_draft__pb2.GetDraftProbsRequest.FromString,
+                    response_serializer=specdec_dot_v1_dot_draft__pb2.GetDraftProbsResponse.SerializeToString,
             ),
             'Truncate': grpc.unary_unary_rpc_method_handler(
                     servicer.Truncate,
@@ -227,6 +246,33 @@ class DraftService:
             '/specdec.v1.DraftService/Propose',
             specdec_dot_v1_dot_draft__pb2.ProposeRequest.SerializeToString,
             specdec_dot_v1_dot_draft__pb2.ProposeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProbs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specdec.v1.DraftService/GetProbs',
+            specdec_dot_v1_dot_draft__pb2.GetDraftProbsRequest.SerializeToString,
+            specdec_dot_v1_dot_draft__pb2.GetDraftProbsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,12 +22,14 @@ class GetTargetInfoResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., max_batch_items: _Optional[int] = ..., max_proposal_tokens: _Optional[int] = ...) -> None: ...
 
 class OpenTargetSessionRequest(_message.Message):
-    __slots__ = ("session_id", "prompt_token_ids")
+    __slots__ = ("session_id", "prompt_token_ids", "sampling")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    sampling: _common_pb2.SamplingParams
+    def __init__(self, session_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
 
 class OpenTargetSessionResponse(_message.Message):
     __slots__ = ("session_id", "position", "compute_time_us")
@@ -46,14 +48,18 @@ class VerifyRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[VerifyItem, _Mapping]]] = ...) -> None: ...
 
 class VerifyItem(_message.Message):
-    __slots__ = ("session_id", "position", "draft_token_ids")
+    __slots__ = ("session_id", "position", "draft_token_ids", "draft_probs", "draft_probs_answer")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_PROBS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_PROBS_ANSWER_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     position: int
     draft_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., draft_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    draft_probs: _containers.RepeatedScalarFieldContainer[float]
+    draft_probs_answer: bytes
+    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[float]] = ..., draft_probs_answer: _Optional[bytes] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
     __slots__ = ("results", "forward_passes", "compute_time_us")
@@ -66,20 +72,32 @@ class VerifyResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[VerifyResult, _Mapping]]] = ..., forward_passes: _Optional[int] = ..., compute_time_us: _Optional[int] = ...) -> None: ...
 
 class VerifyResult(_message.Message):
-    __slots__ = ("session_id", "code", "message", "num_accepted", "next_token_id", "position")
+    __slots__ = ("session_id", "code", "message", "num_accepted", "next_token_id", "position", "draft_probs_query")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_PROBS_QUERY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     code: int
     message: str
     num_accepted: int
     next_token_id: int
     position: int
-    def __init__(self, session_id: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., num_accepted: _Optional[int] = ..., next_token_id: _Optional[int] = ..., position: _Optional[int] = ...) -> None: ...
+    draft_probs_query: DraftProbsQuery
+    def __init__(self, session_id: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., num_accepted: _Optional[int] = ..., next_token_id: _Optional[int] = ..., position: _Optional[int] = ..., draft_probs_query: _Optional[_Union[DraftProbsQuery, _Mapping]] = ...) -> None: ...
+
+class DraftProbsQuery(_message.Message):
+    __slots__ = ("index", "token_ids", "all_tokens")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    all_tokens: bool
+    def __init__(self, index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., all_tokens: _Optional[bool] = ...) -> None: ...
 
 class TruncateTargetSessionRequest(_message.Message):
     __slots__ = ("session_id", "position", "length")

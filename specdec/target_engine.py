@@ -1,0 +1,207 @@
+"""The target side: verify proposals of many sessions; greedy or exact rejection sampling.
+
+What travels for sampling (K proposals, vocabulary V): the draft sends q(d_i) for its K
+proposals (K floats). The target accepts with the ratio rule. Only at a rejection does it
+need more of q, and only q at a few ids: the ids p gives mass to when those are few (exact
+residual over p's support), otherwise M candidates drawn from p (rejection sampling of the
+residual, acceptance.first_accepted_candidate); in the rare case every candidate is refused
+it asks for the whole row. So a round moves O(K + M) numbers, not K rows of V floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .acceptance import accepted_prefix, first_accepted_candidate, greedy_accept, residual
+from .engine import Engine
+from .errors import FailedPrecondition, InvalidArgument, SpecdecError
+from .models import LoadedModel
+from .sampling import sample, warp
+from .sessions import Session
+
+# Recovered-token queries ask the draft for q at most at this many ids before the full row.
+RECOVERY_CANDIDATES = 64
+
+
+@dataclass(frozen=True)
+class VerifyItem:
+    session_id: str
+    position: int
+    draft_token_ids: list[int]
+    draft_probs: list[float] = field(default_factory=list)  # q(d_i); sampling sessions
+    draft_probs_answer: bytes | None = None  # answers a pending ProbsQuery
+
+
+@dataclass(frozen=True)
+class ProbsQuery:
+    """The draft probabilities a pending recovered-token draw needs."""
+    index: int  # the rejected proposal's index
+    token_ids: tuple[int, ...]  # empty when all_tokens
+    all_tokens: bool = False
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    session_id: str
+    num_accepted: int = 0
+    next_token_id: int = 0
+    position: int = 0
+    query: ProbsQuery | None = None  # set: next_token_id awaits the draft's probabilities
+    error: SpecdecError | None = None
+
+
+@dataclass
+class Recovery:
+    """A rejection whose recovered token is not drawn yet.
+
+    target_row: p at the rejected position [V]. ids: the ids queried. uniforms: one per
+    candidate when they are candidates drawn from p, None when ids cover p's support or
+    the whole row was asked for (then the residual is sampled directly)."""
+    query: ProbsQuery
+    target_row: torch.Tensor
+    ids: torch.Tensor | None
+    uniforms: torch.Tensor | None
+
+
+class TargetEngine(Engine):
+    role = "target"
+
+    def __init__(self, lm: LoadedModel, max_sessions: int, session_ttl_s: float,
+                 max_proposal_tokens: int, max_batch_items: int):
+        super().__init__(lm, max_sessions, session_ttl_s, max_proposal_tokens)
+        self.max_batch_items = max_batch_items
+        self.accept_rule = accepted_prefix  # replaceable only to prove the tests have power
+
+    def verify(self, items: list[VerifyItem]) -> tuple[list[VerifyOutcome], int]:
+        """Verify each item; a failing item does not affect the others.
+
+        Returns (outcomes in item order, forward passes run)."""
+        if not items:
+            raise InvalidArgument("Verify needs at least one item")
+        if len(items) > self.max_batch_items:
+            raise InvalidArgument(f"{len(items)} items exceed max_batch_items "
+                                  f"{self.max_batch_items}")
+        ids = [it.session_id for it in items]
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument("a session appears more than once in one Verify call")
+        outcomes, passes = [], 0
+        for item in items:
+            try:
+                outcome, ran = self._verify_one(item)
+                passes += ran
+            except SpecdecError as e:
+                outcome = VerifyOutcome(item.session_id, error=e)
+            outcomes.append(outcome)
+        return outcomes, passes
+
+    def _verify_one(self, item: VerifyItem) -> tuple[VerifyOutcome, int]:
+        drafts = item.draft_token_ids
+        call = ("verify", item.position, tuple(drafts), tuple(item.draft_probs),
+                item.draft_probs_answer)
+        s, retry = self._session_at(item.session_id, item.position, call)
+        if retry:
+            return s.last_result, 0
+        if item.draft_probs_answer is not None:
+            s.last_result = self._guarded(s, lambda: self._recover(s, item))
+            s.last_call = call
+            return s.last_result, 0
+        if s.recovery is not None:
+            raise FailedPrecondition(
+                f"session {s.id} awaits the draft's probabilities for its recovered token; "
+                f"send them as draft_probs_answer first")
+        self._check_proposals(s, item)
+
+        def run() -> VerifyOutcome:
+            base = len(s.tokens)
+            s.tokens.extend(drafts)
+            logits = self._next_logits(s, len(drafts) + 1)                # [K+1, V]
+            draft_ids = torch.tensor(drafts, dtype=torch.int64, device=logits.device)
+            if s.generator is None:
+                n, next_token = greedy_accept(draft_ids, logits)
+            else:
+                n, next_token = self._sample_step(s, draft_ids, item.draft_probs, logits)
+            self._truncate(s, base + n)
+            if next_token is None:  # rejected: the recovered token needs the draft's q
+                return VerifyOutcome(s.id, n, 0, len(s.tokens), query=s.recovery.query)
+            s.tokens.append(next_token)
+            return VerifyOutcome(s.id, n, next_token, len(s.tokens))
+
+        s.last_result = self._guarded(s, run)
+        s.last_call = call
+        return s.last_result, 1
+
+    def _check_proposals(self, s: Session, item: VerifyItem) -> None:
+        drafts = item.draft_token_ids
+        if len(drafts) > self.max_proposal_tokens:
+            raise InvalidArgument(f"{len(drafts)} draft tokens exceed max_proposal_tokens "
+                                  f"{self.max_proposal_tokens}")
+        self._check_ids(drafts, "draft_token_ids")
+        self._check_length(item.position + len(drafts) + 1)
+        if s.generator is None:
+            if item.draft_probs:
+                raise InvalidArgument("draft_probs given for a greedy session")
+            return
+        if len(item.draft_probs) != len(drafts):
+            raise InvalidArgument(f"a sampling session needs one draft_probs entry per draft "
+                                  f"token: got {len(item.draft_probs)} for {len(drafts)}")
+        if not all(0 < q <= 1 for q in item.draft_probs):
+            raise InvalidArgument("draft_probs must be in (0, 1]: a proposal was drawn from q, "
+                                  "so q of it cannot be 0")
+
+    def _sample_step(self, s: Session, draft_ids: torch.Tensor, draft_q: list[float],
+                     logits: torch.Tensor) -> tuple[int, int | None]:
+        """The ratio rule (acceptance.rejection_sample, split where q lives remotely).
+        Returns (num_accepted, bonus token), or (num_accepted, None) with s.recovery set."""
+        k = draft_ids.shape[0]
+        p = warp(logits, s.sampling)                                      # [K+1, V]
+        uniforms = torch.rand(k, generator=s.generator, dtype=torch.float64)   # [K]
+        q = torch.tensor(draft_q, dtype=torch.float32).double()          # [K], as sent
+        n = self.accept_rule(p[torch.arange(k), draft_ids], q, uniforms)
+        if n == k:
+            return n, sample(p[k], s.generator)                           # bonus token
+        s.recovery = self._start_recovery(s, n, p[n])
+        return n, None
+
+    def _start_recovery(self, s: Session, index: int, p_row: torch.Tensor) -> Recovery:
+        support = p_row.nonzero().squeeze(-1)                             # [S]
+        if support.numel() <= RECOVERY_CANDIDATES:
+            ids, uniforms = support, None
+        else:
+            ids = torch.multinomial(p_row, RECOVERY_CANDIDATES, replacement=True,
+                                    generator=s.generator)                # [M] ~ p
+            uniforms = torch.rand(RECOVERY_CANDIDATES, generator=s.generator,
+                                  dtype=torch.float64)                    # [M]
+        return Recovery(ProbsQuery(index, tuple(ids.tolist())), p_row, ids, uniforms)
+
+    def _recover(self, s: Session, item: VerifyItem) -> VerifyOutcome:
+        r = s.recovery
+        if r is None:
+            raise FailedPrecondition(f"session {s.id} has no pending recovered token; "
+                                     f"draft_probs_answer is only valid after a query")
+        if item.draft_token_ids or item.draft_probs:
+            raise InvalidArgument("an item with draft_probs_answer carries no draft tokens")
+        want = self.lm.vocab_size if r.query.all_tokens else len(r.query.token_ids)
+        answer = item.draft_probs_answer
+        if len(answer) != 4 * want:
+            raise InvalidArgument(f"draft_probs_answer has {len(answer)} bytes; the query "
+                                  f"needs {want} float32 values ({4 * want} bytes)")
+        q = torch.from_numpy(np.frombuffer(answer, dtype="<f4").astype(np.float32))
+        if not bool(((q >= 0) & (q <= 1)).all()):
+            raise InvalidArgument("draft_probs_answer holds values outside [0, 1]")
+        p = r.target_row
+        if r.query.all_tokens:
+            token = sample(residual(p, q), s.generator)
+        elif r.uniforms is None:  # ids = p's whole support: the residual lives on them
+            token = int(r.ids[sample(residual(p[r.ids], q), s.generator)])
+        else:
+            m = first_accepted_candidate(p[r.ids], q, r.uniforms)
+            if m is None:  # every candidate refused: ask for the whole row (rare)
+                r.query, r.ids, r.uniforms = ProbsQuery(r.query.index, (), True), None, None
+                return VerifyOutcome(s.id, 0, 0, len(s.tokens), query=r.query)
+            token = int(r.ids[m])
+        s.recovery = None
+        s.tokens.append(token)
+        return VerifyOutcome(s.id, 0, token, len(s.tokens))
