@@ -57,6 +57,7 @@ class Stats:
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
     wire_bytes: int = 0
+    verify_batch_sessions: int = 0  # summed over rounds: sessions in each verify pass
     seed: int = 0
     started: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -67,6 +68,10 @@ class Stats:
     @property
     def mean_accepted_length(self) -> float:
         return 1 + self.accepted / self.rounds if self.rounds else 0.0
+
+    @property
+    def mean_verify_batch(self) -> float:
+        return self.verify_batch_sessions / self.rounds if self.rounds else 0.0
 
     @property
     def coordinator_time_s(self) -> float:
@@ -85,6 +90,7 @@ class Stats:
             "verify_s": round(self.verify_time_s, 4),
             "coordinator_s": round(self.coordinator_time_s, 4),
             "wire_bytes": self.wire_bytes, "seed": self.seed,
+            "mean_verify_batch": round(self.mean_verify_batch, 3),
         }
 
 
@@ -118,24 +124,25 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
             proposals: list[int] = []
             draft_probs: list[float] = []
             if k > 0:
-                reply, nbytes = await draft.propose(session_id, draft_position, draft_keep,
-                                                    draft_append, k)
-                stats.draft_time_s += reply.compute_time_us / 1e6
+                proposal, batch, nbytes = await draft.propose(
+                    session_id, draft_position, draft_keep, draft_append, k)
+                stats.draft_time_s += batch.compute_time_us / 1e6
                 stats.wire_bytes += nbytes
-                proposals, draft_probs = list(reply.token_ids), list(reply.draft_probs)
-                draft_position = reply.position
-            result, verify_us, nbytes = await target.verify(session_id, position, proposals,
-                                                            draft_probs)
+                proposals, draft_probs = list(proposal.token_ids), list(proposal.draft_probs)
+                draft_position = proposal.position
+            result, batch, nbytes = await target.verify(session_id, position, proposals,
+                                                        draft_probs)
             accepted = result.num_accepted
-            stats.verify_time_s += verify_us / 1e6
+            stats.verify_time_s += batch.compute_time_us / 1e6
+            stats.verify_batch_sessions += batch.batched_sessions
             stats.wire_bytes += nbytes
             while result.HasField("draft_probs_query"):  # sampled rejection: fetch q for it
                 probs, nbytes = await draft.get_probs(session_id, draft_position,
                                                       result.draft_probs_query)
                 stats.wire_bytes += nbytes
-                result, verify_us, nbytes = await target.verify(
+                result, batch, nbytes = await target.verify(
                     session_id, result.position, [], answer=probs)
-                stats.verify_time_s += verify_us / 1e6
+                stats.verify_time_s += batch.compute_time_us / 1e6
                 stats.wire_bytes += nbytes
             stats.rounds += 1
             stats.proposed += len(proposals)

@@ -69,7 +69,7 @@ def stats_to_pb(s: Stats) -> generator_pb2.GenerationStats:
         time_to_first_token_s=s.time_to_first_token_s, total_time_s=s.total_time_s,
         draft_time_s=s.draft_time_s, verify_time_s=s.verify_time_s,
         coordinator_time_s=s.coordinator_time_s, session_id=s.session_id, seed=s.seed,
-        wire_bytes=s.wire_bytes)
+        wire_bytes=s.wire_bytes, mean_verify_batch=s.mean_verify_batch)
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):

@@ -15,8 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specdec.errors import FailedPrecondition, SpecdecError, Unavailable
 from specdec.rpc.server import CHANNEL_OPTIONS
+from specdec.rpc.status import code_name
 from specdec.sampling import SamplingParams
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
+
+from .batcher import Batcher
 
 
 class UpstreamError(SpecdecError):
@@ -48,6 +51,16 @@ class ServiceClient:
                            ("grpc.enable_retries", 1)])
         self.stub = stub_cls(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.batcher = Batcher(self._send_batch)
+
+    async def _send_batch(self, items):
+        raise NotImplementedError
+
+    def raise_for_item(self, result) -> None:
+        """A failed item of a batched reply becomes the same error a failed call would."""
+        if result.code != 0:
+            raise UpstreamError(code_name(result.code),
+                                f"{self.role} service at {self.addr}: {result.message}")
 
     async def call(self, method: str, request):
         try:
@@ -82,8 +95,13 @@ class DraftClient(ServiceClient):
         super().__init__("draft", addr, draft_pb2_grpc.DraftServiceStub,
                          "specdec.v1.DraftService", timeout_s)
 
+    async def _send_batch(self, items):
+        return await self.call("Propose", draft_pb2.ProposeRequest(items=items))
+
     async def info(self) -> draft_pb2.GetDraftInfoResponse:
-        return await self.call("GetInfo", draft_pb2.GetDraftInfoRequest())
+        info = await self.call("GetInfo", draft_pb2.GetDraftInfoRequest())
+        self.batcher.max_items = info.max_batch_items or 1
+        return info
 
     async def open(self, session_id: str, prompt: list[int],
                    sampling: SamplingParams):
@@ -91,13 +109,16 @@ class DraftClient(ServiceClient):
             session_id=session_id, prompt_token_ids=prompt, sampling=sampling_to_pb(sampling)))
 
     async def propose(self, session_id: str, position: int, truncate_to: int | None,
-                      append: list[int], k: int) -> tuple[draft_pb2.ProposeResponse, int]:
-        """Returns (reply, bytes on the wire)."""
-        request = draft_pb2.ProposeRequest(
-            session_id=session_id, position=position, truncate_to=truncate_to,
-            append_token_ids=append, num_tokens=k)
-        reply = await self.call("Propose", request)
-        return reply, request.ByteSize() + reply.ByteSize()
+                      append: list[int], k: int):
+        """Propose for one session, batched with concurrent sessions' proposals.
+
+        Returns (ProposeResult, ProposeResponse of the batch, this item's bytes on the wire)."""
+        item = draft_pb2.ProposeItem(session_id=session_id, position=position,
+                                     truncate_to=truncate_to, append_token_ids=append,
+                                     num_tokens=k)
+        result, reply = await self.batcher.submit(item)
+        self.raise_for_item(result)
+        return result, reply, item.ByteSize() + result.ByteSize()
 
     async def get_probs(self, session_id: str, position: int,
                         query: target_pb2.DraftProbsQuery) -> tuple[bytes, int]:
@@ -117,8 +138,13 @@ class TargetClient(ServiceClient):
         super().__init__("target", addr, target_pb2_grpc.TargetServiceStub,
                          "specdec.v1.TargetService", timeout_s)
 
+    async def _send_batch(self, items):
+        return await self.call("Verify", target_pb2.VerifyRequest(items=items))
+
     async def info(self) -> target_pb2.GetTargetInfoResponse:
-        return await self.call("GetInfo", target_pb2.GetTargetInfoRequest())
+        info = await self.call("GetInfo", target_pb2.GetTargetInfoRequest())
+        self.batcher.max_items = info.max_batch_items or 1
+        return info
 
     async def open(self, session_id: str, prompt: list[int],
                    sampling: SamplingParams):
@@ -127,18 +153,16 @@ class TargetClient(ServiceClient):
 
     async def verify(self, session_id: str, position: int, drafts: list[int],
                      draft_probs: list[float] = (), answer: bytes | None = None):
-        """Verify one session's proposals (or answer its pending draft_probs_query).
+        """Verify one session's proposals (or answer its pending draft_probs_query), batched
+        with concurrent sessions' items.
 
-        Returns (VerifyResult, compute_time_us, bytes on the wire)."""
-        request = target_pb2.VerifyRequest(items=[target_pb2.VerifyItem(
-            session_id=session_id, position=position, draft_token_ids=drafts,
-            draft_probs=draft_probs, draft_probs_answer=answer)])
-        reply = await self.call("Verify", request)
-        (result,) = reply.results
-        if result.code != grpc.StatusCode.OK.value[0]:
-            code = next(c.name for c in grpc.StatusCode if c.value[0] == result.code)
-            raise UpstreamError(code, f"target service at {self.addr}: {result.message}")
-        return result, reply.compute_time_us, request.ByteSize() + reply.ByteSize()
+        Returns (VerifyResult, VerifyResponse of the batch, this item's bytes on the wire)."""
+        item = target_pb2.VerifyItem(session_id=session_id, position=position,
+                                     draft_token_ids=drafts, draft_probs=draft_probs,
+                                     draft_probs_answer=answer)
+        result, reply = await self.batcher.submit(item)
+        self.raise_for_item(result)
+        return result, reply, item.ByteSize() + result.ByteSize()
 
     async def close_session(self, session_id: str) -> None:
         await self.call("CloseSession", target_pb2.CloseTargetSessionRequest(session_id=session_id))

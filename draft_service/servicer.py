@@ -3,24 +3,37 @@
 from __future__ import annotations
 
 from specdec.config import ModelServiceConfig
-from specdec.draft_engine import DraftEngine
+from specdec.draft_engine import DraftEngine, ProposeItem, ProposeOutcome
 from specdec.models import LoadedModel
 from specdec.rpc.model_service import ModelServicer, sampling_from_pb, start_model_service
-from specdec.rpc.status import rpc_method
+from specdec.rpc.status import item_status, rpc_method
 from specdec.v1 import draft_pb2, draft_pb2_grpc
 
 SERVICE_NAME = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
 
 
+def item_from_pb(item: draft_pb2.ProposeItem) -> ProposeItem:
+    truncate_to = item.truncate_to if item.HasField("truncate_to") else None
+    return ProposeItem(item.session_id, item.position, truncate_to, list(item.append_token_ids),
+                       item.num_tokens)
+
+
+def outcome_to_pb(o: ProposeOutcome) -> draft_pb2.ProposeResult:
+    return draft_pb2.ProposeResult(session_id=o.session_id, token_ids=o.token_ids,
+                                   position=o.position, draft_probs=o.draft_probs,
+                                   **item_status(o.error))
+
+
 class DraftServicer(ModelServicer, draft_pb2_grpc.DraftServiceServicer):
     def build_engine(self, lm: LoadedModel) -> DraftEngine:
         return DraftEngine(lm, self.cfg.max_sessions, self.cfg.session_ttl_s,
-                           self.cfg.max_proposal_tokens)
+                           self.cfg.max_proposal_tokens, self.cfg.max_batch_items)
 
     @rpc_method
     async def GetInfo(self, request, context):
         return draft_pb2.GetDraftInfoResponse(
-            model=self.model_info(), max_proposal_tokens=self.engine.max_proposal_tokens)
+            model=self.model_info(), max_proposal_tokens=self.engine.max_proposal_tokens,
+            max_batch_items=self.engine.max_batch_items)
 
     @rpc_method
     async def OpenSession(self, request, context):
@@ -32,12 +45,11 @@ class DraftServicer(ModelServicer, draft_pb2_grpc.DraftServiceServicer):
 
     @rpc_method
     async def Propose(self, request, context):
-        truncate_to = request.truncate_to if request.HasField("truncate_to") else None
-        (tokens, position, probs), us = await self.timed(
-            self.engine.propose, request.session_id, request.position, truncate_to,
-            list(request.append_token_ids), request.num_tokens)
-        return draft_pb2.ProposeResponse(token_ids=tokens, position=position, compute_time_us=us,
-                                         draft_probs=probs)
+        items = [item_from_pb(i) for i in request.items]
+        (outcomes, passes), us = await self.timed(self.engine.propose, items)
+        return draft_pb2.ProposeResponse(
+            results=[outcome_to_pb(o) for o in outcomes], forward_passes=passes,
+            compute_time_us=us, batched_sessions=sum(o.error is None for o in outcomes))
 
     @rpc_method
     async def GetProbs(self, request, context):

@@ -2,59 +2,126 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from .engine import Engine
-from .errors import FailedPrecondition, InvalidArgument
+from .errors import FailedPrecondition, InvalidArgument, SpecdecError
+from .models import LoadedModel
 from .sampling import sample, warp
+from .sessions import Session
+
+
+@dataclass(frozen=True)
+class ProposeItem:
+    session_id: str
+    position: int
+    truncate_to: int | None
+    append_token_ids: list[int]
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class ProposeOutcome:
+    session_id: str
+    token_ids: tuple[int, ...] = ()
+    position: int = 0
+    draft_probs: tuple[float, ...] = ()  # q(token_ids[i]); empty when greedy
+    error: SpecdecError | None = None
+
+
+@dataclass
+class _Run:
+    """One item's proposal in progress."""
+    item: ProposeItem
+    session: Session
+    tokens: list[int] = field(default_factory=list)
+    rows: list[torch.Tensor] = field(default_factory=list)
 
 
 class DraftEngine(Engine):
     role = "draft"
 
-    def propose(self, session_id: str, position: int, truncate_to: int | None,
-                append: list[int], k: int) -> tuple[list[int], int, list[float]]:
-        """Roll back to truncate_to, append tokens, propose k tokens.
+    def __init__(self, lm: LoadedModel, max_sessions: int, session_ttl_s: float,
+                 max_proposal_tokens: int, max_batch_items: int = 64):
+        super().__init__(lm, max_sessions, session_ttl_s, max_proposal_tokens)
+        self.max_batch_items = max_batch_items
 
-        Returns (proposals, new position, q(proposal) per proposal; empty when greedy)."""
-        call = ("propose", position, truncate_to, tuple(append), k)
-        s, retry = self._session_at(session_id, position, call)
+    def propose(self, items: list[ProposeItem]) -> tuple[list[ProposeOutcome], int]:
+        """For each item: roll back to truncate_to, append tokens, propose num_tokens tokens
+        (greedy or sampled). Step j of every item runs in one batched forward pass; items
+        may ask for different numbers of tokens. A failing item does not affect the others.
+
+        Returns (outcomes in item order, forward passes run)."""
+        self._check_batch(items)
+        outcomes: list[ProposeOutcome | None] = [None] * len(items)
+        runs: list[tuple[int, _Run]] = []
+        for i, item in enumerate(items):
+            try:
+                s, retry = self._prepare(item)
+            except SpecdecError as e:
+                outcomes[i] = ProposeOutcome(item.session_id, error=e)
+                continue
+            if retry:
+                outcomes[i] = s.last_result
+            else:
+                runs.append((i, _Run(item, s)))
+        passes = self._guarded([r.session for _, r in runs], lambda: self._run(runs))
+        for i, r in runs:
+            s = r.session
+            s.draft_rows = torch.stack(r.rows) if r.rows else None          # [k, V]
+            probs = (tuple(s.draft_rows[torch.arange(len(r.tokens)),
+                                        torch.tensor(r.tokens)].tolist()) if r.rows else ())
+            s.last_result = ProposeOutcome(s.id, tuple(r.tokens), len(s.tokens), probs)
+            s.last_call = self._call(r.item)
+            outcomes[i] = s.last_result
+        return outcomes, passes
+
+    @staticmethod
+    def _call(item: ProposeItem) -> tuple:
+        return ("propose", item.position, item.truncate_to, tuple(item.append_token_ids),
+                item.num_tokens)
+
+    def _prepare(self, item: ProposeItem) -> tuple[Session, bool]:
+        s, retry = self._session_at(item.session_id, item.position, self._call(item))
         if retry:
-            return s.last_result
+            return s, True
+        k, position = item.num_tokens, item.position
         if not 1 <= k <= self.max_proposal_tokens:
             raise InvalidArgument(f"num_tokens {k} must be in [1, {self.max_proposal_tokens}]")
-        keep = position if truncate_to is None else truncate_to
+        keep = position if item.truncate_to is None else item.truncate_to
         if not 1 <= keep <= position:
-            raise InvalidArgument(f"truncate_to {truncate_to} must be in [1, position={position}]")
-        self._check_ids(append, "append_token_ids")
-        self._check_length(keep + len(append) + k)
+            raise InvalidArgument(f"truncate_to {item.truncate_to} must be in "
+                                  f"[1, position={position}]")
+        self._check_ids(item.append_token_ids, "append_token_ids")
+        self._check_length(keep + len(item.append_token_ids) + k)
+        return s, False
 
-        def run() -> tuple[list[int], int, list[float]]:
+    def _run(self, runs: list[tuple[int, _Run]]) -> int:
+        passes = 0
+        for _, r in runs:
+            s = r.session
             s.draft_rows = None
+            keep = r.item.position if r.item.truncate_to is None else r.item.truncate_to
             self._truncate(s, keep)
-            s.tokens.extend(append)
-            proposals: list[int] = []
-            rows: list[torch.Tensor] = []
-            for _ in range(k):
-                logits = self._next_logits(s, 1)                          # [1, V]
+            s.tokens.extend(r.item.append_token_ids)
+        active = [r for _, r in runs]
+        while active:
+            logits = self._forward([r.session for r in active], [1] * len(active))
+            passes += 1
+            for r, row in zip(active, logits, strict=True):                  # row: [1, V]
+                s = r.session
                 if s.generator is None:
-                    token = int(logits[-1].argmax())
+                    token = int(row[-1].argmax())
                 else:
-                    q = warp(logits, s.sampling)[0]                       # [V]
+                    q = warp(row, s.sampling)[0]                              # [V]
                     token = sample(q, s.generator)
-                    rows.append(q)
-                proposals.append(token)
+                    r.rows.append(q)
+                r.tokens.append(token)
                 s.tokens.append(token)
-            if rows:
-                s.draft_rows = torch.stack(rows)                          # [k, V]
-                probs = s.draft_rows[torch.arange(k), torch.tensor(proposals)].tolist()
-            else:
-                probs = []
-            return proposals, len(s.tokens), probs
-
-        s.last_result = self._guarded(s, run)
-        s.last_call = call
-        return s.last_result
+            active = [r for r in active if len(r.tokens) < r.item.num_tokens]
+        return passes
 
     def get_probs(self, session_id: str, position: int, index: int, token_ids: list[int],
                   all_tokens: bool) -> bytes:

@@ -55,16 +55,67 @@ class Engine:
         return s, False
 
     # ---- cache ops --------------------------------------------------------------------
-    @torch.inference_mode()
     def _next_logits(self, s: Session, last: int) -> torch.Tensor:
         """Feed the pending tokens; return the logits of the last `last` positions [last, V]."""
-        if s.cache_len >= len(s.tokens):  # nothing pending: re-feed the last token
-            self._crop(s, len(s.tokens) - 1)
-        ids = torch.tensor([s.tokens[s.cache_len:]], device=self.lm.device)
-        out = self.lm.model(input_ids=ids, past_key_values=s.cache, use_cache=True,
-                            logits_to_keep=last)
-        s.cache_len = len(s.tokens)
-        return out.logits[0, -last:].float()
+        return self._forward([s], [last])[0]
+
+    @torch.inference_mode()
+    def _forward(self, sessions: list[Session], lasts: list[int]) -> list[torch.Tensor]:
+        """Feed every session's pending tokens in ONE forward pass.
+
+        Returns, per session, the float32 logits of its last lasts[i] positions [lasts[i], V].
+        A lone session runs on its own cache. Several are stacked into one padded batch:
+        row i = [left pad | its cached tokens | its pending tokens | right pad], with an
+        attention mask hiding the pads and position ids counting from each row's own start;
+        afterwards each session keeps its own slice of the batch's cache.
+        """
+        for s in sessions:
+            if s.cache_len >= len(s.tokens):  # nothing pending: re-feed the last token
+                self._crop(s, len(s.tokens) - 1)
+        if len(sessions) == 1:
+            s, last = sessions[0], lasts[0]
+            ids = torch.tensor([s.tokens[s.cache_len:]], device=self.lm.device)
+            out = self.lm.model(input_ids=ids, past_key_values=s.cache, use_cache=True,
+                                logits_to_keep=last)
+            s.cache_len = len(s.tokens)
+            return [out.logits[0, -last:].float()]
+
+        dev = self.lm.device
+        past = [s.cache_len for s in sessions]                            # [B]
+        new = [s.tokens[s.cache_len:] for s in sessions]                  # B lists
+        b, p_max, n_max = len(sessions), max(past), max(len(n) for n in new)
+        batch_cache = DynamicCache(config=self.lm.model.config)
+        if p_max:
+            template = next(s.cache for s in sessions if s.cache_len)
+            for layer, ref in enumerate(template.layers):
+                shape = (b, ref.keys.shape[1], p_max, ref.keys.shape[3])    # [B, H, P, D]
+                keys = ref.keys.new_zeros(shape)
+                values = ref.values.new_zeros(shape[:3] + (ref.values.shape[3],))
+                for i, s in enumerate(sessions):
+                    if past[i]:
+                        keys[i, :, p_max - past[i]:] = s.cache.layers[layer].keys[0]
+                        values[i, :, p_max - past[i]:] = s.cache.layers[layer].values[0]
+                batch_cache.update(keys, values, layer)
+        ids = torch.zeros(b, n_max, dtype=torch.int64)                     # [B, N]
+        mask = torch.zeros(b, p_max + n_max, dtype=torch.int64)            # [B, P+N]
+        positions = torch.zeros(b, n_max, dtype=torch.int64)              # [B, N]
+        for i, toks in enumerate(new):
+            ids[i, :len(toks)] = torch.tensor(toks)
+            mask[i, p_max - past[i]:p_max + len(toks)] = 1
+            positions[i] = past[i] + torch.arange(n_max)
+        out = self.lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                            position_ids=positions.to(dev), past_key_values=batch_cache,
+                            use_cache=True)
+        results = []
+        for i, s in enumerate(sessions):
+            n = len(new[i])
+            own = DynamicCache(config=self.lm.model.config)
+            for layer, batched in enumerate(batch_cache.layers):
+                own.update(batched.keys[i:i + 1, :, p_max - past[i]:p_max + n],
+                           batched.values[i:i + 1, :, p_max - past[i]:p_max + n], layer)
+            s.cache, s.cache_len = own, len(s.tokens)
+            results.append(out.logits[i, n - lasts[i]:n].float())
+        return results
 
     def _crop(self, s: Session, length: int) -> None:
         """Keep the first `length` tokens' cache entries."""
@@ -140,12 +191,25 @@ class Engine:
         """Next-token logits [V] of a session, leaving its tokens unchanged."""
         return self._next_logits(self.sessions.get(session_id), 1)[-1]
 
-    def _guarded(self, s: Session, fn):
-        """Run a state change; if it fails half-way, drop the session rather than keep a
-        cache that no longer matches its tokens."""
+    def _check_batch(self, items: list) -> None:
+        if not items:
+            raise InvalidArgument("the call needs at least one item")
+        if len(items) > self.max_batch_items:
+            raise InvalidArgument(f"{len(items)} items exceed max_batch_items "
+                                  f"{self.max_batch_items}")
+        ids = [it.session_id for it in items]
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument("a session appears more than once in one call")
+
+    def _guarded(self, sessions: list[Session], fn):
+        """Run a state change; if it fails half-way, drop the sessions rather than keep
+        caches that no longer match their tokens."""
         try:
             return fn()
         except Exception:
-            self.sessions.pop(s.id)
-            log.exception("session dropped after a failed model call", session_id=s.id)
+            for s in sessions:
+                if self.sessions.peek(s.id) is s:
+                    self.sessions.pop(s.id)
+            log.exception("sessions dropped after a failed model call",
+                          session_ids=[s.id for s in sessions])
             raise

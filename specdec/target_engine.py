@@ -70,68 +70,68 @@ class TargetEngine(Engine):
     role = "target"
 
     def __init__(self, lm: LoadedModel, max_sessions: int, session_ttl_s: float,
-                 max_proposal_tokens: int, max_batch_items: int):
+                 max_proposal_tokens: int, max_batch_items: int = 64):
         super().__init__(lm, max_sessions, session_ttl_s, max_proposal_tokens)
         self.max_batch_items = max_batch_items
         self.accept_rule = accepted_prefix  # replaceable only to prove the tests have power
 
-    def verify(self, items: list[VerifyItem]) -> tuple[list[VerifyOutcome], int]:
-        """Verify each item; a failing item does not affect the others.
+    def verify(self, items: list[VerifyItem]) -> tuple[list[VerifyOutcome], int, int]:
+        """Verify the items' proposals in one forward pass over all their sessions (or answer
+        pending draft_probs_queries, which needs no pass). A failing item does not affect
+        the others.
 
-        Returns (outcomes in item order, forward passes run)."""
-        if not items:
-            raise InvalidArgument("Verify needs at least one item")
-        if len(items) > self.max_batch_items:
-            raise InvalidArgument(f"{len(items)} items exceed max_batch_items "
-                                  f"{self.max_batch_items}")
-        ids = [it.session_id for it in items]
-        if len(set(ids)) != len(ids):
-            raise InvalidArgument("a session appears more than once in one Verify call")
-        outcomes, passes = [], 0
-        for item in items:
+        Returns (outcomes in item order, forward passes run (0 or 1), sessions in the pass)."""
+        self._check_batch(items)
+        outcomes: list[VerifyOutcome | None] = [None] * len(items)
+        runs: list[tuple[int, VerifyItem, Session, tuple]] = []
+        for i, item in enumerate(items):
             try:
-                outcome, ran = self._verify_one(item)
-                passes += ran
+                call = ("verify", item.position, tuple(item.draft_token_ids),
+                        tuple(item.draft_probs), item.draft_probs_answer)
+                s, retry = self._session_at(item.session_id, item.position, call)
+                if retry:
+                    outcomes[i] = s.last_result
+                elif item.draft_probs_answer is not None:
+                    s.last_result = self._guarded([s], lambda s=s, it=item: self._recover(s, it))
+                    s.last_call = call
+                    outcomes[i] = s.last_result
+                else:
+                    if s.recovery is not None:
+                        raise FailedPrecondition(
+                            f"session {s.id} awaits the draft's probabilities for its "
+                            f"recovered token; send them as draft_probs_answer first")
+                    self._check_proposals(s, item)
+                    runs.append((i, item, s, call))
             except SpecdecError as e:
-                outcome = VerifyOutcome(item.session_id, error=e)
-            outcomes.append(outcome)
-        return outcomes, passes
+                outcomes[i] = VerifyOutcome(item.session_id, error=e)
+        if runs:
+            results = self._guarded([r[2] for r in runs], lambda: self._run(runs))
+            for (i, _, s, call), outcome in zip(runs, results, strict=True):
+                s.last_result, s.last_call = outcome, call
+                outcomes[i] = outcome
+        return outcomes, int(bool(runs)), len(runs)
 
-    def _verify_one(self, item: VerifyItem) -> tuple[VerifyOutcome, int]:
-        drafts = item.draft_token_ids
-        call = ("verify", item.position, tuple(drafts), tuple(item.draft_probs),
-                item.draft_probs_answer)
-        s, retry = self._session_at(item.session_id, item.position, call)
-        if retry:
-            return s.last_result, 0
-        if item.draft_probs_answer is not None:
-            s.last_result = self._guarded(s, lambda: self._recover(s, item))
-            s.last_call = call
-            return s.last_result, 0
-        if s.recovery is not None:
-            raise FailedPrecondition(
-                f"session {s.id} awaits the draft's probabilities for its recovered token; "
-                f"send them as draft_probs_answer first")
-        self._check_proposals(s, item)
-
-        def run() -> VerifyOutcome:
-            base = len(s.tokens)
-            s.tokens.extend(drafts)
-            logits = self._next_logits(s, len(drafts) + 1)                # [K+1, V]
-            draft_ids = torch.tensor(drafts, dtype=torch.int64, device=logits.device)
-            if s.generator is None:
+    def _run(self, runs: list[tuple[int, VerifyItem, Session, tuple]]) -> list[VerifyOutcome]:
+        bases = []
+        for _, item, s, _ in runs:
+            bases.append(len(s.tokens))
+            s.tokens.extend(item.draft_token_ids)
+        all_logits = self._forward([r[2] for r in runs],
+                                   [len(r[1].draft_token_ids) + 1 for r in runs])
+        outcomes = []
+        for (_, item, s, _), base, logits in zip(runs, bases, all_logits, strict=True):
+            draft_ids = torch.tensor(item.draft_token_ids, dtype=torch.int64)   # [K]
+            if s.generator is None:                                         # logits [K+1, V]
                 n, next_token = greedy_accept(draft_ids, logits)
             else:
                 n, next_token = self._sample_step(s, draft_ids, item.draft_probs, logits)
             self._truncate(s, base + n)
             if next_token is None:  # rejected: the recovered token needs the draft's q
-                return VerifyOutcome(s.id, n, 0, len(s.tokens), query=s.recovery.query)
-            s.tokens.append(next_token)
-            return VerifyOutcome(s.id, n, next_token, len(s.tokens))
-
-        s.last_result = self._guarded(s, run)
-        s.last_call = call
-        return s.last_result, 1
+                outcomes.append(VerifyOutcome(s.id, n, 0, len(s.tokens), query=s.recovery.query))
+            else:
+                s.tokens.append(next_token)
+                outcomes.append(VerifyOutcome(s.id, n, next_token, len(s.tokens)))
+        return outcomes
 
     def _check_proposals(self, s: Session, item: VerifyItem) -> None:
         drafts = item.draft_token_ids

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import grpc
-
 from specdec.config import ModelServiceConfig
 from specdec.models import LoadedModel
 from specdec.rpc.model_service import ModelServicer, sampling_from_pb, start_model_service
-from specdec.rpc.status import rpc_method, status_code
+from specdec.rpc.status import item_status, rpc_method
 from specdec.target_engine import TargetEngine, VerifyItem, VerifyOutcome
 from specdec.v1 import target_pb2, target_pb2_grpc
 
@@ -21,12 +19,9 @@ def item_from_pb(item: target_pb2.VerifyItem) -> VerifyItem:
 
 
 def outcome_to_pb(o: VerifyOutcome) -> target_pb2.VerifyResult:
-    if o.error is not None:
-        return target_pb2.VerifyResult(session_id=o.session_id,
-                                       code=status_code(o.error).value[0], message=str(o.error))
-    result = target_pb2.VerifyResult(session_id=o.session_id, code=grpc.StatusCode.OK.value[0],
-                                     num_accepted=o.num_accepted, next_token_id=o.next_token_id,
-                                     position=o.position)
+    result = target_pb2.VerifyResult(session_id=o.session_id, num_accepted=o.num_accepted,
+                                     next_token_id=o.next_token_id, position=o.position,
+                                     **item_status(o.error))
     if o.query is not None:
         result.draft_probs_query.index = o.query.index
         result.draft_probs_query.token_ids.extend(o.query.token_ids)
@@ -57,9 +52,10 @@ class TargetServicer(ModelServicer, target_pb2_grpc.TargetServiceServicer):
     @rpc_method
     async def Verify(self, request, context):
         items = [item_from_pb(i) for i in request.items]
-        (outcomes, passes), us = await self.timed(self.engine.verify, items)
+        (outcomes, passes, batched), us = await self.timed(self.engine.verify, items)
         return target_pb2.VerifyResponse(results=[outcome_to_pb(o) for o in outcomes],
-                                         forward_passes=passes, compute_time_us=us)
+                                         forward_passes=passes, compute_time_us=us,
+                                         batched_sessions=batched)
 
     @rpc_method
     async def Truncate(self, request, context):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from specdec.draft_engine import DraftEngine
+from specdec.draft_engine import DraftEngine, ProposeItem
 from specdec.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -30,12 +30,20 @@ def draft(lms):
 PROMPT = [5, 17, 42, 99, 7, 64, 3]
 
 
+def propose1(draft, session_id, position, truncate_to, append, k):
+    """One-item Propose: (token ids, position, draft probs), raising the item's error."""
+    (o,), _ = draft.propose([ProposeItem(session_id, position, truncate_to, append, k)])
+    if o.error is not None:
+        raise o.error
+    return list(o.token_ids), o.position, list(o.draft_probs)
+
+
 def test_truncate_then_logits_equal_fresh_prefill(target):
     target.open("a", PROMPT)
     # grow the session through a few verify rounds with arbitrary proposals
     position = len(PROMPT)
     for drafts in ([1, 2, 3], [4], [], [8, 9, 10, 11]):
-        (outcome,), _ = target.verify([VerifyItem("a", position, drafts)])
+        (outcome,), *_ = target.verify([VerifyItem("a", position, drafts)])
         position = outcome.position
     tokens = list(target.sessions.get("a").tokens)
     for keep in (position - 1, len(PROMPT) + 2, len(PROMPT), 1):
@@ -48,26 +56,26 @@ def test_truncate_then_logits_equal_fresh_prefill(target):
 
 def test_draft_truncate_then_propose_equals_fresh_session(draft):
     draft.open("a", PROMPT)
-    proposals, position, _ = draft.propose("a", len(PROMPT), None, [], 6)
+    proposals, position, _ = propose1(draft, "a", len(PROMPT), None, [], 6)
     assert position == len(PROMPT) + 6
     draft.truncate("a", position, len(PROMPT) + 2)
     draft.open("b", PROMPT + proposals[:2])
-    assert draft.propose("a", len(PROMPT) + 2, None, [], 4) == \
-        draft.propose("b", len(PROMPT) + 2, None, [], 4)
+    assert propose1(draft, "a", len(PROMPT) + 2, None, [], 4) == \
+        propose1(draft, "b", len(PROMPT) + 2, None, [], 4)
 
 
 def test_propose_rolls_back_and_appends_like_a_fresh_session(draft):
     draft.open("a", PROMPT)
-    proposals, position, _ = draft.propose("a", len(PROMPT), None, [], 5)
-    got = draft.propose("a", position, len(PROMPT) + 2, [33], 3)
+    proposals, position, _ = propose1(draft, "a", len(PROMPT), None, [], 5)
+    got = propose1(draft, "a", position, len(PROMPT) + 2, [33], 3)
     draft.open("b", PROMPT + proposals[:2] + [33])
-    assert got == draft.propose("b", len(PROMPT) + 3, None, [], 3)
+    assert got == propose1(draft, "b", len(PROMPT) + 3, None, [], 3)
 
 
 def test_retry_returns_same_answer_without_applying_twice(draft, target):
     draft.open("a", PROMPT)
-    first = draft.propose("a", len(PROMPT), None, [], 3)
-    assert draft.propose("a", len(PROMPT), None, [], 3) == first
+    first = propose1(draft, "a", len(PROMPT), None, [], 3)
+    assert propose1(draft, "a", len(PROMPT), None, [], 3) == first
     assert len(draft.sessions.get("a").tokens) == len(PROMPT) + 3
 
     assert draft.truncate("a", len(PROMPT) + 3, len(PROMPT) + 1) == len(PROMPT) + 1
@@ -76,8 +84,8 @@ def test_retry_returns_same_answer_without_applying_twice(draft, target):
 
     target.open("t", PROMPT)
     item = VerifyItem("t", len(PROMPT), [1, 2])
-    (first_outcome,), passes = target.verify([item])
-    (again,), passes_again = target.verify([item])
+    (first_outcome,), passes, _ = target.verify([item])
+    (again,), passes_again, _ = target.verify([item])
     assert again == first_outcome and passes == 1 and passes_again == 0
     assert len(target.sessions.get("t").tokens) == first_outcome.position
 
@@ -85,9 +93,9 @@ def test_retry_returns_same_answer_without_applying_twice(draft, target):
 def test_stale_position_is_rejected(draft, target):
     draft.open("a", PROMPT)
     with pytest.raises(FailedPrecondition, match="expects position 3"):
-        draft.propose("a", 3, None, [], 2)
+        propose1(draft, "a", 3, None, [], 2)
     target.open("t", PROMPT)
-    (outcome,), _ = target.verify([VerifyItem("t", len(PROMPT) + 1, [1])])
+    (outcome,), *_ = target.verify([VerifyItem("t", len(PROMPT) + 1, [1])])
     assert isinstance(outcome.error, FailedPrecondition)
     assert target.sessions.get("t").tokens == PROMPT  # unchanged
 
@@ -104,9 +112,9 @@ def test_bad_input(draft, target):
         draft.open("a", [1, 2])
     assert draft.open("a", PROMPT) == ("a", len(PROMPT))  # a retried open is a no-op
     with pytest.raises(InvalidArgument, match="num_tokens"):
-        draft.propose("a", len(PROMPT), None, [], 9)
+        propose1(draft, "a", len(PROMPT), None, [], 9)
     with pytest.raises(NotFound):
-        draft.propose("nope", 1, None, [], 1)
+        propose1(draft, "nope", 1, None, [], 1)
     draft.close("a")
     with pytest.raises(NotFound):
         draft.close("a")
@@ -126,8 +134,8 @@ def test_session_limit_and_expiry(draft):
 
 def test_one_failing_verify_item_does_not_affect_others(target):
     target.open("good", PROMPT)
-    outcomes, passes = target.verify([VerifyItem("missing", 3, []),
+    outcomes, passes, batched = target.verify([VerifyItem("missing", 3, []),
                                       VerifyItem("good", len(PROMPT), [1])])
     assert isinstance(outcomes[0].error, NotFound)
     assert outcomes[1].error is None and outcomes[1].position >= len(PROMPT) + 1
-    assert passes == 1
+    assert passes == 1 and batched == 1

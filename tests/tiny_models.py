@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 CORPUS = """\
@@ -89,6 +89,29 @@ def make_model_dirs(root: Path) -> dict[str, Path]:
     dirs["other_vocab"] = save(build_model(tiny_config(len(other_tok), eos), seed=4), other_tok,
                                root / "other_vocab")
     return dirs
+
+
+SMALL_ALPHABET = "abcdefghijklmnop"  # 16 tokens, one per character, no EOS
+
+
+def char_tokenizer(alphabet: str = SMALL_ALPHABET) -> PreTrainedTokenizerFast:
+    """One token per character: a vocabulary small enough to enumerate joint distributions."""
+    tk = Tokenizer(models.WordLevel({c: i for i, c in enumerate(alphabet)}, unk_token=alphabet[0]))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk)
+
+
+def make_small_vocab_dirs(root: Path) -> dict[str, Path]:
+    """A 16-token target and a draft with different weights (for statistical tests).
+    Small init keeps the distributions spread out; no EOS, so every request runs to length."""
+    tok = char_tokenizer()
+    config = tiny_config(len(tok), None, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=64, initializer_range=0.08, pad_token_id=None)
+    target = build_model(config, seed=11)
+    return {"small_target": save(target, tok, root / "small_target"),
+            "small_draft": save(perturb(target, 0.6, seed=12), tok, root / "small_draft")}
 
 
 PROMPTS = [

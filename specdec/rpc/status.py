@@ -17,6 +17,18 @@ def status_code(err: SpecdecError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, err.code)
 
 
+def item_status(err: SpecdecError | None) -> dict:
+    """The code/message fields of one item of a batched reply (OK when err is None)."""
+    if err is None:
+        return {"code": grpc.StatusCode.OK.value[0]}
+    return {"code": status_code(err).value[0], "message": str(err)}
+
+
+def code_name(code: int) -> str:
+    """The StatusCode name of a numeric code carried in a batched reply's item."""
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), f"CODE_{code}")
+
+
 def rpc_method(fn):
     """Wrap a grpc.aio unary servicer method.
 

@@ -12,12 +12,14 @@ class GetDraftInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetDraftInfoResponse(_message.Message):
-    __slots__ = ("model", "max_proposal_tokens")
+    __slots__ = ("model", "max_proposal_tokens", "max_batch_items")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MAX_PROPOSAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_ITEMS_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelInfo
     max_proposal_tokens: int
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., max_proposal_tokens: _Optional[int] = ...) -> None: ...
+    max_batch_items: int
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., max_proposal_tokens: _Optional[int] = ..., max_batch_items: _Optional[int] = ...) -> None: ...
 
 class OpenDraftSessionRequest(_message.Message):
     __slots__ = ("session_id", "prompt_token_ids", "sampling")
@@ -40,6 +42,12 @@ class OpenDraftSessionResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., compute_time_us: _Optional[int] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ProposeItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[ProposeItem, _Mapping]]] = ...) -> None: ...
+
+class ProposeItem(_message.Message):
     __slots__ = ("session_id", "position", "truncate_to", "append_token_ids", "num_tokens")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
@@ -54,16 +62,32 @@ class ProposeRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., truncate_to: _Optional[int] = ..., append_token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ...) -> None: ...
 
 class ProposeResponse(_message.Message):
-    __slots__ = ("token_ids", "position", "compute_time_us", "draft_probs")
+    __slots__ = ("results", "forward_passes", "compute_time_us", "batched_sessions")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ProposeResult]
+    forward_passes: int
+    compute_time_us: int
+    batched_sessions: int
+    def __init__(self, results: _Optional[_Iterable[_Union[ProposeResult, _Mapping]]] = ..., forward_passes: _Optional[int] = ..., compute_time_us: _Optional[int] = ..., batched_sessions: _Optional[int] = ...) -> None: ...
+
+class ProposeResult(_message.Message):
+    __slots__ = ("session_id", "code", "message", "token_ids", "position", "draft_probs")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
-    COMPUTE_TIME_US_FIELD_NUMBER: _ClassVar[int]
     DRAFT_PROBS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    code: int
+    message: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     position: int
-    compute_time_us: int
     draft_probs: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., position: _Optional[int] = ..., compute_time_us: _Optional[int] = ..., draft_probs: _Optional[_Iterable[float]] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., position: _Optional[int] = ..., draft_probs: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GetDraftProbsRequest(_message.Message):
     __slots__ = ("session_id", "position", "index", "token_ids", "all_tokens")

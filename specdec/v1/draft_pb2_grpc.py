@@ -96,8 +96,8 @@ class DraftServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Propose(self, request, context):
-        """Optionally rolls back and appends tokens, then proposes `num_tokens` tokens (greedy, or
-        sampled with the session's SamplingParams).
+        """For a batch of sessions: optionally rolls back and appends tokens, then proposes
+        `num_tokens` tokens (greedy, or sampled with the session's SamplingParams).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

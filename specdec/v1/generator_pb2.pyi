@@ -55,7 +55,7 @@ class GeneratedToken(_message.Message):
     def __init__(self, id: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
 class GenerationStats(_message.Message):
-    __slots__ = ("finish_reason", "prompt_tokens", "generated_tokens", "rounds", "proposed_draft_tokens", "accepted_draft_tokens", "acceptance_rate", "mean_accepted_length", "time_to_first_token_s", "total_time_s", "draft_time_s", "verify_time_s", "coordinator_time_s", "session_id", "seed", "wire_bytes")
+    __slots__ = ("finish_reason", "prompt_tokens", "generated_tokens", "rounds", "proposed_draft_tokens", "accepted_draft_tokens", "acceptance_rate", "mean_accepted_length", "time_to_first_token_s", "total_time_s", "draft_time_s", "verify_time_s", "coordinator_time_s", "session_id", "seed", "wire_bytes", "mean_verify_batch")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class GenerationStats(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     WIRE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_VERIFY_BATCH_FIELD_NUMBER: _ClassVar[int]
     finish_reason: FinishReason
     prompt_tokens: int
     generated_tokens: int
@@ -88,4 +89,5 @@ class GenerationStats(_message.Message):
     session_id: str
     seed: int
     wire_bytes: int
-    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., rounds: _Optional[int] = ..., proposed_draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., time_to_first_token_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., draft_time_s: _Optional[float] = ..., verify_time_s: _Optional[float] = ..., coordinator_time_s: _Optional[float] = ..., session_id: _Optional[str] = ..., seed: _Optional[int] = ..., wire_bytes: _Optional[int] = ...) -> None: ...
+    mean_verify_batch: float
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., rounds: _Optional[int] = ..., proposed_draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., time_to_first_token_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., draft_time_s: _Optional[float] = ..., verify_time_s: _Optional[float] = ..., coordinator_time_s: _Optional[float] = ..., session_id: _Optional[str] = ..., seed: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., mean_verify_batch: _Optional[float] = ...) -> None: ...
