@@ -107,7 +107,8 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
         # One after the other: on a shared CPU, two prefills at once slow each other down
         # more than they gain (the services take turns everywhere else too).
         for service in services:
-            reply = await service.open(session_id, prompt_ids, params.sampling)
+            _, reply = await service.open(session_id, prompt_ids, params.sampling,
+                                          len(prompt_ids) + params.max_new_tokens + params.k)
             opened.append(service)
             if service is target:
                 stats.verify_time_s += reply.compute_time_us / 1e6

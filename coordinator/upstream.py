@@ -44,23 +44,32 @@ def sampling_to_pb(params: SamplingParams) -> common_pb2.SamplingParams:
 
 
 class ServiceClient:
-    def __init__(self, role: str, addr: str, stub_cls, service: str, timeout_s: float):
+    """One service: a channel with retries, and a Batcher per batched method so that
+    concurrent generations share calls (see batcher.py)."""
+
+    def __init__(self, role: str, addr: str, stub_cls, service: str, timeout_s: float, pb):
         self.role, self.addr, self.timeout_s = role, addr, timeout_s
         self.channel = grpc.aio.insecure_channel(
             addr, options=[*CHANNEL_OPTIONS, ("grpc.service_config", _service_config(service)),
                            ("grpc.enable_retries", 1)])
         self.stub = stub_cls(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.batcher = Batcher(self._send_batch)
+        self.pb = pb
+        prefix = role.capitalize()
+        self._batchers: list[Batcher] = []
+        self.opens = self._batcher("OpenSession", lambda items: getattr(
+            pb, f"Open{prefix}SessionRequest")(items=items))
+        self.closes = self._batcher("CloseSession", lambda ids: getattr(
+            pb, f"Close{prefix}SessionRequest")(session_ids=ids))
 
-    async def _send_batch(self, items):
-        raise NotImplementedError
+    def _batcher(self, method: str, make_request) -> Batcher:
+        batcher = Batcher(lambda items: self.call(method, make_request(items)))
+        self._batchers.append(batcher)
+        return batcher
 
-    def raise_for_item(self, result) -> None:
-        """A failed item of a batched reply becomes the same error a failed call would."""
-        if result.code != 0:
-            raise UpstreamError(code_name(result.code),
-                                f"{self.role} service at {self.addr}: {result.message}")
+    def set_max_batch(self, max_items: int) -> None:
+        for batcher in self._batchers:
+            batcher.max_items = max(1, max_items)
 
     async def call(self, method: str, request):
         try:
@@ -68,6 +77,26 @@ class ServiceClient:
         except grpc.aio.AioRpcError as e:
             raise UpstreamError(e.code().name,
                                 f"{self.role} service at {self.addr}: {e.details()}") from None
+
+    def raise_for_item(self, result) -> None:
+        """A failed item of a batched reply becomes the same error a failed call would."""
+        if result.code != 0:
+            raise UpstreamError(code_name(result.code),
+                                f"{self.role} service at {self.addr}: {result.message}")
+
+    async def open(self, session_id: str, prompt: list[int], sampling: SamplingParams,
+                   max_tokens: int = 0):
+        """Open (and prefill) one session, batched with concurrent opens.
+        Returns (OpenSessionResult, the batch's reply)."""
+        result, reply = await self.opens.submit(common_pb2.OpenSessionItem(
+            session_id=session_id, prompt_token_ids=prompt, sampling=sampling_to_pb(sampling),
+            max_tokens=max_tokens))
+        self.raise_for_item(result)
+        return result, reply
+
+    async def close_session(self, session_id: str) -> None:
+        result, _ = await self.closes.submit(session_id)
+        self.raise_for_item(result)
 
     async def wait_serving(self, timeout_s: float) -> None:
         """Wait until the service's health reports SERVING (models take a while to load)."""
@@ -93,20 +122,16 @@ class ServiceClient:
 class DraftClient(ServiceClient):
     def __init__(self, addr: str, timeout_s: float):
         super().__init__("draft", addr, draft_pb2_grpc.DraftServiceStub,
-                         "specdec.v1.DraftService", timeout_s)
-
-    async def _send_batch(self, items):
-        return await self.call("Propose", draft_pb2.ProposeRequest(items=items))
+                         "specdec.v1.DraftService", timeout_s, draft_pb2)
+        self.proposals = self._batcher(
+            "Propose", lambda items: draft_pb2.ProposeRequest(items=items))
+        self.probs = self._batcher(
+            "GetProbs", lambda items: draft_pb2.GetDraftProbsRequest(items=items))
 
     async def info(self) -> draft_pb2.GetDraftInfoResponse:
         info = await self.call("GetInfo", draft_pb2.GetDraftInfoRequest())
-        self.batcher.max_items = info.max_batch_items or 1
+        self.set_max_batch(info.max_batch_items)
         return info
-
-    async def open(self, session_id: str, prompt: list[int],
-                   sampling: SamplingParams):
-        return await self.call("OpenSession", draft_pb2.OpenDraftSessionRequest(
-            session_id=session_id, prompt_token_ids=prompt, sampling=sampling_to_pb(sampling)))
 
     async def propose(self, session_id: str, position: int, truncate_to: int | None,
                       append: list[int], k: int):
@@ -116,40 +141,32 @@ class DraftClient(ServiceClient):
         item = draft_pb2.ProposeItem(session_id=session_id, position=position,
                                      truncate_to=truncate_to, append_token_ids=append,
                                      num_tokens=k)
-        result, reply = await self.batcher.submit(item)
+        result, reply = await self.proposals.submit(item)
         self.raise_for_item(result)
         return result, reply, item.ByteSize() + result.ByteSize()
 
     async def get_probs(self, session_id: str, position: int,
                         query: target_pb2.DraftProbsQuery) -> tuple[bytes, int]:
         """The draft's q for a target's DraftProbsQuery; returns (float32 bytes, wire bytes)."""
-        request = draft_pb2.GetDraftProbsRequest(
+        item = draft_pb2.DraftProbsItem(
             session_id=session_id, position=position, index=query.index,
             token_ids=query.token_ids, all_tokens=query.all_tokens)
-        reply = await self.call("GetProbs", request)
-        return reply.probs, request.ByteSize() + reply.ByteSize()
-
-    async def close_session(self, session_id: str) -> None:
-        await self.call("CloseSession", draft_pb2.CloseDraftSessionRequest(session_id=session_id))
+        result, _ = await self.probs.submit(item)
+        self.raise_for_item(result)
+        return result.probs, item.ByteSize() + result.ByteSize()
 
 
 class TargetClient(ServiceClient):
     def __init__(self, addr: str, timeout_s: float):
         super().__init__("target", addr, target_pb2_grpc.TargetServiceStub,
-                         "specdec.v1.TargetService", timeout_s)
-
-    async def _send_batch(self, items):
-        return await self.call("Verify", target_pb2.VerifyRequest(items=items))
+                         "specdec.v1.TargetService", timeout_s, target_pb2)
+        self.verifies = self._batcher(
+            "Verify", lambda items: target_pb2.VerifyRequest(items=items))
 
     async def info(self) -> target_pb2.GetTargetInfoResponse:
         info = await self.call("GetInfo", target_pb2.GetTargetInfoRequest())
-        self.batcher.max_items = info.max_batch_items or 1
+        self.set_max_batch(info.max_batch_items)
         return info
-
-    async def open(self, session_id: str, prompt: list[int],
-                   sampling: SamplingParams):
-        return await self.call("OpenSession", target_pb2.OpenTargetSessionRequest(
-            session_id=session_id, prompt_token_ids=prompt, sampling=sampling_to_pb(sampling)))
 
     async def verify(self, session_id: str, position: int, drafts: list[int],
                      draft_probs: list[float] = (), answer: bytes | None = None):
@@ -160,12 +177,9 @@ class TargetClient(ServiceClient):
         item = target_pb2.VerifyItem(session_id=session_id, position=position,
                                      draft_token_ids=drafts, draft_probs=draft_probs,
                                      draft_probs_answer=answer)
-        result, reply = await self.batcher.submit(item)
+        result, reply = await self.verifies.submit(item)
         self.raise_for_item(result)
         return result, reply, item.ByteSize() + result.ByteSize()
-
-    async def close_session(self, session_id: str) -> None:
-        await self.call("CloseSession", target_pb2.CloseTargetSessionRequest(session_id=session_id))
 
 
 def check_compatible(draft, target) -> None:

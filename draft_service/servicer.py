@@ -5,7 +5,7 @@ from __future__ import annotations
 from specdec.config import ModelServiceConfig
 from specdec.draft_engine import DraftEngine, ProposeItem, ProposeOutcome
 from specdec.models import LoadedModel
-from specdec.rpc.model_service import ModelServicer, sampling_from_pb, start_model_service
+from specdec.rpc.model_service import ModelServicer, start_model_service
 from specdec.rpc.status import item_status, rpc_method
 from specdec.v1 import draft_pb2, draft_pb2_grpc
 
@@ -25,23 +25,19 @@ def outcome_to_pb(o: ProposeOutcome) -> draft_pb2.ProposeResult:
 
 
 class DraftServicer(ModelServicer, draft_pb2_grpc.DraftServiceServicer):
+    open_response = draft_pb2.OpenDraftSessionResponse
+    close_response = draft_pb2.CloseDraftSessionResponse
+
     def build_engine(self, lm: LoadedModel) -> DraftEngine:
         return DraftEngine(lm, self.cfg.max_sessions, self.cfg.session_ttl_s,
-                           self.cfg.max_proposal_tokens, self.cfg.max_batch_items)
+                           self.cfg.max_proposal_tokens, self.cfg.max_batch_items,
+                           self.cfg.max_cache_mb)
 
     @rpc_method
     async def GetInfo(self, request, context):
         return draft_pb2.GetDraftInfoResponse(
             model=self.model_info(), max_proposal_tokens=self.engine.max_proposal_tokens,
             max_batch_items=self.engine.max_batch_items)
-
-    @rpc_method
-    async def OpenSession(self, request, context):
-        (sid, position), us = await self.timed(
-            self.engine.open, request.session_id, list(request.prompt_token_ids),
-            sampling_from_pb(request.sampling))
-        return draft_pb2.OpenDraftSessionResponse(session_id=sid, position=position,
-                                                  compute_time_us=us)
 
     @rpc_method
     async def Propose(self, request, context):
@@ -53,20 +49,18 @@ class DraftServicer(ModelServicer, draft_pb2_grpc.DraftServiceServicer):
 
     @rpc_method
     async def GetProbs(self, request, context):
-        probs, _ = await self.timed(self.engine.get_probs, request.session_id, request.position,
-                                    request.index, list(request.token_ids), request.all_tokens)
-        return draft_pb2.GetDraftProbsResponse(probs=probs)
+        items = [(i.session_id, i.position, i.index, list(i.token_ids), i.all_tokens)
+                 for i in request.items]
+        outcomes, _ = await self.timed(self.engine.get_probs_many, items)
+        return draft_pb2.GetDraftProbsResponse(results=[
+            draft_pb2.DraftProbsResult(session_id=item[0], probs=probs, **item_status(err))
+            for item, (probs, err) in zip(items, outcomes, strict=True)])
 
     @rpc_method
     async def Truncate(self, request, context):
         position, _ = await self.timed(self.engine.truncate, request.session_id,
                                        request.position, request.length)
         return draft_pb2.TruncateDraftSessionResponse(position=position)
-
-    @rpc_method
-    async def CloseSession(self, request, context):
-        await self.timed(self.engine.close, request.session_id)
-        return draft_pb2.CloseDraftSessionResponse()
 
 
 async def start(cfg: ModelServiceConfig, lm: LoadedModel | None = None):

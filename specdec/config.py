@@ -58,6 +58,7 @@ class ModelServiceConfig:
     session_ttl_s: float
     max_proposal_tokens: int
     max_batch_items: int
+    max_cache_mb: float
     cache_dir: str
     warmup: bool
     log_level: str
@@ -80,7 +81,11 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
                  help="idle sessions are closed after this many seconds")
     p.add_option("--max-proposal-tokens", default=32, type=int,
                  help="most draft tokens per Propose / per Verify item")
-    p.add_option("--max-batch-items", default=64, type=int, help="most items per Verify call")
+    p.add_option("--max-batch-items", default=64, type=int,
+                 help="most sessions per batched call (one forward pass)")
+    p.add_option("--max-cache-mb", default=4096.0, type=float,
+                 help="KV cache memory sessions may reserve (each reserves its max_tokens); "
+                      "past it new sessions get RESOURCE_EXHAUSTED; 0 = no bound")
     p.add_option("--cache-dir", default=default_cache_dir(),
                  help="where fetched and converted models are kept")
     p.add_option("--warmup", default=1, type=int, choices=[0, 1],
@@ -94,6 +99,6 @@ def model_service_config(args: argparse.Namespace) -> ModelServiceConfig:
         model=args.model, host=args.host, port=args.port, dtype=args.dtype, device=args.device,
         threads=args.threads, max_sessions=args.max_sessions, session_ttl_s=args.session_ttl_s,
         max_proposal_tokens=args.max_proposal_tokens, max_batch_items=args.max_batch_items,
-        cache_dir=args.cache_dir, warmup=bool(args.warmup), log_level=args.log_level,
-        log_format=args.log_format,
+        max_cache_mb=args.max_cache_mb, cache_dir=args.cache_dir, warmup=bool(args.warmup),
+        log_level=args.log_level, log_format=args.log_format,
     )

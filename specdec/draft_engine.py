@@ -8,7 +8,6 @@ import torch
 
 from .engine import Engine
 from .errors import FailedPrecondition, InvalidArgument, SpecdecError
-from .models import LoadedModel
 from .sampling import sample, warp
 from .sessions import Session
 
@@ -42,11 +41,6 @@ class _Run:
 
 class DraftEngine(Engine):
     role = "draft"
-
-    def __init__(self, lm: LoadedModel, max_sessions: int, session_ttl_s: float,
-                 max_proposal_tokens: int, max_batch_items: int = 64):
-        super().__init__(lm, max_sessions, session_ttl_s, max_proposal_tokens)
-        self.max_batch_items = max_batch_items
 
     def propose(self, items: list[ProposeItem]) -> tuple[list[ProposeOutcome], int]:
         """For each item: roll back to truncate_to, append tokens, propose num_tokens tokens
@@ -95,7 +89,7 @@ class DraftEngine(Engine):
             raise InvalidArgument(f"truncate_to {item.truncate_to} must be in "
                                   f"[1, position={position}]")
         self._check_ids(item.append_token_ids, "append_token_ids")
-        self._check_length(keep + len(item.append_token_ids) + k)
+        self._check_length(keep + len(item.append_token_ids) + k, s)
         return s, False
 
     def _run(self, runs: list[tuple[int, _Run]]) -> int:
@@ -143,3 +137,13 @@ class DraftEngine(Engine):
             row = row[torch.tensor(token_ids, dtype=torch.int64, device=row.device)]
         return row.cpu().numpy().astype("<f4", copy=False).tobytes()
 
+
+    def get_probs_many(self, items: list[tuple]) -> list[tuple[bytes, SpecdecError | None]]:
+        """get_probs for each (session_id, position, index, token_ids, all_tokens)."""
+        out = []
+        for item in items:
+            try:
+                out.append((self.get_probs(*item), None))
+            except SpecdecError as e:
+                out.append((b"", e))
+        return out

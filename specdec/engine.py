@@ -7,18 +7,43 @@ engine on one worker thread. They raise specdec.errors on bad input and never im
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from dataclasses import dataclass
 
 import structlog
 import torch
 from transformers import DynamicCache
 
-from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, OutOfRange
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, OutOfRange, SpecdecError
 from .models import LoadedModel
 from .sampling import GREEDY, SamplingParams, generator_for
 from .sessions import Session, SessionStore
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class OpenItem:
+    session_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams = GREEDY
+    max_tokens: int = 0  # most tokens the session will hold; 0 = the model's context
+
+
+@dataclass(frozen=True)
+class OpenOutcome:
+    session_id: str
+    position: int = 0
+    error: SpecdecError | None = None
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one token takes: keys and values, every layer and KV head."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return 2 * text.num_hidden_layers * heads * head_dim * torch.finfo(dtype).bits // 8
 
 
 class Engine:
@@ -27,10 +52,15 @@ class Engine:
     role = "model"  # names the session generators' stream ("draft" / "target")
 
     def __init__(self, lm: LoadedModel, max_sessions: int, session_ttl_s: float,
-                 max_proposal_tokens: int):
+                 max_proposal_tokens: int, max_batch_items: int = 64, max_cache_mb: float = 0):
+        """max_cache_mb: bound on the KV cache memory sessions may reserve (0 = none); a
+        session reserves its max_tokens (or the model's context) when it opens."""
         self.lm = lm
-        self.sessions = SessionStore(max_sessions, session_ttl_s)
+        self.kv_bytes_per_token = kv_bytes_per_token(lm.model.config, lm.model.dtype)
+        budget = int(max_cache_mb * 2**20 // self.kv_bytes_per_token) if max_cache_mb else None
+        self.sessions = SessionStore(max_sessions, session_ttl_s, max_reserved_tokens=budget)
         self.max_proposal_tokens = max_proposal_tokens
+        self.max_batch_items = max_batch_items
 
     # ---- validation -------------------------------------------------------------------
     def _check_ids(self, ids: list[int], what: str) -> None:
@@ -39,10 +69,13 @@ class Engine:
             raise InvalidArgument(f"{what}: token id {bad[0]} is outside the vocabulary "
                                   f"[0, {self.lm.vocab_size})")
 
-    def _check_length(self, length: int) -> None:
+    def _check_length(self, length: int, s: Session | None = None) -> None:
         if length > self.lm.max_context_length:
             raise OutOfRange(f"the session would hold {length} tokens, more than the model's "
                              f"context of {self.lm.max_context_length}")
+        if s is not None and length > s.reserved_tokens:
+            raise OutOfRange(f"session {s.id} would hold {length} tokens, more than the "
+                             f"{s.reserved_tokens} (max_tokens) it reserved when opened")
 
     def _session_at(self, session_id: str, position: int, call: tuple) -> tuple[Session, bool]:
         """The session, and whether `call` repeats its last call (a retry)."""
@@ -127,38 +160,65 @@ class Engine:
         del s.tokens[length:]
         self._crop(s, length)
 
-    @torch.inference_mode()
-    def _prefill(self, s: Session) -> None:
-        """Cache every prompt token but the last, which stays pending."""
-        if len(s.tokens) > 1:
-            ids = torch.tensor([s.tokens[:-1]], device=self.lm.device)
-            self.lm.model(input_ids=ids, past_key_values=s.cache, use_cache=True, logits_to_keep=1)
-            s.cache_len = len(s.tokens) - 1
-
     # ---- public operations ------------------------------------------------------------
-    def open(self, session_id: str, prompt: list[int],
-             sampling: SamplingParams = GREEDY) -> tuple[str, int]:
-        """Create and prefill a session; returns (session_id, position)."""
+    def open(self, session_id: str, prompt: list[int], sampling: SamplingParams = GREEDY,
+             max_tokens: int = 0) -> tuple[str, int]:
+        """Create and prefill one session; returns (session_id, position)."""
+        (outcome,) = self.open_many([OpenItem(session_id, prompt, sampling, max_tokens)])
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.session_id, outcome.position
+
+    def open_many(self, items: list[OpenItem]) -> list[OpenOutcome]:
+        """Create sessions and prefill them all in one forward pass (every prompt token
+        but the last is cached; the last stays pending). Per-item errors."""
+        self._check_batch(items)
+        outcomes: list[OpenOutcome | None] = [None] * len(items)
+        fresh: list[tuple[int, Session]] = []
+        for i, item in enumerate(items):
+            try:
+                s = self._new_session(item)
+            except SpecdecError as e:
+                outcomes[i] = OpenOutcome(item.session_id, error=e)
+                continue
+            if s.cache is None:  # a retried open
+                outcomes[i] = OpenOutcome(s.id, len(s.tokens))
+            else:
+                fresh.append((i, s))
+        prefill = [s for _, s in fresh if len(s.tokens) > 1]
+        if prefill:
+            lasts = [s.tokens.pop() for s in prefill]
+            self._guarded(prefill, lambda: self._forward(prefill, [1] * len(prefill)))
+            for s, last in zip(prefill, lasts, strict=True):
+                s.tokens.append(last)
+        for i, s in fresh:
+            outcomes[i] = OpenOutcome(s.id, len(s.tokens))
+        return outcomes
+
+    def _new_session(self, item: OpenItem) -> Session:
+        """Validate and register a session (not prefilled yet); a retried open returns the
+        existing session with cache=None as the marker."""
+        prompt = item.prompt_token_ids
         if not prompt:
             raise InvalidArgument("prompt_token_ids is empty; a session needs at least one token")
         self._check_ids(prompt, "prompt_token_ids")
-        self._check_length(len(prompt))
-        sampling.validate()
-        call = ("open", tuple(prompt), sampling)
-        existing = self.sessions.peek(session_id) if session_id else None
+        self._check_length(max(len(prompt), item.max_tokens))
+        item.sampling.validate()
+        call = ("open", tuple(prompt), item.sampling, item.max_tokens)
+        existing = self.sessions.peek(item.session_id) if item.session_id else None
         if existing is not None:
             if existing.last_call == call:
-                return existing.id, len(existing.tokens)
-            raise AlreadyExists(f"session {session_id} already exists with another state")
-        self.sessions.check_capacity()
-        s = Session(session_id or uuid.uuid4().hex, list(prompt),
-                    DynamicCache(config=self.lm.model.config), sampling=sampling)
-        if not sampling.greedy:
-            s.generator = generator_for(sampling.seed, self.role, self.lm.device)
-        self._prefill(s)
+                return dataclasses.replace(existing, cache=None)
+            raise AlreadyExists(f"session {item.session_id} already exists with another state")
+        reserve = item.max_tokens or self.lm.max_context_length
+        s = Session(item.session_id or uuid.uuid4().hex, list(prompt),
+                    DynamicCache(config=self.lm.model.config), sampling=item.sampling,
+                    reserved_tokens=reserve)
+        if not item.sampling.greedy:
+            s.generator = generator_for(item.sampling.seed, self.role, self.lm.device)
         s.last_call = call
-        self.sessions.add(s)
-        return s.id, len(s.tokens)
+        self.sessions.add(s)  # checks --max-sessions and the cache budget
+        return s
 
     def truncate(self, session_id: str, position: int, length: int) -> int:
         s, retry = self._session_at(session_id, position, ("truncate", position, length))
@@ -173,12 +233,21 @@ class Engine:
     def close(self, session_id: str) -> None:
         self.sessions.pop(session_id)
 
+    def close_many(self, session_ids: list[str]) -> list[SpecdecError | None]:
+        errors: list[SpecdecError | None] = []
+        for sid in session_ids:
+            try:
+                self.sessions.pop(sid)
+                errors.append(None)
+            except SpecdecError as e:
+                errors.append(e)
+        return errors
+
     def warmup(self, max_new: int = 9) -> None:
         """Run the shapes serving uses once, outside any session: first use of a shape is
         slow with some kernels (CPU bf16), and that must not land on a user's request."""
         n = max(2, min(16, self.lm.max_context_length - max_new - 1))
         s = Session("warmup", [0] * n, DynamicCache(config=self.lm.model.config))
-        self._prefill(s)
         for extra in range(max_new):
             s.tokens.extend([0] * extra)
             self._next_logits(s, extra + 1)

@@ -31,6 +31,7 @@ class Session:
     generator: Any = None
     draft_rows: Any = None
     recovery: Any = None
+    reserved_tokens: int = 0
     last_call: tuple | None = None
     last_result: Any = None
     last_used: float = field(default_factory=time.monotonic)
@@ -38,8 +39,11 @@ class Session:
 
 class SessionStore:
     def __init__(self, max_sessions: int, ttl_s: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 max_reserved_tokens: int | None = None):
         self.max_sessions = max_sessions
+        self.max_reserved_tokens = max_reserved_tokens
+        self.reserved_tokens = 0
         self.ttl_s = ttl_s
         self._clock = clock
         self._sessions: dict[str, Session] = {}
@@ -60,8 +64,15 @@ class SessionStore:
         if session.id in self._sessions:
             raise AlreadyExists(f"session {session.id} already exists")
         self.check_capacity()
+        budget = self.max_reserved_tokens
+        if budget is not None and self.reserved_tokens + session.reserved_tokens > budget:
+            raise ResourceExhausted(
+                f"the session would reserve {session.reserved_tokens} tokens of KV cache; "
+                f"{self.reserved_tokens} of {budget} (--max-cache-mb) are reserved by "
+                f"{len(self._sessions)} live sessions; retry later or ask for fewer tokens")
         session.last_used = self._clock()
         self._sessions[session.id] = session
+        self.reserved_tokens += session.reserved_tokens
 
     def get(self, session_id: str) -> Session:
         session = self._sessions.get(session_id)
@@ -74,6 +85,7 @@ class SessionStore:
     def pop(self, session_id: str) -> Session:
         session = self.get(session_id)
         del self._sessions[session_id]
+        self.reserved_tokens -= session.reserved_tokens
         return session
 
     def expire(self) -> list[str]:
@@ -81,5 +93,5 @@ class SessionStore:
         cutoff = self._clock() - self.ttl_s
         stale = [sid for sid, s in self._sessions.items() if s.last_used < cutoff]
         for sid in stale:
-            del self._sessions[sid]
+            self.reserved_tokens -= self._sessions.pop(sid).reserved_tokens
         return stale

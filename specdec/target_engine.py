@@ -18,7 +18,6 @@ import torch
 from .acceptance import accepted_prefix, first_accepted_candidate, greedy_accept, residual
 from .engine import Engine
 from .errors import FailedPrecondition, InvalidArgument, SpecdecError
-from .models import LoadedModel
 from .sampling import sample, warp
 from .sessions import Session
 
@@ -69,11 +68,10 @@ class Recovery:
 class TargetEngine(Engine):
     role = "target"
 
-    def __init__(self, lm: LoadedModel, max_sessions: int, session_ttl_s: float,
-                 max_proposal_tokens: int, max_batch_items: int = 64):
-        super().__init__(lm, max_sessions, session_ttl_s, max_proposal_tokens)
-        self.max_batch_items = max_batch_items
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.accept_rule = accepted_prefix  # replaceable only to prove the tests have power
+        self.recovery_candidates = RECOVERY_CANDIDATES
 
     def verify(self, items: list[VerifyItem]) -> tuple[list[VerifyOutcome], int, int]:
         """Verify the items' proposals in one forward pass over all their sessions (or answer
@@ -139,7 +137,7 @@ class TargetEngine(Engine):
             raise InvalidArgument(f"{len(drafts)} draft tokens exceed max_proposal_tokens "
                                   f"{self.max_proposal_tokens}")
         self._check_ids(drafts, "draft_token_ids")
-        self._check_length(item.position + len(drafts) + 1)
+        self._check_length(item.position + len(drafts) + 1, s)
         if s.generator is None:
             if item.draft_probs:
                 raise InvalidArgument("draft_probs given for a greedy session")
@@ -167,13 +165,12 @@ class TargetEngine(Engine):
 
     def _start_recovery(self, s: Session, index: int, p_row: torch.Tensor) -> Recovery:
         support = p_row.nonzero().squeeze(-1)                             # [S]
-        if support.numel() <= RECOVERY_CANDIDATES:
+        m = self.recovery_candidates
+        if support.numel() <= m:
             ids, uniforms = support, None
         else:
-            ids = torch.multinomial(p_row, RECOVERY_CANDIDATES, replacement=True,
-                                    generator=s.generator)                # [M] ~ p
-            uniforms = torch.rand(RECOVERY_CANDIDATES, generator=s.generator,
-                                  dtype=torch.float64)                    # [M]
+            ids = torch.multinomial(p_row, m, replacement=True, generator=s.generator)  # [M]
+            uniforms = torch.rand(m, generator=s.generator, dtype=torch.float64)      # [M]
         return Recovery(ProbsQuery(index, tuple(ids.tolist())), p_row, ids, uniforms)
 
     def _recover(self, s: Session, item: VerifyItem) -> VerifyOutcome:

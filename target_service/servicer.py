@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from specdec.config import ModelServiceConfig
 from specdec.models import LoadedModel
-from specdec.rpc.model_service import ModelServicer, sampling_from_pb, start_model_service
+from specdec.rpc.model_service import ModelServicer, start_model_service
 from specdec.rpc.status import item_status, rpc_method
 from specdec.target_engine import TargetEngine, VerifyItem, VerifyOutcome
 from specdec.v1 import target_pb2, target_pb2_grpc
@@ -30,9 +30,13 @@ def outcome_to_pb(o: VerifyOutcome) -> target_pb2.VerifyResult:
 
 
 class TargetServicer(ModelServicer, target_pb2_grpc.TargetServiceServicer):
+    open_response = target_pb2.OpenTargetSessionResponse
+    close_response = target_pb2.CloseTargetSessionResponse
+
     def build_engine(self, lm: LoadedModel) -> TargetEngine:
         return TargetEngine(lm, self.cfg.max_sessions, self.cfg.session_ttl_s,
-                            self.cfg.max_proposal_tokens, self.cfg.max_batch_items)
+                            self.cfg.max_proposal_tokens, self.cfg.max_batch_items,
+                            self.cfg.max_cache_mb)
 
     @rpc_method
     async def GetInfo(self, request, context):
@@ -40,14 +44,6 @@ class TargetServicer(ModelServicer, target_pb2_grpc.TargetServiceServicer):
         return target_pb2.GetTargetInfoResponse(
             model=self.model_info(), max_batch_items=e.max_batch_items,
             max_proposal_tokens=e.max_proposal_tokens)
-
-    @rpc_method
-    async def OpenSession(self, request, context):
-        (sid, position), us = await self.timed(
-            self.engine.open, request.session_id, list(request.prompt_token_ids),
-            sampling_from_pb(request.sampling))
-        return target_pb2.OpenTargetSessionResponse(session_id=sid, position=position,
-                                                    compute_time_us=us)
 
     @rpc_method
     async def Verify(self, request, context):
@@ -62,11 +58,6 @@ class TargetServicer(ModelServicer, target_pb2_grpc.TargetServiceServicer):
         position, _ = await self.timed(self.engine.truncate, request.session_id,
                                        request.position, request.length)
         return target_pb2.TruncateTargetSessionResponse(position=position)
-
-    @rpc_method
-    async def CloseSession(self, request, context):
-        await self.timed(self.engine.close, request.session_id)
-        return target_pb2.CloseTargetSessionResponse()
 
 
 async def start(cfg: ModelServiceConfig, lm: LoadedModel | None = None):

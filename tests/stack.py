@@ -36,7 +36,7 @@ class LoopThread:
 def service_config(**overrides) -> ModelServiceConfig:
     base = dict(model="", host="127.0.0.1", port=0, dtype="float32", device="cpu", threads=0,
                 max_sessions=64, session_ttl_s=600.0, max_proposal_tokens=16, max_batch_items=64,
-                cache_dir="", warmup=True, log_level="info", log_format="console")
+                max_cache_mb=0.0, cache_dir="", warmup=True, log_level="info", log_format="console")
     base.update(overrides)
     return ModelServiceConfig(**base)
 

@@ -5,7 +5,7 @@ import pytest
 
 from coordinator import server as coordinator_server
 from specdec.errors import FailedPrecondition, Unavailable
-from specdec.v1 import draft_pb2, generator_pb2, target_pb2
+from specdec.v1 import common_pb2, draft_pb2, generator_pb2, target_pb2
 from stack import coordinator_config, health_pb2
 
 
@@ -47,7 +47,8 @@ def test_services_reject_unknown_closed_and_stale_sessions(stacks):
     result = propose(session_id="nope", position=1, num_tokens=1)
     assert result.code == grpc.StatusCode.NOT_FOUND.value[0] and "nope" in result.message
 
-    opened = draft.OpenSession(draft_pb2.OpenDraftSessionRequest(prompt_token_ids=[1, 2, 3]))
+    (opened,) = draft.OpenSession(draft_pb2.OpenDraftSessionRequest(
+        items=[common_pb2.OpenSessionItem(prompt_token_ids=[1, 2, 3])])).results
     result = propose(session_id=opened.session_id, position=5, num_tokens=2)
     assert result.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert "holds 3 tokens but the call expects position 5" in result.message
@@ -58,7 +59,12 @@ def test_services_reject_unknown_closed_and_stale_sessions(stacks):
         draft.Truncate(draft_pb2.TruncateDraftSessionRequest(session_id=opened.session_id,
                                                              position=3, length=4))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    draft.CloseSession(draft_pb2.CloseDraftSessionRequest(session_id=opened.session_id))
+    (closed,) = draft.CloseSession(draft_pb2.CloseDraftSessionRequest(
+        session_ids=[opened.session_id])).results
+    assert closed.code == 0
+    (closed,) = draft.CloseSession(draft_pb2.CloseDraftSessionRequest(
+        session_ids=[opened.session_id])).results
+    assert closed.code == grpc.StatusCode.NOT_FOUND.value[0]
     result = propose(session_id=opened.session_id, position=3, num_tokens=1)
     assert result.code == grpc.StatusCode.NOT_FOUND.value[0]
 
@@ -66,10 +72,10 @@ def test_services_reject_unknown_closed_and_stale_sessions(stacks):
         target_pb2.VerifyItem(session_id="gone", position=4, draft_token_ids=[1])]))
     assert reply.results[0].code == grpc.StatusCode.NOT_FOUND.value[0]
     assert "gone" in reply.results[0].message
-    with pytest.raises(grpc.RpcError) as e:
-        target.OpenSession(target_pb2.OpenTargetSessionRequest(prompt_token_ids=[1, 99999]))
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "outside the vocabulary [0, 320)" in e.value.details()
+    (bad,) = target.OpenSession(target_pb2.OpenTargetSessionRequest(
+        items=[common_pb2.OpenSessionItem(prompt_token_ids=[1, 99999])])).results
+    assert bad.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "outside the vocabulary [0, 320)" in bad.message
 
     for which in ("draft", "target", "coordinator"):
         assert stack.health(which) == health_pb2.HealthCheckResponse.SERVING

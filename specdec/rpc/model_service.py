@@ -11,13 +11,14 @@ import structlog
 import torch
 
 from ..config import ModelServiceConfig, model_service_config, model_service_parser
-from ..engine import Engine
+from ..engine import Engine, OpenItem
 from ..errors import SpecdecError, Unavailable
 from ..logs import configure_logging
 from ..models import LoadedModel, load_model
 from ..sampling import SamplingParams
 from ..v1 import common_pb2
 from .server import RunningServer, start_server, wait_for_signal
+from .status import item_status, rpc_method
 from .worker import ModelWorker
 
 log = structlog.get_logger(__name__)
@@ -29,7 +30,11 @@ def sampling_from_pb(pb: common_pb2.SamplingParams) -> SamplingParams:
 
 
 class ModelServicer:
-    """Base of the draft and target servicers: the engine (once loaded) and its worker."""
+    """Base of the draft and target servicers: the engine (once loaded) and its worker,
+    and the OpenSession / CloseSession methods both services share."""
+
+    open_response: type  # Open*SessionResponse of the concrete service
+    close_response: type  # Close*SessionResponse of the concrete service
 
     def __init__(self, cfg: ModelServiceConfig):
         self.cfg = cfg
@@ -51,6 +56,24 @@ class ModelServicer:
         start = time.perf_counter_ns()
         result = await self.worker.run(fn, *args)
         return result, (time.perf_counter_ns() - start) // 1000
+
+    @rpc_method
+    async def OpenSession(self, request, context):
+        items = [OpenItem(i.session_id, list(i.prompt_token_ids), sampling_from_pb(i.sampling),
+                          i.max_tokens) for i in request.items]
+        outcomes, us = await self.timed(self.engine.open_many, items)
+        return self.open_response(results=[
+            common_pb2.OpenSessionResult(session_id=o.session_id, position=o.position,
+                                         **item_status(o.error)) for o in outcomes],
+            compute_time_us=us)
+
+    @rpc_method
+    async def CloseSession(self, request, context):
+        ids = list(request.session_ids)
+        errors, _ = await self.timed(self.engine.close_many, ids)
+        return self.close_response(results=[
+            common_pb2.CloseSessionResult(session_id=sid, **item_status(err))
+            for sid, err in zip(ids, errors, strict=True)])
 
     def model_info(self) -> common_pb2.ModelInfo:
         e = self.engine

@@ -89,7 +89,7 @@ class DraftServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def OpenSession(self, request, context):
-        """Creates a session and prefills its cache with the prompt.
+        """Creates sessions and prefills their caches with their prompts (one forward pass).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,8 +104,8 @@ class DraftServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetProbs(self, request, context):
-        """Reads the draft's probabilities q at one position of the last proposal (what the target
-        needs to sample a recovered token after rejecting that position's proposal).
+        """Reads the draft's probabilities q at one position of sessions' last proposals (what the
+        target needs to sample a recovered token after rejecting that position's proposal).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,7 +119,7 @@ class DraftServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseSession(self, request, context):
-        """Frees the session and its cache.
+        """Frees sessions and their caches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

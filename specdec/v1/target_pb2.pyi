@@ -22,24 +22,18 @@ class GetTargetInfoResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., max_batch_items: _Optional[int] = ..., max_proposal_tokens: _Optional[int] = ...) -> None: ...
 
 class OpenTargetSessionRequest(_message.Message):
-    __slots__ = ("session_id", "prompt_token_ids", "sampling")
-    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
-    SAMPLING_FIELD_NUMBER: _ClassVar[int]
-    session_id: str
-    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    sampling: _common_pb2.SamplingParams
-    def __init__(self, session_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[_common_pb2.OpenSessionItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[_common_pb2.OpenSessionItem, _Mapping]]] = ...) -> None: ...
 
 class OpenTargetSessionResponse(_message.Message):
-    __slots__ = ("session_id", "position", "compute_time_us")
-    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    POSITION_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("results", "compute_time_us")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_TIME_US_FIELD_NUMBER: _ClassVar[int]
-    session_id: str
-    position: int
+    results: _containers.RepeatedCompositeFieldContainer[_common_pb2.OpenSessionResult]
     compute_time_us: int
-    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., compute_time_us: _Optional[int] = ...) -> None: ...
+    def __init__(self, results: _Optional[_Iterable[_Union[_common_pb2.OpenSessionResult, _Mapping]]] = ..., compute_time_us: _Optional[int] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("items",)
@@ -118,11 +112,13 @@ class TruncateTargetSessionResponse(_message.Message):
     def __init__(self, position: _Optional[int] = ...) -> None: ...
 
 class CloseTargetSessionRequest(_message.Message):
-    __slots__ = ("session_id",)
-    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    __slots__ = ("session_ids",)
+    SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
+    session_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CloseTargetSessionResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[_common_pb2.CloseSessionResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[_common_pb2.CloseSessionResult, _Mapping]]] = ...) -> None: ...
