@@ -9,6 +9,11 @@ TORCH_INDEX_URL ?=
 DTYPE ?= bfloat16
 K ?= 4
 MAX_NEW_TOKENS ?= 128
+TEMPERATURE ?= 0
+TOP_K ?= 0
+TOP_P ?= 1.0
+SEED ?= 0
+PROBLEMS ?= 1
 PROTOS := $(wildcard protos/specdec/v1/*.proto)
 
 .PHONY: install proto test run demo models lint clean
@@ -34,7 +39,9 @@ run: install
 	$(PY) -m tools.run_local --dtype $(DTYPE)
 
 demo: install
-	$(PY) -m tools.demo --dtype $(DTYPE) --k $(K) --max-new-tokens $(MAX_NEW_TOKENS)
+	$(PY) -m tools.demo --dtype $(DTYPE) --k $(K) --max-new-tokens $(MAX_NEW_TOKENS) \
+		--temperature $(TEMPERATURE) --top-k $(TOP_K) --top-p $(TOP_P) --seed $(SEED) \
+		--problems $(PROBLEMS)
 
 lint: install
 	$(PY) -m ruff check .

@@ -266,7 +266,7 @@ class Engine:
         if len(items) > self.max_batch_items:
             raise InvalidArgument(f"{len(items)} items exceed max_batch_items "
                                   f"{self.max_batch_items}")
-        ids = [it.session_id for it in items]
+        ids = [it.session_id for it in items if it.session_id]  # "" = assign one
         if len(set(ids)) != len(ids):
             raise InvalidArgument("a session appears more than once in one call")
 

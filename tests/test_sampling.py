@@ -12,7 +12,7 @@ from specdec.models import load_model
 from specdec.sampling import SamplingParams, warp
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 from stack import start_stack
-from tiny_models import make_small_vocab_dirs
+from tiny_models import PROMPTS, make_small_vocab_dirs
 
 PROMPT = "ab"
 SAMPLES = 10_000  # per (setting, K); 20,000 per setting
@@ -109,3 +109,38 @@ def test_the_same_check_fails_for_a_wrong_rule(small, loop):
     p_value = chi_square_p_value(counts, joint)
     print(f"always-accept: chi-square p = {p_value:.2e}")
     assert p_value < 0.01
+
+
+def sampled(prompt: str, seed: int | None, k: int = 3) -> generator_pb2.GenerateRequest:
+    req = generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=40,
+                                        num_speculative_tokens=k, temperature=0.8, top_k=50,
+                                        top_p=0.95)
+    if seed is not None:
+        req.seed = seed
+    return req
+
+
+def test_same_seed_same_tokens_across_runs_and_under_load(stacks, loop, lms):
+    from test_concurrency import generate_all
+
+    stack = stacks("draft_perturbed")
+    mine = sampled("Once upon a time", seed=1234)
+    (first_ids, first_stats), = loop.run(generate_all(stack.addr, [mine]))
+    assert first_stats.seed == 1234 and len(first_ids) == 40
+    # under concurrent load (other seeds, other K, greedy too), in one batch with them
+    noise = [sampled(p, seed=i, k=i % 4) for i, p in enumerate(PROMPTS[:8])]
+    loaded = loop.run(generate_all(stack.addr, [*noise, mine, sampled("x", None)]))
+    assert loaded[len(noise)][0] == first_ids
+    # on a second, freshly started pair of services
+    fresh = start_stack(loop, lms["draft_perturbed"], lms["target"])
+    try:
+        (again, _), = loop.run(generate_all(fresh.addr, [mine]))
+    finally:
+        fresh.stop()
+    assert again == first_ids
+    # K does not change a seeded sample's distribution, but it does change the draws; a
+    # different seed gives different tokens, and no seed gives a fresh random one each time
+    (other, _), = loop.run(generate_all(stack.addr, [sampled("Once upon a time", seed=99)]))
+    unseeded = loop.run(generate_all(stack.addr, [sampled("Once upon a time", None)] * 2))
+    assert other != first_ids
+    assert unseeded[0][0] != unseeded[1][0] and unseeded[0][1].seed != unseeded[1][1].seed

@@ -1,0 +1,119 @@
+"""Many concurrent generations: batched forward passes, exact outputs, clean limits."""
+
+import asyncio
+
+import grpc
+import pytest
+
+from specdec.v1 import common_pb2, generator_pb2, generator_pb2_grpc, target_pb2
+from stack import start_stack
+from tiny_models import PROMPTS
+
+
+def request(prompt: str, k: int, max_new: int, **sampling) -> generator_pb2.GenerateRequest:
+    return generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=max_new,
+                                         num_speculative_tokens=k, **sampling)
+
+
+async def generate_all(addr: str, requests) -> list:
+    """Run all requests at once; each result is (token ids, stats) or the RpcError."""
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = generator_pb2_grpc.GeneratorStub(channel)
+
+        async def one(req):
+            ids, stats = [], None
+            try:
+                async for msg in stub.Generate(req, timeout=120):
+                    if msg.HasField("token"):
+                        ids.append(msg.token.id)
+                    else:
+                        stats = msg.stats
+            except grpc.aio.AioRpcError as e:
+                return e
+            return ids, stats
+
+        return await asyncio.gather(*(one(r) for r in requests))
+
+
+def sixteen_requests():
+    ks = [0, 1, 2, 3, 4, 6, 8, 0, 1, 2, 3, 4, 5, 7, 8, 2]
+    return [request(PROMPTS[i], ks[i], 8 + 3 * i) for i in range(16)]
+
+
+def test_sixteen_concurrent_generations_equal_their_lone_runs(stacks, loop):
+    stack = stacks("draft_perturbed")
+    reqs = sixteen_requests()
+    alone = [loop.run(generate_all(stack.addr, [r]))[0] for r in reqs]
+    together = loop.run(generate_all(stack.addr, reqs))
+    for req, (ids_alone, _), (ids_together, _) in zip(reqs, alone, together, strict=True):
+        assert ids_together == ids_alone, (req.prompt, req.num_speculative_tokens)
+    # batching really happened: requests shared the target's forward passes ...
+    assert max(stats.mean_verify_batch for _, stats in together) > 2
+    # ... and stats stayed per request (a K=0 request never counts proposals)
+    for req, (_, stats) in zip(reqs, together, strict=True):
+        if req.num_speculative_tokens == 0:
+            assert stats.proposed_draft_tokens == 0 and stats.rounds == stats.generated_tokens
+    assert stack.live_sessions() == (0, 0)
+
+
+def test_target_reports_sessions_per_forward_pass(stacks):
+    stack = stacks("draft_perturbed")
+    target = stack.target_stub()
+    opened = target.OpenSession(target_pb2.OpenTargetSessionRequest(items=[
+        common_pb2.OpenSessionItem(prompt_token_ids=list(range(3, 3 + n))) for n in (2, 7, 4)]))
+    items = [target_pb2.VerifyItem(session_id=r.session_id, position=r.position,
+                                   draft_token_ids=[5] * k)
+             for r, k in zip(opened.results, (0, 3, 1), strict=True)]
+    reply = target.Verify(target_pb2.VerifyRequest(items=items))
+    assert reply.forward_passes == 1 and reply.batched_sessions == 3
+    assert [r.code for r in reply.results] == [0, 0, 0]
+    target.CloseSession(target_pb2.CloseTargetSessionRequest(
+        session_ids=[r.session_id for r in opened.results]))
+
+
+@pytest.fixture
+def limited_stack(loop, lms):
+    """A stack whose services get the given limits."""
+    started = []
+
+    def start(draft_cfg=None, target_cfg=None):
+        started.append(start_stack(loop, lms["draft_perturbed"], lms["target"], draft_cfg,
+                                   target_cfg))
+        return started[-1]
+
+    yield start
+    for stack in started:
+        stack.stop()
+
+
+def test_past_the_session_limit_new_requests_fail_cleanly(limited_stack, loop):
+    stack = limited_stack(target_cfg={"max_sessions": 4})
+    running = [request(p, 3, 60) for p in PROMPTS[:4]]
+    alone = [loop.run(generate_all(stack.addr, [r]))[0][0] for r in running]
+
+    async def scenario():
+        tasks = [asyncio.ensure_future(generate_all(stack.addr, [r])) for r in running]
+        while stack.live_sessions()[1] < 4:  # all four hold their target sessions
+            await asyncio.sleep(0.005)
+        late = await generate_all(stack.addr, [request(PROMPTS[5], 3, 10)])
+        return [(await t)[0] for t in tasks], late[0]
+
+    results, late = loop.run(scenario())
+    assert isinstance(late, grpc.aio.AioRpcError)
+    assert late.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-sessions" in late.details() and "target service" in late.details()
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert [ids for ids, _ in results] == alone  # the running ones finished, unharmed
+    assert stack.live_sessions() == (0, 0)
+
+
+def test_past_the_cache_budget_new_requests_fail_cleanly(limited_stack, loop):
+    per_token = 2 * 2 * 2 * 16 * 4  # layers * kv heads * head dim * float32, keys and values
+    small_stack = limited_stack(draft_cfg={"max_cache_mb": 100 * per_token / 2**20})
+    (err,) = loop.run(generate_all(small_stack.addr, [request("def", 4, 150)]))
+    assert isinstance(err, grpc.aio.AioRpcError)
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-cache-mb" in err.details()
+    (ok,) = loop.run(generate_all(small_stack.addr, [request("def", 4, 20)]))
+    assert len(ok[0]) == 20
+    assert small_stack.live_sessions() == (0, 0)
