@@ -14,9 +14,12 @@ TOP_K ?= 0
 TOP_P ?= 1.0
 SEED ?= 0
 PROBLEMS ?= 1
+PAIRS ?= tiny qwen
+CPU ?=
+COMPOSE = docker compose -f compose.yaml $(if $(CPU),-f compose.cpu.yaml)
 PROTOS := $(wildcard protos/specdec/v1/*.proto)
 
-.PHONY: install proto test run demo models lint clean
+.PHONY: install proto test run demo models lint clean bench-concurrency up down
 
 install: $(VENV)/.installed
 
@@ -48,3 +51,15 @@ lint: install
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
+
+# Aggregate tokens/s and latency for 1..16 concurrent sessions, K=0 and K=4 (README table).
+bench-concurrency: install
+	for pair in $(PAIRS); do $(PY) -m tools.bench_concurrency --pair $$pair || exit 1; done
+
+# The containerised stack (compose.yaml: draft on GPU 0, target on GPU 1); CPU=1 for the
+# CPU override. Needs a Docker engine with Compose v2.24+.
+up:
+	$(COMPOSE) up -d --build --wait
+
+down:
+	$(COMPOSE) down

@@ -18,6 +18,8 @@ def build_request(args: argparse.Namespace) -> generator_pb2.GenerateRequest:
     req = generator_pb2.GenerateRequest(
         prompt=args.prompt, max_new_tokens=args.max_new_tokens, num_speculative_tokens=args.k,
         temperature=args.temperature, top_k=args.top_k, stop=args.stop)
+    if args.k is None:
+        req.ClearField("num_speculative_tokens")
     if args.top_p is not None:
         req.top_p = args.top_p
     if args.seed is not None:
@@ -54,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", help="the prompt text")
     p.add_argument("--addr", default="127.0.0.1:50050", help="coordinator HOST:PORT")
-    p.add_argument("--k", type=int, default=4, help="draft tokens per round; 0 = target only")
+    p.add_argument("--k", type=int, default=None,
+                   help="draft tokens per round; 0 = target only; default: the coordinator's")
     p.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = no top-k cut")
@@ -69,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     for name in ("k", "max_new_tokens"):  # uint32 on the wire
-        if getattr(args, name) < 0:
+        if (getattr(args, name) or 0) < 0:
             print(f"error: --{name.replace('_', '-')} must be >= 0", file=sys.stderr)
             return 2
     try:

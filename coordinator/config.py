@@ -17,6 +17,7 @@ class CoordinatorConfig:
     cache_dir: str
     max_new_tokens_limit: int
     max_speculative_tokens: int
+    default_k: int
     rpc_timeout_s: float
     connect_timeout_s: float
     log_level: str
@@ -39,6 +40,8 @@ def parser() -> EnvDefaultsParser:
     p.add_option("--max-speculative-tokens", default=16, type=int,
                  help="largest num_speculative_tokens (K) a request may ask for (also capped by "
                       "the services' --max-proposal-tokens)")
+    p.add_option("--default-k", default=4, type=int,
+                 help="K for requests that leave num_speculative_tokens unset")
     p.add_option("--rpc-timeout-s", default=120.0, type=float,
                  help="deadline of each call to the draft and target services")
     p.add_option("--connect-timeout-s", default=900.0, type=float,

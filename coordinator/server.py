@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from specdec.errors import FailedPrecondition
+from specdec.errors import FailedPrecondition, InvalidArgument
 from specdec.models import load_tokenizer, tokenizer_fingerprint
 from specdec.rpc.server import RunningServer, start_server
 from specdec.v1 import generator_pb2, generator_pb2_grpc
@@ -55,10 +55,16 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     except BaseException:
         await asyncio.gather(draft.close(), target.close())
         raise
+    if cfg.default_k > min(cfg.max_speculative_tokens, draft_info.max_proposal_tokens,
+                           target_info.max_proposal_tokens):
+        await asyncio.gather(draft.close(), target.close())
+        raise InvalidArgument(f"--default-k {cfg.default_k} exceeds the largest K the "
+                              f"coordinator and services allow")
     limits = Limits(
         max_new_tokens=cfg.max_new_tokens_limit,
         max_k=min(cfg.max_speculative_tokens, draft_info.max_proposal_tokens,
                   target_info.max_proposal_tokens),
+        default_k=cfg.default_k,
         max_context=min(draft_info.model.max_context_length,
                         target_info.model.max_context_length),
         target_context=target_info.model.max_context_length)

@@ -33,6 +33,7 @@ _FINISH_PB = {
 class Limits:
     max_new_tokens: int
     max_k: int
+    default_k: int
     max_context: int  # the smaller of the draft's and target's contexts
     target_context: int
 
@@ -43,12 +44,14 @@ def params_from_pb(req: generator_pb2.GenerateRequest, limits: Limits) -> Params
     if not 1 <= req.max_new_tokens <= limits.max_new_tokens:
         raise InvalidArgument(f"max_new_tokens must be in [1, {limits.max_new_tokens}], got "
                               f"{req.max_new_tokens}")
-    if req.num_speculative_tokens > limits.max_k:
+    k = (req.num_speculative_tokens if req.HasField("num_speculative_tokens")
+         else limits.default_k)
+    if k > limits.max_k:
         raise InvalidArgument(f"num_speculative_tokens (K) must be in [0, {limits.max_k}], got "
-                              f"{req.num_speculative_tokens}")
+                              f"{k}")
     if len(req.stop) > MAX_STOP_STRINGS:
         raise InvalidArgument(f"at most {MAX_STOP_STRINGS} stop strings, got {len(req.stop)}")
-    return Params(req.max_new_tokens, req.num_speculative_tokens, tuple(req.stop),
+    return Params(req.max_new_tokens, k, tuple(req.stop),
                   sampling_from_pb(req))
 
 
@@ -92,7 +95,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     async def Generate(self, request, context: grpc.aio.ServicerContext):
         session_id = uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(session_id=session_id):
-            fields = {"k": request.num_speculative_tokens,
+            fields = {"k": request.num_speculative_tokens
+                      if request.HasField("num_speculative_tokens") else "default",
                       "max_new_tokens": request.max_new_tokens,
                       "temperature": round(request.temperature, 4)}
             try:
