@@ -1,49 +1,131 @@
-"""Gathering the items of concurrent generations into batched Propose / Verify calls.
+"""Gathering the items of concurrent generations into batched service calls.
 
-No timer: a lone session's item goes out at once. While a call is in flight, items of
-other sessions queue; when it returns, everything queued (up to max_items) goes out as the
-next call. The gathering window is therefore exactly one call's duration, and under load
-every call carries all sessions that became ready meanwhile.
+Two policies:
+
+- "lockstep" (default): one call at a time across both services, sent once every active
+  generation has parked its next item in some queue (or after `quiet_timeout_s`, so a slow
+  client cannot stall the others). Generations then move in rounds: all proposals in one
+  Propose pass, all verifications in one Verify pass. The draft and the target take turns,
+  which is fastest where they share CPU cores, and batches are as large as they can be.
+- "pipelined": each method sends on its own as soon as its previous call returns, so the
+  draft can work on some sessions while the target verifies others (overlap where each has
+  its own GPU, at the price of smaller batches).
+
+Neither adds latency for a lone session: with nothing else active its item goes out at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+_arrivals = itertools.count()
+
 
 class Batcher:
+    """A queue of items for one batched method of one service."""
+
     def __init__(self, send: Callable[[list[Any]], Awaitable[Any]], max_items: int = 64):
         """send(items) performs one batched call and returns its reply, whose `results`
         match `items` one to one."""
         self._send = send
         self.max_items = max_items
-        self._queue: list[tuple[Any, asyncio.Future]] = []
+        self.queue: list[tuple[int, Any, asyncio.Future]] = []  # (arrival, item, future)
+        self.scheduler: Scheduler | None = None
         self._task: asyncio.Task | None = None
 
     async def submit(self, item: Any) -> tuple[Any, Any]:
         """Queue one item; returns (its result, the whole reply)."""
         future = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
+        self.queue.append((next(_arrivals), item, future))
+        if self.scheduler is not None:
+            return await self.scheduler.park(future)
         if self._task is None:
             self._task = asyncio.create_task(self._drain())
         return await future
 
+    async def flush_once(self) -> int:
+        """Send up to max_items queued items as one call; resolve their futures. Returns
+        how many futures were resolved (their sessions run again)."""
+        batch = self.queue[:self.max_items]
+        del self.queue[:self.max_items]
+        try:
+            reply = await self._send([item for _, item, _ in batch])
+        except Exception as e:  # the whole call failed: every item gets the error
+            live = [f for _, _, f in batch if not f.done()]
+            for future in live:
+                future.set_exception(e)
+            return len(live)
+        woken = 0
+        for (_, _, future), result in zip(batch, reply.results, strict=True):
+            if not future.done():  # its generation may have been cancelled
+                future.set_result((result, reply))
+                woken += 1
+        return woken
+
     async def _drain(self) -> None:
         try:
-            while self._queue:
-                batch = self._queue[:self.max_items]
-                del self._queue[:self.max_items]
-                try:
-                    reply = await self._send([item for item, _ in batch])
-                except Exception as e:  # the whole call failed: every item gets the error
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(e)
+            while self.queue:
+                await self.flush_once()
+        finally:
+            self._task = None
+
+
+class Scheduler:
+    """Lockstep dispatch for a set of Batchers (see the module docstring).
+
+    `running` counts generations executing coordinator code, i.e. not parked on a queued
+    item: begin()/end() bracket a generation, park() parks it until its item's result."""
+
+    def __init__(self, batchers: list[Batcher], quiet_timeout_s: float = 0.02):
+        self.batchers = batchers
+        for b in batchers:
+            b.scheduler = self
+        self.quiet_timeout_s = quiet_timeout_s
+        self.running = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def begin(self) -> None:
+        self.running += 1
+
+    def end(self) -> None:
+        self._add(-1)
+
+    def _add(self, n: int) -> None:
+        self.running += n
+        self._changed.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._dispatch())
+
+    async def park(self, future: asyncio.Future):
+        self._add(-1)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._add(-1)  # it was resolved (and counted as running) before we ran
+            raise
+
+    async def _dispatch(self) -> None:
+        try:
+            while any(b.queue for b in self.batchers):
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.quiet_timeout_s
+                while self.running > 0 and loop.time() < deadline:
+                    self._changed.clear()
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
+                    except TimeoutError:
+                        break
+                ready = [b for b in self.batchers if b.queue]
+                if not ready:
                     continue
-                for (_, future), result in zip(batch, reply.results, strict=True):
-                    if not future.done():  # its generation may have been cancelled
-                        future.set_result((result, reply))
+                oldest = min(ready, key=lambda b: b.queue[0][0])
+                woken = await oldest.flush_once()  # (not `running += await`: read after)
+                self.running += woken
+                await asyncio.sleep(0)  # let the woken generations run
         finally:
             self._task = None

@@ -18,6 +18,7 @@ class CoordinatorConfig:
     max_new_tokens_limit: int
     max_speculative_tokens: int
     default_k: int
+    schedule: str
     rpc_timeout_s: float
     connect_timeout_s: float
     log_level: str
@@ -42,6 +43,10 @@ def parser() -> EnvDefaultsParser:
                       "the services' --max-proposal-tokens)")
     p.add_option("--default-k", default=4, type=int,
                  help="K for requests that leave num_speculative_tokens unset")
+    p.add_option("--schedule", default="lockstep", choices=["lockstep", "pipelined"],
+                 help="lockstep: all sessions move in rounds, one batched call at a time "
+                      "(draft and target take turns; best when they share CPUs); pipelined: "
+                      "each service's calls go out independently (overlap on separate GPUs)")
     p.add_option("--rpc-timeout-s", default=120.0, type=float,
                  help="deadline of each call to the draft and target services")
     p.add_option("--connect-timeout-s", default=900.0, type=float,

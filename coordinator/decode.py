@@ -95,8 +95,14 @@ class Stats:
 
 
 async def generate(session_id: str, prompt_ids: list[int], params: Params, draft, target,
-                   tokenizer, eos_token_ids: set[int]) -> AsyncIterator[Token | Stats]:
-    """Yield each accepted Token, then the Stats. Sessions are closed in every case."""
+                   tokenizer, eos_token_ids: set[int],
+                   scheduler=None) -> AsyncIterator[Token | Stats]:
+    """Yield each accepted Token, then the Stats. Sessions are closed in every case.
+
+    scheduler: the batcher.Scheduler the clients' batchers use in lockstep mode, told when
+    this generation starts and ends; None in pipelined mode."""
+    if scheduler is not None:
+        scheduler.begin()
     stats = Stats(session_id, len(prompt_ids),
                   seed=0 if params.sampling.greedy else params.sampling.seed)
     text = TextStream(tokenizer, prompt_ids, list(params.stop))
@@ -174,10 +180,18 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
                     yield stats
                     return
     finally:
-        await asyncio.shield(_close_all(opened, session_id))
+        await asyncio.shield(_close_all(opened, session_id, scheduler))
 
 
-async def _close_all(services, session_id: str) -> None:
+async def _close_all(services, session_id: str, scheduler) -> None:
+    try:
+        await _close_each(services, session_id)
+    finally:
+        if scheduler is not None:
+            scheduler.end()
+
+
+async def _close_each(services, session_id: str) -> None:
     results = await asyncio.gather(*(s.close_session(session_id) for s in services),
                                    return_exceptions=True)
     for service, r in zip(services, results, strict=True):

@@ -12,6 +12,7 @@ from specdec.models import load_tokenizer, tokenizer_fingerprint
 from specdec.rpc.server import RunningServer, start_server
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
+from .batcher import Scheduler
 from .config import CoordinatorConfig
 from .servicer import GeneratorServicer, Limits
 from .upstream import DraftClient, TargetClient, check_compatible
@@ -68,13 +69,15 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
         max_context=min(draft_info.model.max_context_length,
                         target_info.model.max_context_length),
         target_context=target_info.model.max_context_length)
+    scheduler = (Scheduler(draft.batchers + target.batchers) if cfg.schedule == "lockstep"
+                 else None)
     servicer = GeneratorServicer(draft, target, tokenizer, set(target_info.model.eos_token_ids),
-                                 limits)
+                                 limits, scheduler)
     server = await start_server(
         cfg.host, cfg.port,
         lambda s: generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, s), [SERVICE_NAME])
     await server.set_serving(True)
     log.info("serving", port=server.port, draft=cfg.draft, target=cfg.target,
              draft_model=draft_info.model.model_name, target_model=target_info.model.model_name,
-             max_k=limits.max_k)
+             max_k=limits.max_k, schedule=cfg.schedule)
     return Coordinator(server, draft, target)

@@ -76,8 +76,10 @@ def stats_to_pb(s: Stats) -> generator_pb2.GenerationStats:
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
-    def __init__(self, draft, target, tokenizer, eos_token_ids: set[int], limits: Limits):
+    def __init__(self, draft, target, tokenizer, eos_token_ids: set[int], limits: Limits,
+                 scheduler=None):
         self.draft, self.target = draft, target
+        self.scheduler = scheduler
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.limits = limits
@@ -102,7 +104,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             try:
                 params, prompt_ids = self._prepare(request)
                 events = generate(session_id, prompt_ids, params, self.draft, self.target,
-                                  self.tokenizer, self.eos_token_ids)
+                                  self.tokenizer, self.eos_token_ids, self.scheduler)
                 async with contextlib.aclosing(events):
                     async for event in events:
                         if isinstance(event, Token):

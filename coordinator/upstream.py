@@ -67,6 +67,10 @@ class ServiceClient:
         self._batchers.append(batcher)
         return batcher
 
+    @property
+    def batchers(self) -> list[Batcher]:
+        return list(self._batchers)
+
     def set_max_batch(self, max_items: int) -> None:
         for batcher in self._batchers:
             batcher.max_items = max(1, max_items)

@@ -44,7 +44,8 @@ def service_config(**overrides) -> ModelServiceConfig:
 def coordinator_config(draft_port: int, target_port: int, **overrides) -> CoordinatorConfig:
     base = dict(draft=f"127.0.0.1:{draft_port}", target=f"127.0.0.1:{target_port}",
                 host="127.0.0.1", port=0, tokenizer="", cache_dir="", max_new_tokens_limit=512,
-                max_speculative_tokens=8, default_k=4, rpc_timeout_s=30.0, connect_timeout_s=30.0,
+                max_speculative_tokens=8, default_k=4, schedule="lockstep", rpc_timeout_s=30.0,
+                connect_timeout_s=30.0,
                 log_level="info", log_format="console")
     base.update(overrides)
     return CoordinatorConfig(**base)
