@@ -19,7 +19,7 @@ CPU ?=
 COMPOSE = docker compose -f compose.yaml $(if $(CPU),-f compose.cpu.yaml)
 PROTOS := $(wildcard protos/specdec/v1/*.proto)
 
-.PHONY: install proto test run demo models lint clean bench-concurrency up down
+.PHONY: install proto test run demo models lint clean bench bench-quick bench-concurrency up down
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,14 @@ lint: install
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
+
+# specdec vs K=0 vs Hugging Face assisted generation, K x temperature x domain (~20 min here);
+# BENCH_ARGS passes more flags (see python -m bench.run --help).
+bench: install
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-quick: install
+	$(PY) -m bench.run --quick --out results/bench-quick $(BENCH_ARGS)
 
 # Aggregate tokens/s and latency for 1..16 concurrent sessions, K=0 and K=4 (README table).
 bench-concurrency: install

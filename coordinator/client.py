@@ -28,7 +28,8 @@ def build_request(args: argparse.Namespace) -> generator_pb2.GenerateRequest:
 
 
 def stats_dict(stats: generator_pb2.GenerationStats) -> dict:
-    d = {f.name: getattr(stats, f.name) for f in stats.DESCRIPTOR.fields}
+    d = {f.name: list(getattr(stats, f.name)) if f.is_repeated
+         else getattr(stats, f.name) for f in stats.DESCRIPTOR.fields}
     d["finish_reason"] = generator_pb2.FinishReason.Name(stats.finish_reason)
     if stats.total_time_s > 0:
         d["tokens_per_s"] = stats.generated_tokens / stats.total_time_s

@@ -57,6 +57,8 @@ class Stats:
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
     wire_bytes: int = 0
+    proposed_at: list[int] = field(default_factory=list)  # [i]: rounds proposing position i
+    accepted_at: list[int] = field(default_factory=list)  # [i]: rounds accepting position i
     verify_batch_sessions: int = 0  # summed over rounds: sessions in each verify pass
     seed: int = 0
     started: float = field(default_factory=time.perf_counter, repr=False)
@@ -68,6 +70,13 @@ class Stats:
     @property
     def mean_accepted_length(self) -> float:
         return 1 + self.accepted / self.rounds if self.rounds else 0.0
+
+    def count_positions(self, proposed: int, accepted: int) -> None:
+        """Record one round: draft positions 0..proposed-1 proposed, 0..accepted-1 kept."""
+        for counts, n in ((self.proposed_at, proposed), (self.accepted_at, accepted)):
+            counts.extend([0] * (n - len(counts)))
+            for i in range(n):
+                counts[i] += 1
 
     @property
     def mean_verify_batch(self) -> float:
@@ -154,6 +163,7 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
             stats.rounds += 1
             stats.proposed += len(proposals)
             stats.accepted += accepted
+            stats.count_positions(len(proposals), accepted)
             position = result.position
             if k > 0:
                 draft_keep = draft_position - k + accepted

@@ -72,7 +72,9 @@ def stats_to_pb(s: Stats) -> generator_pb2.GenerationStats:
         time_to_first_token_s=s.time_to_first_token_s, total_time_s=s.total_time_s,
         draft_time_s=s.draft_time_s, verify_time_s=s.verify_time_s,
         coordinator_time_s=s.coordinator_time_s, session_id=s.session_id, seed=s.seed,
-        wire_bytes=s.wire_bytes, mean_verify_batch=s.mean_verify_batch)
+        wire_bytes=s.wire_bytes, mean_verify_batch=s.mean_verify_batch,
+        proposed_at_position=s.proposed_at,
+        accepted_at_position=s.accepted_at + [0] * (len(s.proposed_at) - len(s.accepted_at)))
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):

@@ -79,7 +79,7 @@ def wait_serving(p: Process, timeout_s: float) -> None:
 def start_local_stack(draft_model: str, target_model: str, *, log_dir: Path,
                       ports: tuple[int, int, int] = (0, 0, 0), dtype: str = "float32",
                       threads: int = 0, cache_dir: str | None = None,
-                      timeout_s: float = 1800) -> LocalStack:
+                      timeout_s: float = 1800, draft_dtype: str | None = None) -> LocalStack:
     """Start draft, target, then the coordinator; return once all three serve."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {"SPECDEC_THREADS": str(threads), "SPECDEC_DTYPE": dtype}
@@ -89,8 +89,10 @@ def start_local_stack(draft_model: str, target_model: str, *, log_dir: Path,
     try:
         for name, model, port in (("draft", draft_model, ports[0]),
                                   ("target", target_model, ports[1])):
+            extra = ["--dtype", draft_dtype] if name == "draft" and draft_dtype else []
             stack.processes.append(spawn(name, f"{name}_service",
-                                         ["--model", model, "--port", str(port)], log_dir, env))
+                                         ["--model", model, "--port", str(port), *extra],
+                                         log_dir, env))
         for p in stack.processes:
             wait_serving(p, timeout_s)
         draft, target = stack.processes

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys
@@ -156,10 +157,12 @@ def main() -> int:
                                                    args.max_new_tokens)]
     finally:
         stack.stop()
-    header = (f"Pair `{args.pair}` ({draft} → {target}), {dtype}, {args.threads} torch threads "
-              f"per service, {args.max_new_tokens} new tokens per request, greedy; "
-              f"{platform.machine()} {torch.get_num_threads()}-thread host "
-              f"({platform.platform()})")
+    names = ("tests/tiny_models.py draft_perturbed", "target") if args.pair == "tiny" \
+        else (draft, target)
+    header = (f"Pair `{args.pair}` ({names[0]} → {names[1]}), {dtype}, {args.threads} torch "
+              f"threads per service, {args.max_new_tokens} new tokens per request, greedy, "
+              f"prompts {'tests/tiny_models.PROMPTS' if args.pair == 'tiny' else 'HumanEval/0-15'}"
+              f"; {os.cpu_count()}-CPU {platform.machine()} host ({platform.platform()})")
     args.out.mkdir(parents=True, exist_ok=True)
     md = markdown(rows, header)
     (args.out / f"bench_concurrency_{args.pair}.md").write_text(md)

@@ -1,0 +1,33 @@
+"""Named draft -> target pairs. The default works offline here (the Qwen pair comes from the
+project's registry, Hub or pinned mirror); the others need Hugging Face Hub access."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Pair:
+    draft: str
+    target: str
+    dtype: str = "bfloat16"  # per model below where they differ
+    draft_dtype: str | None = None
+    note: str = ""
+
+
+PAIRS = {
+    "qwen2.5-coder-0.5b-1.5b": Pair("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct",
+                                    note="default; offline via the pinned mirror"),
+    "gpt2-xl": Pair("gpt2", "gpt2-xl", dtype="float32", note="Hub"),
+    "gpt2-medium": Pair("distilgpt2", "gpt2-medium", dtype="float32", note="Hub"),
+    "pythia-1.4b": Pair("EleutherAI/pythia-70m-deduped", "EleutherAI/pythia-1.4b-deduped",
+                        dtype="float16", draft_dtype="float32", note="Hub; fp16 needs a GPU"),
+    "pythia-2.8b": Pair("EleutherAI/pythia-160m-deduped", "EleutherAI/pythia-2.8b-deduped",
+                        dtype="float16", draft_dtype="float32", note="Hub; fp16 needs a GPU"),
+    "llama-3.2-3b": Pair("meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-3B",
+                         note="Hub, gated (accept the license, set HF_TOKEN)"),
+    "llama-3-8b": Pair("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "meta-llama/Meta-Llama-3-8B",
+                       note="Hub, gated; vocabularies differ: the coordinator refuses this "
+                            "pair unless a shared-vocabulary draft is used"),
+}
+DEFAULT_PAIR = "qwen2.5-coder-0.5b-1.5b"

@@ -1,0 +1,191 @@
+"""make bench / make bench-quick: specdec vs target-only (K=0 through the same services) vs
+Hugging Face assisted generation, over K x temperature x prompt domain.
+
+python -m bench.run [--quick] [--pair NAME | --draft M --target M] [--dtype bfloat16]
+                    [--ks 1,2,3,4,6,8] [--temps 0,0.7,1.0] [--domains code,chat,summarization]
+                    [--prompts 1] [--max-new-tokens 128] [--threads 2] [--no-peer]
+
+For every (domain, prompt, temperature) the K=0 baseline runs first and each K right after,
+on the same running services, so ratios are measured side by side. Greedy K>0 outputs are
+compared with K=0 token for token; a mismatch is printed and recorded. Writes under --out:
+bench.jsonl (one record per configuration), bench.md (tables), and PNG figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+from tqdm import tqdm
+
+from bench.pairs import DEFAULT_PAIR, PAIRS
+from bench.prompts import DOMAINS, domain_prompts
+from bench.stats import speedup, summarize
+from coordinator.client import stats_dict
+from specdec.config import default_cache_dir
+from specdec.fetch import resolve_model_dir
+from specdec.launch import start_local_stack
+from specdec.models import load_tokenizer
+from specdec.v1 import generator_pb2, generator_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Plan:
+    ks: list[int]
+    temps: list[float]
+    domains: list[str]
+    prompts: int
+    max_new_tokens: int
+    peer: bool
+    top_p: float = 1.0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run (~3 minutes)")
+    p.add_argument("--pair", default=DEFAULT_PAIR, choices=sorted(PAIRS))
+    p.add_argument("--draft", help="draft model (overrides --pair)")
+    p.add_argument("--target", help="target model (overrides --pair)")
+    p.add_argument("--dtype", help="both models' dtype (default: the pair's)")
+    p.add_argument("--draft-dtype", help="the draft's dtype, when it differs")
+    p.add_argument("--ks", default="1,2,3,4,6,8")
+    p.add_argument("--temps", default="0,0.7,1.0")
+    p.add_argument("--top-p", type=float, default=1.0, help="top_p for sampled rows")
+    p.add_argument("--domains", default=",".join(DOMAINS))
+    p.add_argument("--prompts", type=int, default=1, help="prompts per domain")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2, help="torch threads per service and peer")
+    p.add_argument("--no-peer", action="store_true", help="skip Hugging Face assisted generation")
+    p.add_argument("--out", type=Path, default=Path("results/bench"))
+    args = p.parse_args(argv)
+    if args.quick:
+        plan = Plan([4], [0.0, 0.7], list(DOMAINS), 1, 32, not args.no_peer)
+    else:
+        plan = Plan([int(k) for k in args.ks.split(",")],
+                    [float(t) for t in args.temps.split(",")], args.domains.split(","),
+                    args.prompts, args.max_new_tokens, not args.no_peer, args.top_p)
+    return args, plan
+
+
+def format_prompt(tokenizer, domain: str, text: str) -> str:
+    """Chat and summarization prompts go through the target's chat template when it has
+    one (instruction-tuned models expect it); code prompts are completed as they are."""
+    if domain == "code" or not getattr(tokenizer, "chat_template", None):
+        return text
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def run_specdec(stub, prompt: str, k: int, temp: float, top_p: float, seed: int,
+                max_new: int) -> dict:
+    req = generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=max_new,
+                                        num_speculative_tokens=k, temperature=temp, seed=seed)
+    if temp > 0 and top_p < 1:
+        req.top_p = top_p
+    ids, times, stats = [], [], None
+    start = time.perf_counter()
+    for msg in stub.Generate(req, timeout=3600):
+        if msg.HasField("token"):
+            ids.append(msg.token.id)
+            times.append(time.perf_counter() - start)
+        else:
+            stats = stats_dict(msg.stats)
+    total = time.perf_counter() - start
+    return {"ids": ids, "tokens": len(ids), "total_s": total,
+            "ttft_s": times[0] if times else total, "token_times": times, "stats": stats}
+
+
+def record_base(args, plan: Plan, draft: str, target: str, dtype: str) -> dict:
+    import transformers
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "draft": draft, "target": target,
+            "dtype": dtype, "draft_dtype": args.draft_dtype or dtype, "threads": args.threads,
+            "max_new_tokens": plan.max_new_tokens, "machine": platform.platform(),
+            "cpu": platform.processor() or platform.machine(),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "grpcio": grpc.__version__, "python": platform.python_version()}}
+
+
+def sweep(addr: str, tokenizer, plan: Plan, base: dict, out) -> list[dict]:
+    """Run every configuration; returns the records (also appended to `out`)."""
+    work = [(d, i, t) for d in plan.domains for i in range(plan.prompts) for t in plan.temps]
+    runs: dict[tuple, list[dict]] = {}
+    mismatches = []
+    with grpc.insecure_channel(addr) as channel, \
+            tqdm(total=len(work) * (1 + len(plan.ks)), desc="specdec", unit="run") as bar:
+        stub = generator_pb2_grpc.GeneratorStub(channel)
+        for domain, i, temp in work:
+            prompt = format_prompt(tokenizer, domain, domain_prompts(domain)[i])
+            seed = 1000 + i
+            base_run = run_specdec(stub, prompt, 0, temp, plan.top_p, seed, plan.max_new_tokens)
+            runs.setdefault((domain, temp, 0), []).append(base_run)
+            bar.update()
+            for k in plan.ks:
+                r = run_specdec(stub, prompt, k, temp, plan.top_p, seed, plan.max_new_tokens)
+                if temp == 0:
+                    r["matches_target_only"] = r["ids"] == base_run["ids"]
+                    if not r["matches_target_only"]:
+                        mismatches.append((domain, i, k))
+                        tqdm.write(f"!!! MISMATCH: greedy K={k} differs from K=0 on {domain} "
+                                   f"prompt {i}")
+                runs.setdefault((domain, temp, k), []).append(r)
+                bar.update()
+    records = []
+    for (domain, temp, k), rs in runs.items():
+        rec = {**base, "system": "specdec", "domain": domain, "temperature": temp, "k": k,
+               **summarize(rs), "runs": [{key: v for key, v in r.items() if key != "ids"}
+                                         for r in rs]}
+        if temp == 0 and k > 0:
+            rec["greedy_mismatches"] = sum(not r["matches_target_only"] for r in rs)
+        records.append(rec)
+    for rec in records:
+        baseline = next(r for r in records if r["domain"] == rec["domain"]
+                        and r["temperature"] == rec["temperature"] and r["k"] == 0)
+        rec["speedup_vs_k0"] = speedup(rec["tokens_per_s"], baseline["tokens_per_s"])
+        out.write(json.dumps(rec) + "\n")
+    if mismatches:
+        print(f"!!! {len(mismatches)} greedy runs differ from target-only: {mismatches}")
+    return records
+
+
+def main(argv=None) -> int:
+    args, plan = parse_args(argv)
+    pair = PAIRS[args.pair]
+    draft, target = args.draft or pair.draft, args.target or pair.target
+    dtype = args.dtype or pair.dtype
+    torch.set_num_threads(args.threads)
+    for model in (draft, target):
+        resolve_model_dir(model, default_cache_dir())
+    args.out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(target, default_cache_dir())
+    base = record_base(args, plan, draft, target, dtype)
+    print(f"specdec bench: {draft} -> {target}, {dtype}, {args.threads} threads, K {plan.ks}, "
+          f"temperatures {plan.temps}, domains {plan.domains}, {plan.prompts} prompt(s) each, "
+          f"{plan.max_new_tokens} new tokens", flush=True)
+    stack = start_local_stack(draft, target, log_dir=args.out / "logs", dtype=dtype,
+                              threads=args.threads,
+                              draft_dtype=args.draft_dtype or pair.draft_dtype)
+    with (args.out / "bench.jsonl").open("w") as out:
+        try:
+            records = sweep(stack.addr, tokenizer, plan, base, out)
+        finally:
+            stack.stop()
+        if plan.peer:
+            from bench.peer import run_peer
+            records += run_peer(draft, target, dtype, args.draft_dtype or pair.draft_dtype,
+                                tokenizer, plan, records, base, out)
+    from bench.report import write_report
+    write_report(records, args.out, " ".join(["python -m bench.run", *(argv or sys.argv[1:])]))
+    print(f"results: {args.out}/bench.jsonl, bench.md, *.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
