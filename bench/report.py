@@ -79,7 +79,8 @@ def figures(records: list[dict], out: Path) -> list[Path]:
         ax.set_xticks(range(len(ks)), [str(k) for k in ks])
         ax.set_yticks(range(len(temps)), [f"{t:g}" for t in temps])
         ax.set_xlabel("K (draft tokens per round)")
-        ax.set_ylabel("temperature")
+        if ax is axes[0][0]:
+            ax.set_ylabel("temperature")
         ax.set_title(f"{domain}: speedup vs K=0")
         for y, row in enumerate(grid):
             for x, v in enumerate(row):
@@ -90,7 +91,7 @@ def figures(records: list[dict], out: Path) -> list[Path]:
     plt.close(fig)
     # 2. inter-token latency CDF, K=0 vs the best K, greedy
     fig, ax = plt.subplots(figsize=(6, 4))
-    for domain in domains:
+    for n, domain in enumerate(domains):
         rows = _specdec(records, domain, 0.0)
         if not rows:
             continue
@@ -103,7 +104,7 @@ def figures(records: list[dict], out: Path) -> list[Path]:
                                           strict=True))
             if gaps:
                 ax.plot([g * 1e3 for g in gaps], [(i + 1) / len(gaps) for i in range(len(gaps))],
-                        style, label=f"{domain} K={r['k']}")
+                        style, color=f"C{n}", label=f"{domain} K={r['k']}")
     ax.set_xlabel("time between streamed tokens (ms)")
     ax.set_ylabel("fraction of tokens")
     ax.set_title("Inter-token latency CDF, greedy: K=0 (dashed) vs best K")
@@ -122,7 +123,7 @@ def figures(records: list[dict], out: Path) -> list[Path]:
                 ax.plot(range(1, len(rates) + 1), rates, marker="o",
                         label=f"{domain} T={temp:g} (K={r['k']})")
     ax.set_xlabel("draft position in the round")
-    ax.set_ylabel("acceptance rate (given reached)")
+    ax.set_ylabel("rounds accepting this position")
     ax.set_ylim(0, 1.02)
     ax.set_title("Acceptance by domain and draft position")
     ax.legend(fontsize=7)

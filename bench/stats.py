@@ -24,8 +24,8 @@ def inter_token_latencies(token_times: list[float]) -> list[float]:
 
 def acceptance_by_position(proposed_at: list[list[int]], accepted_at: list[list[int]],
                            ) -> list[float]:
-    """Pooled acceptance rate per draft position over several runs: for position i, the
-    rounds that accepted it over the rounds that proposed it."""
+    """Pooled acceptance per draft position over several runs: for position i, the rounds
+    that accepted it (accepted prefix longer than i) over the rounds that proposed it."""
     width = max((len(p) for p in proposed_at), default=0)
     rates = []
     for i in range(width):
