@@ -50,15 +50,13 @@ class Stats:
     finish: Finish | None = None
     generated_tokens: int = 0
     rounds: int = 0
-    proposed: int = 0
-    accepted: int = 0
     time_to_first_token_s: float = 0.0
     total_time_s: float = 0.0
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
     wire_bytes: int = 0
     proposed_at: list[int] = field(default_factory=list)  # [i]: rounds proposing position i
-    accepted_at: list[int] = field(default_factory=list)  # [i]: rounds accepting position i
+    accepted_at: list[int] = field(default_factory=list)  # [i]: rounds accepting it (same len)
     verify_batch_sessions: int = 0  # summed over rounds: sessions in each verify pass
     seed: int = 0
     started: float = field(default_factory=time.perf_counter, repr=False)
@@ -71,12 +69,24 @@ class Stats:
     def mean_accepted_length(self) -> float:
         return 1 + self.accepted / self.rounds if self.rounds else 0.0
 
-    def count_positions(self, proposed: int, accepted: int) -> None:
-        """Record one round: draft positions 0..proposed-1 proposed, 0..accepted-1 kept."""
-        for counts, n in ((self.proposed_at, proposed), (self.accepted_at, accepted)):
-            counts.extend([0] * (n - len(counts)))
-            for i in range(n):
-                counts[i] += 1
+    @property
+    def proposed(self) -> int:
+        return sum(self.proposed_at)
+
+    @property
+    def accepted(self) -> int:
+        return sum(self.accepted_at)
+
+    def record_round(self, proposed: int, accepted: int) -> None:
+        """One round: draft positions 0..proposed-1 proposed, 0..accepted-1 accepted."""
+        self.rounds += 1
+        grow = proposed - len(self.proposed_at)
+        if grow > 0:
+            self.proposed_at.extend([0] * grow)
+            self.accepted_at.extend([0] * grow)
+        for i in range(proposed):
+            self.proposed_at[i] += 1
+            self.accepted_at[i] += i < accepted
 
     @property
     def mean_verify_batch(self) -> float:
@@ -160,10 +170,7 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
                     session_id, result.position, [], answer=probs)
                 stats.verify_time_s += batch.compute_time_us / 1e6
                 stats.wire_bytes += nbytes
-            stats.rounds += 1
-            stats.proposed += len(proposals)
-            stats.accepted += accepted
-            stats.count_positions(len(proposals), accepted)
+            stats.record_round(len(proposals), accepted)
             position = result.position
             if k > 0:
                 draft_keep = draft_position - k + accepted

@@ -53,19 +53,16 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
         if tokenizer_fingerprint(tokenizer) != target_info.model.tokenizer_fingerprint:
             raise FailedPrecondition("the coordinator's tokenizer differs from the target's; "
                                      "pass --tokenizer with the target's model")
+        max_k = min(cfg.max_speculative_tokens, draft_info.max_proposal_tokens,
+                    target_info.max_proposal_tokens)
+        if cfg.default_k > max_k:
+            raise InvalidArgument(f"--default-k {cfg.default_k} exceeds the largest K the "
+                                  f"coordinator and services allow ({max_k})")
     except BaseException:
         await asyncio.gather(draft.close(), target.close())
         raise
-    if cfg.default_k > min(cfg.max_speculative_tokens, draft_info.max_proposal_tokens,
-                           target_info.max_proposal_tokens):
-        await asyncio.gather(draft.close(), target.close())
-        raise InvalidArgument(f"--default-k {cfg.default_k} exceeds the largest K the "
-                              f"coordinator and services allow")
     limits = Limits(
-        max_new_tokens=cfg.max_new_tokens_limit,
-        max_k=min(cfg.max_speculative_tokens, draft_info.max_proposal_tokens,
-                  target_info.max_proposal_tokens),
-        default_k=cfg.default_k,
+        max_new_tokens=cfg.max_new_tokens_limit, max_k=max_k, default_k=cfg.default_k,
         max_context=min(draft_info.model.max_context_length,
                         target_info.model.max_context_length),
         target_context=target_info.model.max_context_length)

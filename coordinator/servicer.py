@@ -52,10 +52,10 @@ def params_from_pb(req: generator_pb2.GenerateRequest, limits: Limits) -> Params
     if len(req.stop) > MAX_STOP_STRINGS:
         raise InvalidArgument(f"at most {MAX_STOP_STRINGS} stop strings, got {len(req.stop)}")
     return Params(req.max_new_tokens, k, tuple(req.stop),
-                  sampling_from_pb(req))
+                  sampling_from_request(req))
 
 
-def sampling_from_pb(req: generator_pb2.GenerateRequest) -> SamplingParams:
+def sampling_from_request(req: generator_pb2.GenerateRequest) -> SamplingParams:
     """Validated sampling parameters; an unset seed draws a random one (reported in stats)."""
     seed = req.seed if req.HasField("seed") else secrets.randbits(63)
     params = SamplingParams(req.temperature, req.top_k,
@@ -73,8 +73,7 @@ def stats_to_pb(s: Stats) -> generator_pb2.GenerationStats:
         draft_time_s=s.draft_time_s, verify_time_s=s.verify_time_s,
         coordinator_time_s=s.coordinator_time_s, session_id=s.session_id, seed=s.seed,
         wire_bytes=s.wire_bytes, mean_verify_batch=s.mean_verify_batch,
-        proposed_at_position=s.proposed_at,
-        accepted_at_position=s.accepted_at + [0] * (len(s.proposed_at) - len(s.accepted_at)))
+        proposed_at_position=s.proposed_at, accepted_at_position=s.accepted_at)
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):

@@ -11,6 +11,7 @@ import json
 import time
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specdec.errors import FailedPrecondition, SpecdecError, Unavailable
@@ -47,20 +48,20 @@ class ServiceClient:
     """One service: a channel with retries, and a Batcher per batched method so that
     concurrent generations share calls (see batcher.py)."""
 
-    def __init__(self, role: str, addr: str, stub_cls, service: str, timeout_s: float, pb):
+    def __init__(self, role: str, addr: str, stub_cls, service: str, timeout_s: float,
+                 info_request, open_request, close_request):
+        """info_request, open_request, close_request: the service's GetInfo, OpenSession and
+        CloseSession request classes."""
         self.role, self.addr, self.timeout_s = role, addr, timeout_s
         self.channel = grpc.aio.insecure_channel(
             addr, options=[*CHANNEL_OPTIONS, ("grpc.service_config", _service_config(service)),
                            ("grpc.enable_retries", 1)])
         self.stub = stub_cls(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.pb = pb
-        prefix = role.capitalize()
+        self._info_request = info_request
         self._batchers: list[Batcher] = []
-        self.opens = self._batcher("OpenSession", lambda items: getattr(
-            pb, f"Open{prefix}SessionRequest")(items=items))
-        self.closes = self._batcher("CloseSession", lambda ids: getattr(
-            pb, f"Close{prefix}SessionRequest")(session_ids=ids))
+        self.opens = self._batcher("OpenSession", lambda items: open_request(items=items))
+        self.closes = self._batcher("CloseSession", lambda ids: close_request(session_ids=ids))
 
     def _batcher(self, method: str, make_request) -> Batcher:
         batcher = Batcher(lambda items: self.call(method, make_request(items)))
@@ -71,10 +72,6 @@ class ServiceClient:
     def batchers(self) -> list[Batcher]:
         return list(self._batchers)
 
-    def set_max_batch(self, max_items: int) -> None:
-        for batcher in self._batchers:
-            batcher.max_items = max(1, max_items)
-
     async def call(self, method: str, request):
         try:
             return await getattr(self.stub, method)(request, timeout=self.timeout_s)
@@ -82,25 +79,34 @@ class ServiceClient:
             raise UpstreamError(e.code().name,
                                 f"{self.role} service at {self.addr}: {e.details()}") from None
 
-    def raise_for_item(self, result) -> None:
-        """A failed item of a batched reply becomes the same error a failed call would."""
+    async def submit(self, batcher: Batcher, item):
+        """Send one item through a batcher. Returns (its result, the batch's reply, this
+        item's bytes on the wire); a failed item raises the error a failed call would."""
+        result, reply = await batcher.submit(item)
         if result.code != 0:
             raise UpstreamError(code_name(result.code),
                                 f"{self.role} service at {self.addr}: {result.message}")
+        size = item.ByteSize() if isinstance(item, Message) else len(item.encode())  # str ids
+        return result, reply, size + result.ByteSize()
+
+    async def info(self):
+        """GetInfo; also sizes the batchers to the service's max_batch_items."""
+        info = await self.call("GetInfo", self._info_request())
+        for batcher in self._batchers:
+            batcher.max_items = max(1, info.max_batch_items)
+        return info
 
     async def open(self, session_id: str, prompt: list[int], sampling: SamplingParams,
                    max_tokens: int = 0):
         """Open (and prefill) one session, batched with concurrent opens.
         Returns (OpenSessionResult, the batch's reply)."""
-        result, reply = await self.opens.submit(common_pb2.OpenSessionItem(
+        result, reply, _ = await self.submit(self.opens, common_pb2.OpenSessionItem(
             session_id=session_id, prompt_token_ids=prompt, sampling=sampling_to_pb(sampling),
             max_tokens=max_tokens))
-        self.raise_for_item(result)
         return result, reply
 
     async def close_session(self, session_id: str) -> None:
-        result, _ = await self.closes.submit(session_id)
-        self.raise_for_item(result)
+        await self.submit(self.closes, session_id)
 
     async def wait_serving(self, timeout_s: float) -> None:
         """Wait until the service's health reports SERVING (models take a while to load)."""
@@ -126,51 +132,39 @@ class ServiceClient:
 class DraftClient(ServiceClient):
     def __init__(self, addr: str, timeout_s: float):
         super().__init__("draft", addr, draft_pb2_grpc.DraftServiceStub,
-                         "specdec.v1.DraftService", timeout_s, draft_pb2)
+                         "specdec.v1.DraftService", timeout_s, draft_pb2.GetDraftInfoRequest,
+                         draft_pb2.OpenDraftSessionRequest, draft_pb2.CloseDraftSessionRequest)
         self.proposals = self._batcher(
             "Propose", lambda items: draft_pb2.ProposeRequest(items=items))
         self.probs = self._batcher(
             "GetProbs", lambda items: draft_pb2.GetDraftProbsRequest(items=items))
-
-    async def info(self) -> draft_pb2.GetDraftInfoResponse:
-        info = await self.call("GetInfo", draft_pb2.GetDraftInfoRequest())
-        self.set_max_batch(info.max_batch_items)
-        return info
 
     async def propose(self, session_id: str, position: int, truncate_to: int | None,
                       append: list[int], k: int):
         """Propose for one session, batched with concurrent sessions' proposals.
 
         Returns (ProposeResult, ProposeResponse of the batch, this item's bytes on the wire)."""
-        item = draft_pb2.ProposeItem(session_id=session_id, position=position,
-                                     truncate_to=truncate_to, append_token_ids=append,
-                                     num_tokens=k)
-        result, reply = await self.proposals.submit(item)
-        self.raise_for_item(result)
-        return result, reply, item.ByteSize() + result.ByteSize()
+        return await self.submit(self.proposals, draft_pb2.ProposeItem(
+            session_id=session_id, position=position, truncate_to=truncate_to,
+            append_token_ids=append, num_tokens=k))
 
     async def get_probs(self, session_id: str, position: int,
                         query: target_pb2.DraftProbsQuery) -> tuple[bytes, int]:
         """The draft's q for a target's DraftProbsQuery; returns (float32 bytes, wire bytes)."""
-        item = draft_pb2.DraftProbsItem(
+        result, _, nbytes = await self.submit(self.probs, draft_pb2.DraftProbsItem(
             session_id=session_id, position=position, index=query.index,
-            token_ids=query.token_ids, all_tokens=query.all_tokens)
-        result, _ = await self.probs.submit(item)
-        self.raise_for_item(result)
-        return result.probs, item.ByteSize() + result.ByteSize()
+            token_ids=query.token_ids, all_tokens=query.all_tokens))
+        return result.probs, nbytes
 
 
 class TargetClient(ServiceClient):
     def __init__(self, addr: str, timeout_s: float):
         super().__init__("target", addr, target_pb2_grpc.TargetServiceStub,
-                         "specdec.v1.TargetService", timeout_s, target_pb2)
+                         "specdec.v1.TargetService", timeout_s, target_pb2.GetTargetInfoRequest,
+                         target_pb2.OpenTargetSessionRequest,
+                         target_pb2.CloseTargetSessionRequest)
         self.verifies = self._batcher(
             "Verify", lambda items: target_pb2.VerifyRequest(items=items))
-
-    async def info(self) -> target_pb2.GetTargetInfoResponse:
-        info = await self.call("GetInfo", target_pb2.GetTargetInfoRequest())
-        self.set_max_batch(info.max_batch_items)
-        return info
 
     async def verify(self, session_id: str, position: int, drafts: list[int],
                      draft_probs: list[float] = (), answer: bytes | None = None):
@@ -178,12 +172,9 @@ class TargetClient(ServiceClient):
         with concurrent sessions' items.
 
         Returns (VerifyResult, VerifyResponse of the batch, this item's bytes on the wire)."""
-        item = target_pb2.VerifyItem(session_id=session_id, position=position,
-                                     draft_token_ids=drafts, draft_probs=draft_probs,
-                                     draft_probs_answer=answer)
-        result, reply = await self.verifies.submit(item)
-        self.raise_for_item(result)
-        return result, reply, item.ByteSize() + result.ByteSize()
+        return await self.submit(self.verifies, target_pb2.VerifyItem(
+            session_id=session_id, position=position, draft_token_ids=drafts,
+            draft_probs=draft_probs, draft_probs_answer=answer))
 
 
 def check_compatible(draft, target) -> None:

@@ -7,7 +7,6 @@ engine on one worker thread. They raise specdec.errors on bad input and never im
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from dataclasses import dataclass
 
@@ -177,11 +176,11 @@ class Engine:
         fresh: list[tuple[int, Session]] = []
         for i, item in enumerate(items):
             try:
-                s = self._new_session(item)
+                s, retry = self._new_session(item)
             except SpecdecError as e:
                 outcomes[i] = OpenOutcome(item.session_id, error=e)
                 continue
-            if s.cache is None:  # a retried open
+            if retry:
                 outcomes[i] = OpenOutcome(s.id, len(s.tokens))
             else:
                 fresh.append((i, s))
@@ -195,9 +194,9 @@ class Engine:
             outcomes[i] = OpenOutcome(s.id, len(s.tokens))
         return outcomes
 
-    def _new_session(self, item: OpenItem) -> Session:
-        """Validate and register a session (not prefilled yet); a retried open returns the
-        existing session with cache=None as the marker."""
+    def _new_session(self, item: OpenItem) -> tuple[Session, bool]:
+        """Validate and register a session (not prefilled yet). Returns (session, whether
+        the call repeats the open that created it: a retry, nothing to do)."""
         prompt = item.prompt_token_ids
         if not prompt:
             raise InvalidArgument("prompt_token_ids is empty; a session needs at least one token")
@@ -208,7 +207,7 @@ class Engine:
         existing = self.sessions.peek(item.session_id) if item.session_id else None
         if existing is not None:
             if existing.last_call == call:
-                return dataclasses.replace(existing, cache=None)
+                return existing, True
             raise AlreadyExists(f"session {item.session_id} already exists with another state")
         reserve = item.max_tokens or self.lm.max_context_length
         s = Session(item.session_id or uuid.uuid4().hex, list(prompt),
@@ -218,7 +217,7 @@ class Engine:
             s.generator = generator_for(item.sampling.seed, self.role, self.lm.device)
         s.last_call = call
         self.sessions.add(s)  # checks --max-sessions and the cache budget
-        return s
+        return s, False
 
     def truncate(self, session_id: str, position: int, length: int) -> int:
         s, retry = self._session_at(session_id, position, ("truncate", position, length))

@@ -107,9 +107,32 @@ def start_stack(loop: LoopThread, draft_lm, target_lm, draft_cfg: dict | None = 
     return Stack(loop, draft, target, coordinator)
 
 
+async def generate_all(addr: str, requests, concurrency: int | None = None) -> list:
+    """Run Generate for every request (at most `concurrency` at a time; None = all at once).
+    Each result is (token ids, final stats) or the AioRpcError the call ended with."""
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = generator_pb2_grpc.GeneratorStub(channel)
+        sem = asyncio.Semaphore(concurrency or len(requests) or 1)
+
+        async def one(req):
+            ids, stats = [], None
+            async with sem:
+                try:
+                    async for msg in stub.Generate(req, timeout=120):
+                        if msg.HasField("token"):
+                            ids.append(msg.token.id)
+                        else:
+                            stats = msg.stats
+                except grpc.aio.AioRpcError as e:
+                    return e
+            return ids, stats
+
+        return await asyncio.gather(*(one(r) for r in requests))
+
+
 def with_eos(lm, eos_ids: list[int]):
     """The same loaded model, reporting other EOS ids (to make EOS happen where we want)."""
     return dataclasses.replace(lm, eos_token_ids=eos_ids)
 
 
-__all__ = ["LoopThread", "Stack", "start_stack", "with_eos", "health_pb2"]
+__all__ = ["LoopThread", "Stack", "generate_all", "start_stack", "with_eos", "health_pb2"]

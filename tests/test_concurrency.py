@@ -5,34 +5,14 @@ import asyncio
 import grpc
 import pytest
 
-from specdec.v1 import common_pb2, generator_pb2, generator_pb2_grpc, target_pb2
-from stack import start_stack
+from specdec.v1 import common_pb2, generator_pb2, target_pb2
+from stack import generate_all, start_stack
 from tiny_models import PROMPTS
 
 
 def request(prompt: str, k: int, max_new: int, **sampling) -> generator_pb2.GenerateRequest:
     return generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=max_new,
                                          num_speculative_tokens=k, **sampling)
-
-
-async def generate_all(addr: str, requests) -> list:
-    """Run all requests at once; each result is (token ids, stats) or the RpcError."""
-    async with grpc.aio.insecure_channel(addr) as channel:
-        stub = generator_pb2_grpc.GeneratorStub(channel)
-
-        async def one(req):
-            ids, stats = [], None
-            try:
-                async for msg in stub.Generate(req, timeout=120):
-                    if msg.HasField("token"):
-                        ids.append(msg.token.id)
-                    else:
-                        stats = msg.stats
-            except grpc.aio.AioRpcError as e:
-                return e
-            return ids, stats
-
-        return await asyncio.gather(*(one(r) for r in requests))
 
 
 def sixteen_requests():

@@ -1,17 +1,15 @@
 """Lossless sampling through the real services on loopback: the emitted tokens have the
 target's exact distribution (chi-square against its logits), and seeds reproduce outputs."""
 
-import asyncio
 
-import grpc
 import pytest
 import torch
 from chisq import chi_square_p_value
 
 from specdec.models import load_model
 from specdec.sampling import SamplingParams, warp
-from specdec.v1 import generator_pb2, generator_pb2_grpc
-from stack import start_stack
+from specdec.v1 import generator_pb2
+from stack import generate_all, start_stack
 from tiny_models import PROMPTS, make_small_vocab_dirs
 
 PROMPT = "ab"
@@ -50,18 +48,12 @@ def request(params: SamplingParams, k: int, seed: int, max_new_tokens: int):
     return req
 
 
-async def draw(addr: str, requests, concurrency: int = 96) -> list[tuple[int, ...]]:
-    """Run Generate for every request, `concurrency` at a time; returns their token ids."""
-    async with grpc.aio.insecure_channel(addr) as channel:
-        stub = generator_pb2_grpc.GeneratorStub(channel)
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one(req):
-            async with sem:
-                return tuple([m.token.id async for m in stub.Generate(req, timeout=60)
-                              if m.HasField("token")])
-
-        return await asyncio.gather(*(one(r) for r in requests))
+async def draw(addr: str, requests) -> list[tuple[int, ...]]:
+    """Token ids of every request, 96 at a time."""
+    results = await generate_all(addr, requests, concurrency=96)
+    failed = [r for r in results if isinstance(r, Exception)]
+    assert not failed, failed[:1]
+    return [tuple(ids) for ids, _ in results]
 
 
 def joint_counts(outputs, vocab: int) -> torch.Tensor:
@@ -121,8 +113,6 @@ def sampled(prompt: str, seed: int | None, k: int = 3) -> generator_pb2.Generate
 
 
 def test_same_seed_same_tokens_across_runs_and_under_load(stacks, loop, lms):
-    from test_concurrency import generate_all
-
     stack = stacks("draft_perturbed")
     mine = sampled("Once upon a time", seed=1234)
     (first_ids, first_stats), = loop.run(generate_all(stack.addr, [mine]))

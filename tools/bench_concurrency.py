@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 import torch
 
+from bench.stats import percentile
 from specdec.config import default_cache_dir
 from specdec.fetch import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model_dir
 from specdec.launch import start_local_stack
@@ -70,15 +71,6 @@ async def run_batch(addr: str, prompts: list[str], k: int, max_new: int) -> tupl
         start = time.perf_counter()
         results = await asyncio.gather(*(one(p) for p in prompts))
         return time.perf_counter() - start, results
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolation percentile (q in [0, 100]) of a non-empty list."""
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def measure(addr: str, prompts: list[str], k: int, sessions: list[int], max_new: int) -> list:
