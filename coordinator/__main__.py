@@ -23,7 +23,7 @@ def main() -> None:
         coordinator = await start(cfg)
         await wait_for_signal()
         log.info("shutting down")
-        await coordinator.stop()
+        await coordinator.stop(cfg.shutdown_grace_s)
 
     try:
         asyncio.run(serve())

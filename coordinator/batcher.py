@@ -105,8 +105,11 @@ class Scheduler:
         try:
             return await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self._add(-1)  # it was resolved (and counted as running) before we ran
+            # The generation runs again (its cleanup, or code that timed the wait out). If
+            # the item was resolved, the dispatcher already counted it running; if not, the
+            # wait was cancelled and nobody did.
+            if not future.done() or future.cancelled():
+                self._add(1)
             raise
 
     async def _dispatch(self) -> None:

@@ -23,6 +23,10 @@ class CoordinatorConfig:
     connect_timeout_s: float
     log_level: str
     log_format: str
+    draft_timeout_ms: float = 0.0
+    target_retry_s: float = 30.0
+    shutdown_grace_s: float = 30.0
+    metrics_port: int = -1
 
 
 def parser() -> EnvDefaultsParser:
@@ -51,6 +55,19 @@ def parser() -> EnvDefaultsParser:
                  help="deadline of each call to the draft and target services")
     p.add_option("--connect-timeout-s", default=900.0, type=float,
                  help="how long to wait at start for both services to report SERVING")
+    p.add_option("--draft-timeout-ms", default=0.0, type=float,
+                 help="budget of each Propose call: a draft slower than this costs "
+                      "the round its proposals (it runs target-only), never the request; "
+                      "0 = 4x the draft's recent mean latency, at least 1 s")
+    p.add_option("--target-retry-s", default=30.0, type=float,
+                 help="how long a request waits for an unreachable target (re-opening its "
+                      "session from the token history) before failing with UNAVAILABLE")
+    p.add_option("--shutdown-grace-s", default=30.0, type=float,
+                 help="on SIGTERM: report NOT_SERVING, refuse new requests, and let running "
+                      "ones finish for at most this long before exiting")
+    p.add_option("--metrics-port", default=-1, type=int,
+                 help="serve Prometheus GET /metrics on this port; 0 = any free port (logged), "
+                      "-1 = off")
     add_logging_options(p)
     return p
 

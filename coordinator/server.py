@@ -1,25 +1,33 @@
-"""Starting the coordinator: connect to both services, check them, serve Generator."""
+"""Starting the coordinator: connect to both services, check them, serve Generator; watch the
+upstreams' health; drain on shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from specdec.errors import FailedPrecondition, InvalidArgument
 from specdec.models import load_tokenizer, tokenizer_fingerprint
+from specdec.rpc.metrics import MetricsServer, serve_metrics
 from specdec.rpc.server import RunningServer, start_server
+from specdec.rpc.tolerant import add_tolerant
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
 from .batcher import Scheduler
 from .config import CoordinatorConfig
+from .faults import FaultPolicy
+from .metrics import CoordinatorMetrics
 from .servicer import GeneratorServicer, Limits
 from .upstream import DraftClient, TargetClient, check_compatible
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name
+HEALTH_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -27,20 +35,60 @@ class Coordinator:
     server: RunningServer
     draft: DraftClient
     target: TargetClient
+    servicer: GeneratorServicer
+    watcher: asyncio.Task
+    metrics_server: MetricsServer | None = None
 
     @property
     def port(self) -> int:
         return self.server.port
 
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_server.port if self.metrics_server else None
+
     async def stop(self, grace_s: float = 5.0) -> None:
-        await self.server.stop(grace_s)
+        """Drain: NOT_SERVING at once, new requests get UNAVAILABLE, running ones finish
+        for at most grace_s; then stop."""
+        self.servicer.draining = True
+        await self.server.health.enter_graceful_shutdown()
+        running = self.servicer.running
+        if running:
+            log.info("draining", running=running, grace_s=grace_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.servicer.idle.wait(), grace_s)
+        self.watcher.cancel()
+        await self.server.server.stop(0.5)
         await asyncio.gather(self.draft.close(), self.target.close())
+        if self.metrics_server:
+            self.metrics_server.stop()
+        log.info("stopped", unfinished=self.servicer.running)
+
+
+async def watch_upstreams(server: RunningServer, servicer: GeneratorServicer,
+                          metrics: CoordinatorMetrics, interval_s: float = HEALTH_INTERVAL_S):
+    """The coordinator is SERVING while the target is; a missing draft only degrades it."""
+    serving: dict[str, bool] = {"draft": True, "target": True}
+    while True:
+        for client in (servicer.target, servicer.draft):
+            ok = await client.healthy(interval_s)
+            metrics.upstream_healthy.labels(client.role).set(int(ok))
+            if ok != serving[client.role]:
+                serving[client.role] = ok
+                (log.info if ok else log.warning)(
+                    "upstream health changed", service=client.role, addr=client.addr,
+                    serving=ok, effect=("none" if ok else "NOT_SERVING" if client.role ==
+                                        "target" else "degraded: target-only rounds"))
+                if client.role == "target" and not servicer.draining:
+                    await server.set_serving(ok)
+        await asyncio.sleep(interval_s)
 
 
 async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     """Wait for both services, check they are compatible, then serve. Raises SpecdecError
     (FailedPrecondition for an incompatible pair, Unavailable for an unreachable service)."""
-    draft = DraftClient(cfg.draft, cfg.rpc_timeout_s)
+    draft = DraftClient(cfg.draft, cfg.rpc_timeout_s,
+                        cfg.draft_timeout_ms / 1e3 if cfg.draft_timeout_ms > 0 else None)
     target = TargetClient(cfg.target, cfg.rpc_timeout_s)
     try:
         await asyncio.gather(draft.wait_serving(cfg.connect_timeout_s),
@@ -68,13 +116,20 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
         target_context=target_info.model.max_context_length)
     scheduler = (Scheduler(draft.batchers + target.batchers) if cfg.schedule == "lockstep"
                  else None)
+    metrics = CoordinatorMetrics(CollectorRegistry())
+    draft.on_error = target.on_error = metrics.upstream_error
+    policy = FaultPolicy(target_retry_s=cfg.target_retry_s)
     servicer = GeneratorServicer(draft, target, tokenizer, set(target_info.model.eos_token_ids),
-                                 limits, scheduler)
+                                 limits, scheduler, policy, metrics)
     server = await start_server(
         cfg.host, cfg.port,
-        lambda s: generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, s), [SERVICE_NAME])
+        lambda s: add_tolerant(generator_pb2_grpc.add_GeneratorServicer_to_server, servicer, s),
+        [SERVICE_NAME])
+    metrics_server = serve_metrics(cfg.host, cfg.metrics_port, metrics.registry)
     await server.set_serving(True)
+    watcher = asyncio.create_task(watch_upstreams(server, servicer, metrics))
     log.info("serving", port=server.port, draft=cfg.draft, target=cfg.target,
              draft_model=draft_info.model.model_name, target_model=target_info.model.model_name,
-             max_k=limits.max_k, schedule=cfg.schedule)
-    return Coordinator(server, draft, target)
+             max_k=limits.max_k, schedule=cfg.schedule,
+             metrics_port=metrics_server.port if metrics_server else None)
+    return Coordinator(server, draft, target, servicer, watcher, metrics_server)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 
 import grpc
 import structlog
+from prometheus_client import CollectorRegistry
 
 from specdec.errors import InvalidArgument, SpecdecError
 from specdec.rpc.status import status_code
@@ -17,6 +19,8 @@ from specdec.sampling import GREEDY, SamplingParams
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
 from .decode import Finish, Params, Stats, Token, generate
+from .faults import Deadline, FaultPolicy
+from .metrics import CoordinatorMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -73,17 +77,27 @@ def stats_to_pb(s: Stats) -> generator_pb2.GenerationStats:
         draft_time_s=s.draft_time_s, verify_time_s=s.verify_time_s,
         coordinator_time_s=s.coordinator_time_s, session_id=s.session_id, seed=s.seed,
         wire_bytes=s.wire_bytes, mean_verify_batch=s.mean_verify_batch,
-        proposed_at_position=s.proposed_at, accepted_at_position=s.accepted_at)
+        proposed_at_position=s.proposed_at, accepted_at_position=s.accepted_at,
+        draft_fallback_rounds=s.draft_fallback_rounds,
+        draft_fallback_reason=s.draft_fallback_reason, draft_reopens=s.draft_reopens,
+        target_reopens=s.target_reopens)
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     def __init__(self, draft, target, tokenizer, eos_token_ids: set[int], limits: Limits,
-                 scheduler=None):
+                 scheduler=None, policy: FaultPolicy = FaultPolicy(),
+                 metrics: CoordinatorMetrics | None = None):
         self.draft, self.target = draft, target
         self.scheduler = scheduler
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.limits = limits
+        self.policy = policy
+        self.metrics = metrics or CoordinatorMetrics(CollectorRegistry())
+        self.draining = False  # set on SIGTERM: new requests get UNAVAILABLE
+        self.running = 0  # Generate calls in progress
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     def _prepare(self, req) -> tuple[Params, list[int]]:
         params = params_from_pb(req, self.limits)
@@ -96,7 +110,15 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         return params, prompt_ids
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
+        if self.draining:
+            self.metrics.finished("UNAVAILABLE", None)
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "the coordinator is shutting down; retry on another replica")
         session_id = uuid.uuid4().hex
+        self.running += 1
+        self.idle.clear()
+        self.metrics.running.inc()
+        status, stats = "UNKNOWN", None
         with structlog.contextvars.bound_contextvars(session_id=session_id):
             fields = {"k": request.num_speculative_tokens
                       if request.HasField("num_speculative_tokens") else "default",
@@ -104,23 +126,46 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                       "temperature": round(request.temperature, 4)}
             try:
                 params, prompt_ids = self._prepare(request)
+                stats = Stats(session_id, len(prompt_ids),
+                              seed=0 if params.sampling.greedy else params.sampling.seed)
                 events = generate(session_id, prompt_ids, params, self.draft, self.target,
-                                  self.tokenizer, self.eos_token_ids, self.scheduler)
+                                  self.tokenizer, self.eos_token_ids, self.scheduler,
+                                  self.policy, Deadline(context.time_remaining()), stats)
+                last_token_at = None
                 async with contextlib.aclosing(events):
                     async for event in events:
                         if isinstance(event, Token):
+                            now = time.perf_counter()
+                            if last_token_at is None:
+                                self.metrics.ttft.observe(now - stats.started)
+                            else:
+                                self.metrics.itl.observe(now - last_token_at)
+                            last_token_at = now
                             yield generator_pb2.GenerateResponse(
                                 token=generator_pb2.GeneratedToken(id=event.id, text=event.text))
                         else:
                             log.info("generate", **fields, **event.summary())
+                            status = "OK"
                             yield generator_pb2.GenerateResponse(stats=stats_to_pb(event))
             except asyncio.CancelledError:
-                log.info("generate cancelled by the client", **fields)
+                left = context.time_remaining()
+                status = "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
+                log.info("generate cancelled by the client", **fields, status=status,
+                         **(stats.summary() if stats else {}))
                 raise
             except SpecdecError as e:
-                log.info("generate failed", **fields, code=e.code, error=str(e))
+                status = e.code
+                log.info("generate failed", **fields, code=e.code, error=str(e),
+                         **(stats.summary() if stats else {}))
                 await context.abort(status_code(e), str(e))
             except Exception as e:
+                status = "INTERNAL"
                 log.exception("generate crashed", **fields)
                 await context.abort(grpc.StatusCode.INTERNAL,
                                     f"generation failed: {type(e).__name__}: {e}")
+            finally:
+                self.metrics.finished(status, stats)
+                self.metrics.running.dec()
+                self.running -= 1
+                if not self.running:
+                    self.idle.set()

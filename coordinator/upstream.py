@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 import grpc
+import structlog
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -21,6 +23,15 @@ from specdec.sampling import SamplingParams
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 
 from .batcher import Batcher
+from .faults import LatencyBudget
+
+log = structlog.get_logger(__name__)
+
+# A restarted service is found again within about a second (gRPC's default reconnect
+# backoff grows to 2 minutes, far longer than a request waits).
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
+                     ("grpc.min_reconnect_backoff_ms", 100),
+                     ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 class UpstreamError(SpecdecError):
@@ -49,16 +60,20 @@ class ServiceClient:
     concurrent generations share calls (see batcher.py)."""
 
     def __init__(self, role: str, addr: str, stub_cls, service: str, timeout_s: float,
-                 info_request, open_request, close_request):
+                 info_request, open_request, close_request, retries: bool = True):
         """info_request, open_request, close_request: the service's GetInfo, OpenSession and
-        CloseSession request classes."""
+        CloseSession request classes. retries: retry UNAVAILABLE calls in the channel."""
         self.role, self.addr, self.timeout_s = role, addr, timeout_s
+        retry = ([("grpc.service_config", _service_config(service)), ("grpc.enable_retries", 1)]
+                 if retries else [("grpc.enable_retries", 0)])
         self.channel = grpc.aio.insecure_channel(
-            addr, options=[*CHANNEL_OPTIONS, ("grpc.service_config", _service_config(service)),
-                           ("grpc.enable_retries", 1)])
+            addr, options=[*CHANNEL_OPTIONS, *RECONNECT_OPTIONS, *retry])
+        # on_error(service role, status code name): every failed call or item (metrics)
+        self.on_error: Callable[[str, str], None] = lambda role, code: None
         self.stub = stub_cls(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._info_request = info_request
+        self._tasks: set[asyncio.Task] = set()
         self._batchers: list[Batcher] = []
         self.opens = self._batcher("OpenSession", lambda items: open_request(items=items))
         self.closes = self._batcher("CloseSession", lambda ids: close_request(session_ids=ids))
@@ -72,20 +87,36 @@ class ServiceClient:
     def batchers(self) -> list[Batcher]:
         return list(self._batchers)
 
+    def budget(self, method: str) -> LatencyBudget | None:
+        """The adaptive timeout of `method`, if it has one (the draft's calls do)."""
+        return None
+
     async def call(self, method: str, request):
+        budget = self.budget(method)
+        timeout = self.timeout_s if budget is None else budget.timeout()
+        start = time.monotonic()
         try:
-            return await getattr(self.stub, method)(request, timeout=self.timeout_s)
+            reply = await getattr(self.stub, method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:
-            raise UpstreamError(e.code().name,
-                                f"{self.role} service at {self.addr}: {e.details()}") from None
+            code = e.code().name
+            if budget is not None and code == "DEADLINE_EXCEEDED":
+                budget.observe(timeout)
+            self.on_error(self.role, code)
+            detail = (f"no answer within {timeout:.3g}s" if code == "DEADLINE_EXCEEDED"
+                      else e.details())
+            raise UpstreamError(code, f"{self.role} service at {self.addr}: {detail}") from None
+        if budget is not None:
+            budget.observe(time.monotonic() - start)
+        return reply
 
     async def submit(self, batcher: Batcher, item):
         """Send one item through a batcher. Returns (its result, the batch's reply, this
         item's bytes on the wire); a failed item raises the error a failed call would."""
         result, reply = await batcher.submit(item)
         if result.code != 0:
-            raise UpstreamError(code_name(result.code),
-                                f"{self.role} service at {self.addr}: {result.message}")
+            code = code_name(result.code)
+            self.on_error(self.role, code)
+            raise UpstreamError(code, f"{self.role} service at {self.addr}: {result.message}")
         size = item.ByteSize() if isinstance(item, Message) else len(item.encode())  # str ids
         return result, reply, size + result.ByteSize()
 
@@ -108,6 +139,22 @@ class ServiceClient:
     async def close_session(self, session_id: str) -> None:
         await self.submit(self.closes, session_id)
 
+    def close_later(self, session_id: str) -> None:
+        """Close an abandoned session without waiting (best effort: the service may be
+        down, which is usually why it was abandoned; its session TTL is the backstop)."""
+        async def close():
+            try:
+                await self.close_session(session_id)
+            except Exception as e:
+                log.debug("closing an abandoned session failed", service=self.role,
+                          session_id=session_id, error=str(e))
+        self.keep_task(asyncio.get_running_loop().create_task(close()))
+
+    def keep_task(self, task: asyncio.Task) -> None:
+        """Hold a reference to a background task until it ends (the loop holds weak ones)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def wait_serving(self, timeout_s: float) -> None:
         """Wait until the service's health reports SERVING (models take a while to load)."""
         deadline = time.monotonic() + timeout_s
@@ -125,19 +172,43 @@ class ServiceClient:
         raise Unavailable(f"{self.role} service at {self.addr} not SERVING after {timeout_s:g}s "
                           f"({last})")
 
+    async def healthy(self, timeout_s: float) -> bool:
+        """One health check: True when the service reports SERVING."""
+        try:
+            reply = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
     async def close(self) -> None:
         await self.channel.close()
 
 
 class DraftClient(ServiceClient):
-    def __init__(self, addr: str, timeout_s: float):
+    """The draft's calls on a generation's path have adaptive timeouts and no retries: a
+    draft that fails or is slower than its budget costs a round its proposals, never the
+    request (see legs.DraftLeg)."""
+
+    def __init__(self, addr: str, timeout_s: float, propose_timeout_s: float | None = None):
+        """propose_timeout_s: fixed timeout of Propose; None = 4x its recent mean latency,
+        at least 1 s (2 s before the first call)."""
         super().__init__("draft", addr, draft_pb2_grpc.DraftServiceStub,
                          "specdec.v1.DraftService", timeout_s, draft_pb2.GetDraftInfoRequest,
-                         draft_pb2.OpenDraftSessionRequest, draft_pb2.CloseDraftSessionRequest)
+                         draft_pb2.OpenDraftSessionRequest, draft_pb2.CloseDraftSessionRequest,
+                         retries=False)  # a failed draft call costs a round, not a retry
+        # GetProbs keeps the plain --rpc-timeout-s: it follows a sampled rejection, and
+        # dropping a round after seeing that rejection would bias the output (legs.py).
+        self._budgets = {
+            "Propose": LatencyBudget(propose_timeout_s, floor_s=1.0, initial_s=2.0),
+            "OpenSession": LatencyBudget(None, floor_s=max(2.0, 4 * (propose_timeout_s or 0)),
+                                         initial_s=10.0)}
         self.proposals = self._batcher(
             "Propose", lambda items: draft_pb2.ProposeRequest(items=items))
         self.probs = self._batcher(
             "GetProbs", lambda items: draft_pb2.GetDraftProbsRequest(items=items))
+
+    def budget(self, method: str) -> LatencyBudget | None:
+        return self._budgets.get(method)
 
     async def propose(self, session_id: str, position: int, truncate_to: int | None,
                       append: list[int], k: int):
@@ -165,6 +236,12 @@ class TargetClient(ServiceClient):
                          target_pb2.CloseTargetSessionRequest)
         self.verifies = self._batcher(
             "Verify", lambda items: target_pb2.VerifyRequest(items=items))
+
+    async def truncate(self, session_id: str, position: int, length: int) -> int:
+        """Roll a session back to `length` tokens (unbatched; rare). Returns its position."""
+        reply = await self.call("Truncate", target_pb2.TruncateTargetSessionRequest(
+            session_id=session_id, position=position, length=length))
+        return reply.position
 
     async def verify(self, session_id: str, position: int, drafts: list[int],
                      draft_probs: list[float] = (), answer: bytes | None = None):

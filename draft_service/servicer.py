@@ -7,6 +7,7 @@ from specdec.draft_engine import DraftEngine, ProposeItem, ProposeOutcome
 from specdec.models import LoadedModel
 from specdec.rpc.model_service import ModelServicer, start_model_service
 from specdec.rpc.status import item_status, rpc_method
+from specdec.rpc.tolerant import add_tolerant
 from specdec.v1 import draft_pb2, draft_pb2_grpc
 
 SERVICE_NAME = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
@@ -25,6 +26,7 @@ def outcome_to_pb(o: ProposeOutcome) -> draft_pb2.ProposeResult:
 
 
 class DraftServicer(ModelServicer, draft_pb2_grpc.DraftServiceServicer):
+    role = "draft"
     open_response = draft_pb2.OpenDraftSessionResponse
     close_response = draft_pb2.CloseDraftSessionResponse
 
@@ -42,10 +44,12 @@ class DraftServicer(ModelServicer, draft_pb2_grpc.DraftServiceServicer):
     @rpc_method
     async def Propose(self, request, context):
         items = [item_from_pb(i) for i in request.items]
-        (outcomes, passes), us = await self.timed(self.engine.propose, items)
+        (outcomes, passes), us = await self.timed(self.engine.propose, items, op="propose")
+        batched = sum(o.error is None for o in outcomes)
+        self.metrics.batch_sessions.labels("propose").observe(batched)
         return draft_pb2.ProposeResponse(
             results=[outcome_to_pb(o) for o in outcomes], forward_passes=passes,
-            compute_time_us=us, batched_sessions=sum(o.error is None for o in outcomes))
+            compute_time_us=us, batched_sessions=batched)
 
     @rpc_method
     async def GetProbs(self, request, context):
@@ -67,6 +71,7 @@ async def start(cfg: ModelServiceConfig, lm: LoadedModel | None = None):
     """Start a draft server in the running event loop; returns (RunningServer, servicer)."""
     servicer = DraftServicer(cfg)
     server = await start_model_service(
-        cfg, servicer, lambda s: draft_pb2_grpc.add_DraftServiceServicer_to_server(servicer, s),
+        cfg, servicer,
+        lambda s: add_tolerant(draft_pb2_grpc.add_DraftServiceServicer_to_server, servicer, s),
         SERVICE_NAME, servicer.build_engine, lm)
     return server, servicer

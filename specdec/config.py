@@ -63,6 +63,8 @@ class ModelServiceConfig:
     warmup: bool
     log_level: str
     log_format: str
+    shutdown_grace_s: float = 30.0
+    metrics_port: int = -1
 
 
 def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaultsParser:
@@ -90,6 +92,12 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
                  help="where fetched and converted models are kept")
     p.add_option("--warmup", default=1, type=int, choices=[0, 1],
                  help="run warm-up passes before reporting SERVING")
+    p.add_option("--shutdown-grace-s", default=30.0, type=float,
+                 help="on SIGTERM: report NOT_SERVING, refuse new sessions (UNAVAILABLE), and "
+                      "serve the live ones until they close, for at most this long")
+    p.add_option("--metrics-port", default=-1, type=int,
+                 help="serve Prometheus GET /metrics on this port; 0 = any free port (logged), "
+                      "-1 = off")
     add_logging_options(p)
     return p
 
@@ -101,4 +109,5 @@ def model_service_config(args: argparse.Namespace) -> ModelServiceConfig:
         max_proposal_tokens=args.max_proposal_tokens, max_batch_items=args.max_batch_items,
         max_cache_mb=args.max_cache_mb, cache_dir=args.cache_dir, warmup=bool(args.warmup),
         log_level=args.log_level, log_format=args.log_format,
+        shutdown_grace_s=args.shutdown_grace_s, metrics_port=args.metrics_port,
     )

@@ -233,14 +233,12 @@ class Engine:
         self.sessions.pop(session_id)
 
     def close_many(self, session_ids: list[str]) -> list[SpecdecError | None]:
-        errors: list[SpecdecError | None] = []
+        """Close sessions. Idempotent: closing an unknown (closed, expired) session is OK,
+        so a retried or repeated close never fails."""
         for sid in session_ids:
-            try:
+            if self.sessions.peek(sid) is not None:
                 self.sessions.pop(sid)
-                errors.append(None)
-            except SpecdecError as e:
-                errors.append(e)
-        return errors
+        return [None] * len(session_ids)
 
     def warmup(self, max_new: int = 9) -> None:
         """Run the shapes serving uses once, outside any session: first use of a shape is

@@ -42,3 +42,7 @@ class Unavailable(SpecdecError):
 
 class Unimplemented(SpecdecError):
     code = "UNIMPLEMENTED"
+
+
+class DeadlineExceeded(SpecdecError):
+    code = "DEADLINE_EXCEEDED"

@@ -6,6 +6,7 @@ from specdec.config import ModelServiceConfig
 from specdec.models import LoadedModel
 from specdec.rpc.model_service import ModelServicer, start_model_service
 from specdec.rpc.status import item_status, rpc_method
+from specdec.rpc.tolerant import add_tolerant
 from specdec.target_engine import TargetEngine, VerifyItem, VerifyOutcome
 from specdec.v1 import target_pb2, target_pb2_grpc
 
@@ -30,6 +31,7 @@ def outcome_to_pb(o: VerifyOutcome) -> target_pb2.VerifyResult:
 
 
 class TargetServicer(ModelServicer, target_pb2_grpc.TargetServiceServicer):
+    role = "target"
     open_response = target_pb2.OpenTargetSessionResponse
     close_response = target_pb2.CloseTargetSessionResponse
 
@@ -48,7 +50,10 @@ class TargetServicer(ModelServicer, target_pb2_grpc.TargetServiceServicer):
     @rpc_method
     async def Verify(self, request, context):
         items = [item_from_pb(i) for i in request.items]
-        (outcomes, passes, batched), us = await self.timed(self.engine.verify, items)
+        (outcomes, passes, batched), us = await self.timed(self.engine.verify, items,
+                                                           op="verify")
+        if passes:
+            self.metrics.batch_sessions.labels("verify").observe(batched)
         return target_pb2.VerifyResponse(results=[outcome_to_pb(o) for o in outcomes],
                                          forward_passes=passes, compute_time_us=us,
                                          batched_sessions=batched)
@@ -64,6 +69,7 @@ async def start(cfg: ModelServiceConfig, lm: LoadedModel | None = None):
     """Start a target server in the running event loop; returns (RunningServer, servicer)."""
     servicer = TargetServicer(cfg)
     server = await start_model_service(
-        cfg, servicer, lambda s: target_pb2_grpc.add_TargetServiceServicer_to_server(servicer, s),
+        cfg, servicer,
+        lambda s: add_tolerant(target_pb2_grpc.add_TargetServiceServicer_to_server, servicer, s),
         SERVICE_NAME, servicer.build_engine, lm)
     return server, servicer

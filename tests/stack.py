@@ -91,9 +91,8 @@ class Stack:
             ch.close()
         self.loop.run(self.coordinator.stop(0))
         for server, servicer in (self.draft, self.target):
-            self.loop.run(server.stop(0))
             servicer.reaper.cancel()
-            servicer.worker.shutdown()
+            self.loop.run(servicer.drain(server, 0))
 
 
 def start_stack(loop: LoopThread, draft_lm, target_lm, draft_cfg: dict | None = None,

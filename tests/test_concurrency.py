@@ -87,13 +87,23 @@ def test_past_the_session_limit_new_requests_fail_cleanly(limited_stack, loop):
     assert stack.live_sessions() == (0, 0)
 
 
-def test_past_the_cache_budget_new_requests_fail_cleanly(limited_stack, loop):
+def test_past_the_cache_budget_the_target_refuses_and_the_draft_falls_back(limited_stack, loop):
     per_token = 2 * 2 * 2 * 16 * 4  # layers * kv heads * head dim * float32, keys and values
-    small_stack = limited_stack(draft_cfg={"max_cache_mb": 100 * per_token / 2**20})
-    (err,) = loop.run(generate_all(small_stack.addr, [request("def", 4, 150)]))
+    small = {"max_cache_mb": 100 * per_token / 2**20}
+    # The target cannot take the session: the request fails cleanly.
+    target_full = limited_stack(target_cfg=small)
+    (err,) = loop.run(generate_all(target_full.addr, [request("def", 4, 150)]))
     assert isinstance(err, grpc.aio.AioRpcError)
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "--max-cache-mb" in err.details()
-    (ok,) = loop.run(generate_all(small_stack.addr, [request("def", 4, 20)]))
+    assert "--max-cache-mb" in err.details() and "target service" in err.details()
+    (ok,) = loop.run(generate_all(target_full.addr, [request("def", 4, 20)]))
     assert len(ok[0]) == 20
-    assert small_stack.live_sessions() == (0, 0)
+    # The draft cannot: the request runs target-only, with exactly the target's output.
+    draft_full = limited_stack(draft_cfg=small)
+    (fallback,) = loop.run(generate_all(draft_full.addr, [request("def", 4, 150)]))
+    (alone,) = loop.run(generate_all(draft_full.addr, [request("def", 0, 150)]))
+    assert fallback[0] == alone[0]
+    assert fallback[1].draft_fallback_reason == "resource_exhausted"
+    assert fallback[1].draft_fallback_rounds > 0 and fallback[1].proposed_draft_tokens == 0
+    for stack in (target_full, draft_full):
+        assert stack.live_sessions() == (0, 0)

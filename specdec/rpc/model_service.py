@@ -9,6 +9,7 @@ from collections.abc import Callable
 import grpc
 import structlog
 import torch
+from prometheus_client import CollectorRegistry
 
 from ..config import ModelServiceConfig, model_service_config, model_service_parser
 from ..engine import Engine, OpenItem
@@ -17,6 +18,7 @@ from ..logs import configure_logging
 from ..models import LoadedModel, load_model
 from ..sampling import SamplingParams
 from ..v1 import common_pb2
+from .metrics import MetricsServer, ServiceMetrics, serve_metrics
 from .server import RunningServer, start_server, wait_for_signal
 from .status import item_status, rpc_method
 from .worker import ModelWorker
@@ -33,6 +35,7 @@ class ModelServicer:
     """Base of the draft and target servicers: the engine (once loaded) and its worker,
     and the OpenSession / CloseSession methods both services share."""
 
+    role: str  # "draft" or "target"
     open_response: type  # Open*SessionResponse of the concrete service
     close_response: type  # Close*SessionResponse of the concrete service
 
@@ -40,6 +43,9 @@ class ModelServicer:
         self.cfg = cfg
         self.worker = ModelWorker(type(self).__name__)
         self._engine: Engine | None = None
+        self.metrics = ServiceMetrics(CollectorRegistry())
+        self.metrics_server: MetricsServer | None = None
+        self.draining = False  # set on SIGTERM: new sessions get UNAVAILABLE
 
     @property
     def engine(self) -> Engine:
@@ -50,18 +56,31 @@ class ModelServicer:
 
     def attach(self, engine: Engine) -> None:
         self._engine = engine
+        self.metrics.track_sessions(engine)
 
-    async def timed(self, fn: Callable, *args) -> tuple[object, int]:
-        """Run fn on the model worker; returns (result, microseconds including queueing)."""
+    async def timed(self, fn: Callable, *args, op: str | None = None) -> tuple[object, int]:
+        """Run fn on the model worker; returns (result, microseconds including queueing).
+        op: record fn's own duration (without queueing) in specdec_forward_seconds{op}."""
+        def run():
+            began = time.perf_counter()
+            return fn(*args), time.perf_counter() - began
+
         start = time.perf_counter_ns()
-        result = await self.worker.run(fn, *args)
+        result, seconds = await self.worker.run(run)
+        if op is not None:
+            self.metrics.forward_seconds.labels(op).observe(seconds)
         return result, (time.perf_counter_ns() - start) // 1000
 
     @rpc_method
     async def OpenSession(self, request, context):
+        if self.draining:
+            raise Unavailable(f"the {self.role} service is shutting down and takes no new "
+                              f"sessions; retry on another replica")
         items = [OpenItem(i.session_id, list(i.prompt_token_ids), sampling_from_pb(i.sampling),
                           i.max_tokens) for i in request.items]
-        outcomes, us = await self.timed(self.engine.open_many, items)
+        outcomes, us = await self.timed(self.engine.open_many, items, op="prefill")
+        self.metrics.batch_sessions.labels("prefill").observe(
+            sum(o.error is None for o in outcomes))
         return self.open_response(results=[
             common_pb2.OpenSessionResult(session_id=o.session_id, position=o.position,
                                          **item_status(o.error)) for o in outcomes],
@@ -83,7 +102,28 @@ class ModelServicer:
             tokenizer_fingerprint=lm.tokenizer_fingerprint, dtype=lm.dtype_name,
             device=str(lm.device), max_context_length=lm.max_context_length,
             eos_token_ids=lm.eos_token_ids, max_sessions=e.sessions.max_sessions,
-            live_sessions=len(e.sessions))
+            live_sessions=len(e.sessions),
+            kv_cache_reserved_bytes=e.sessions.reserved_tokens * e.kv_bytes_per_token,
+            kv_cache_budget_bytes=(e.sessions.max_reserved_tokens or 0) * e.kv_bytes_per_token,
+            draining=self.draining)
+
+    async def drain(self, server: RunningServer, grace_s: float) -> None:
+        """SIGTERM: NOT_SERVING at once, no new sessions, serve the live ones until they
+        close (or grace_s passes), then stop."""
+        self.draining = True
+        await server.health.enter_graceful_shutdown()
+        deadline = time.monotonic() + grace_s
+        live = len(self._engine.sessions) if self._engine else 0
+        if live:
+            log.info("draining", live_sessions=live, grace_s=grace_s)
+        while self._engine is not None and len(self._engine.sessions) and \
+                time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await server.server.stop(0.5)
+        self.worker.shutdown()
+        if self.metrics_server:
+            self.metrics_server.stop()
+        log.info("stopped", live_sessions=len(self._engine.sessions) if self._engine else 0)
 
     async def expire_sessions(self) -> None:
         """Close sessions idle past the TTL (a coordinator that died leaves them behind)."""
@@ -110,9 +150,11 @@ async def start_model_service(cfg: ModelServiceConfig, servicer: ModelServicer,
         await servicer.worker.run(engine.warmup)
     servicer.attach(engine)
     servicer.reaper = asyncio.create_task(servicer.expire_sessions())
+    servicer.metrics_server = serve_metrics(cfg.host, cfg.metrics_port, servicer.metrics.registry)
     await server.set_serving(True)
     log.info("serving", port=server.port, model=lm.name, dtype=lm.dtype_name,
-             device=str(lm.device), vocab_size=lm.vocab_size)
+             device=str(lm.device), vocab_size=lm.vocab_size,
+             metrics_port=servicer.metrics_server.port if servicer.metrics_server else None)
     return server
 
 
@@ -129,9 +171,8 @@ def main_model_service(prog: str, role: str, default_port: int, start) -> None:
     async def serve() -> None:
         server, servicer = await start(cfg)
         await wait_for_signal()
-        log.info("shutting down")
-        await server.stop()
-        servicer.worker.shutdown()
+        log.info("shutting down", grace_s=cfg.shutdown_grace_s)
+        await servicer.drain(server, cfg.shutdown_grace_s)
 
     try:
         asyncio.run(serve())

@@ -119,7 +119,7 @@ class DraftServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseSession(self, request, context):
-        """Frees sessions and their caches.
+        """Frees sessions and their caches. Idempotent: an unknown or already closed id is OK.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

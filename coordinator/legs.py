@@ -1,0 +1,318 @@
+"""The two sides of one generation, each able to lose its service and carry on.
+
+The coordinator holds every generation's full token history (prompt + every final token),
+so a session lost on either service is rebuilt from it with one prefill:
+
+- DraftLeg: a draft that is down, errs, or answers slower than its budget costs the round
+  its proposals: the round runs target-only (K=0) and the leg tries again after a backoff,
+  opening a fresh draft session on the history. The output never depends on the draft.
+- TargetLeg: a target session that is gone (NOT_FOUND: the service restarted) or whose
+  service is unreachable (UNAVAILABLE) is re-opened from the history and the round is redone,
+  retrying for --target-retry-s (and never past the request's deadline); then the
+  generation fails with UNAVAILABLE naming the target.
+
+Re-opened sessions get a seed derived from the request's (faults.derive_seed), so sampling
+after a fault draws fresh randomness; every token still comes from the target's
+distribution given the history before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from specdec.errors import Unavailable
+
+from .faults import Backoff, Deadline, FaultPolicy, derive_seed
+from .stats import Stats
+from .upstream import UpstreamError
+
+log = structlog.get_logger(__name__)
+
+# Target failures recovered by re-opening the session from the history: the session is gone
+# (restart), the service is unreachable or hung, or its view of the session diverged.
+TARGET_RECOVERABLE = {"NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION",
+                      "CANCELLED", "ABORTED"}
+
+
+def fallback_reason(err: Exception) -> str:
+    """The `reason` label of a draft fallback: timeout, unavailable, resource_exhausted, …"""
+    code = getattr(err, "code", "ERROR")
+    return "timeout" if code == "DEADLINE_EXCEEDED" else str(code).lower()
+
+
+class _Leg:
+    def __init__(self, client, session_id: str, sampling, max_tokens: int, deadline: Deadline,
+                 stats: Stats):
+        self.client, self.base_id, self.sampling = client, session_id, sampling
+        self.max_tokens, self.deadline, self.stats = max_tokens, deadline, stats
+        self.session_id: str | None = None
+        self.incarnation = 0  # 0 = the first session, n = the n-th re-opened one
+
+    def _next_open(self, history: list[int]):
+        """The OpenSession call of the next session (fresh id and seed after the first);
+        returns (its session id, the call's coroutine)."""
+        sid = self.base_id if self.incarnation == 0 else f"{self.base_id}-{self.incarnation}"
+        sampling = self.sampling
+        if not sampling.greedy and self.incarnation:
+            sampling = dataclasses.replace(sampling,
+                                           seed=derive_seed(sampling.seed, self.incarnation))
+        return sid, self.client.open(sid, history, sampling, self.max_tokens)
+
+    async def _open(self, history: list[int]) -> None:
+        sid, call = self._next_open(history)
+        _, reply = await self.deadline.bound(call)
+        self.session_id = sid
+        self._add_time(reply.compute_time_us)
+
+    def _abandon(self) -> None:
+        """Leave the current session (closed in the background); the next gets a new id.
+        Without one (its open failed) the next open repeats the same one: an identical
+        OpenSession is an idempotent retry on the service."""
+        if self.session_id is not None:
+            self.client.close_later(self.session_id)
+            self.session_id = None
+            self.incarnation += 1
+
+    def _add_time(self, us: int) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        if self.session_id is not None:
+            sid, self.session_id = self.session_id, None
+            await self.client.close_session(sid)
+
+
+class DraftLeg(_Leg):
+    """The draft session of one generation, or its absence (see the module docstring)."""
+
+    def __init__(self, client, session_id: str, sampling, max_tokens: int, deadline: Deadline,
+                 stats: Stats, policy: FaultPolicy):
+        super().__init__(client, session_id, sampling, max_tokens, deadline, stats)
+        self.backoff = Backoff(policy.draft_retry_initial_s, policy.draft_retry_max_s)
+        self.reason = ""  # why the draft is missing, while it is
+        self.position = 0  # tokens the draft session holds (final + last proposals)
+        self.keep: int | None = None  # where it must roll back to on the next Propose
+        self.append: list[int] = []  # final tokens it has not seen yet
+        self._reopening: asyncio.Task | None = None  # a re-open under way
+
+    def _add_time(self, us: int) -> None:
+        self.stats.draft_time_s += us / 1e6
+
+    async def open(self, history: list[int]) -> bool:
+        """Open the first draft session on the prompt; False if the draft failed."""
+        try:
+            await self._open(history)
+        except UpstreamError as e:
+            self._lost(e, attempted=self.base_id)
+            return False
+        self.position = len(history)
+        return True
+
+    def _start_reopen(self, history: list[int]) -> None:
+        """Re-open in the background: rounds go on target-only meanwhile, and the session
+        catches up on the tokens final since (`append`) at its first Propose."""
+        self.incarnation += 1  # every attempt gets its own id: a failed one may linger
+        sid, call = self._next_open(list(history))
+
+        async def reopen():
+            _, reply = await call
+            return sid, len(history), reply
+        self._reopening = asyncio.get_running_loop().create_task(reopen())
+        self.client.keep_task(self._reopening)
+        self._reopening_id = sid
+
+    def _adopt_reopened(self, history: list[int]) -> None:
+        task, self._reopening = self._reopening, None
+        try:
+            sid, length, reply = task.result()
+        except Exception as e:
+            self._lost(e, attempted=self._reopening_id)
+            return
+        self.session_id, self.position, self.keep = sid, length, None
+        self.append = history[length:]
+        self._add_time(reply.compute_time_us)
+        self.stats.draft_reopens += 1
+        self.backoff.reset()
+        log.info("draft session re-opened; speculation resumes", session_id=sid,
+                 tokens=length, after=self.reason)
+        self.reason = ""
+
+    async def propose(self, history: list[int], k: int) -> tuple[list[int], list[float]]:
+        """K proposals and q of each; ([], []) when the draft is missing (a fallback round)."""
+        if self.session_id is None:
+            if self._reopening is None and self.backoff.ready():
+                self._start_reopen(history)
+            if self._reopening is not None and self._reopening.done():
+                self._adopt_reopened(history)
+            if self.session_id is None:
+                self.stats.record_fallback(self.reason)
+                return [], []
+        try:
+            proposal, batch, nbytes = await self.deadline.bound(self.client.propose(
+                self.session_id, self.position, self.keep, self.append, k))
+        except UpstreamError as e:
+            self._lost(e)
+            self.stats.record_fallback(self.reason)
+            return [], []
+        self.stats.draft_time_s += batch.compute_time_us / 1e6
+        self.stats.wire_bytes += nbytes
+        self.position = proposal.position
+        return list(proposal.token_ids), list(proposal.draft_probs)
+
+    async def probs(self, query) -> bytes | None:
+        """q at the ids a target's DraftProbsQuery names; None if the draft failed."""
+        if self.session_id is None:
+            return None
+        try:
+            answer, nbytes = await self.deadline.bound(
+                self.client.get_probs(self.session_id, self.position, query))
+        except UpstreamError as e:
+            self._lost(e)
+            return None
+        self.stats.wire_bytes += nbytes
+        return answer
+
+    def commit(self, proposed: int, accepted: int, new_tokens: list[int]) -> None:
+        """A round ended: `proposed` proposals, `accepted` of them kept, `new_tokens` final."""
+        if self.session_id is None:
+            return
+        if proposed:
+            self.keep = self.position - proposed + accepted
+            self.append = [new_tokens[-1]]
+        else:
+            self.append.extend(new_tokens)
+
+    async def close(self) -> None:
+        if self._reopening is not None:  # a re-open under way: close what it opens, later
+            client = self.client
+
+            def close_opened(task: asyncio.Task) -> None:
+                if not task.cancelled() and task.exception() is None:
+                    client.close_later(task.result()[0])
+            self._reopening.add_done_callback(close_opened)
+            self._reopening = None
+        await super().close()
+
+    def _lost(self, err: Exception, attempted: str | None = None) -> None:
+        """The draft failed: drop its session (and `attempted`, an open that failed but may
+        have happened on the service) and wait a backoff before trying again."""
+        self.reason = fallback_reason(err)
+        log.warning("draft lost; continuing target-only", reason=self.reason, error=str(err),
+                    retry_in_s=round(self.backoff.delay_s, 3))
+        if attempted is not None:
+            self.client.close_later(attempted)
+            self.incarnation += attempted == self.base_id
+        self._abandon()
+        self.backoff.failed()
+
+
+@dataclass
+class Verified:
+    """A round's outcome: `proposed` proposals were verified (0 if they were dropped), the
+    first `accepted` kept, then `next_token` (the target's recovered or bonus token)."""
+    proposed: int
+    accepted: int
+    next_token: int
+    position: int
+
+
+class TargetLeg(_Leg):
+    """The target session of one generation (see the module docstring)."""
+
+    def __init__(self, client, session_id: str, sampling, max_tokens: int, deadline: Deadline,
+                 stats: Stats, policy: FaultPolicy):
+        super().__init__(client, session_id, sampling, max_tokens, deadline, stats)
+        self.policy = policy
+        self.position = 0
+
+    def _add_time(self, us: int) -> None:
+        self.stats.verify_time_s += us / 1e6
+
+    async def open(self, history: list[int]) -> None:
+        """Open the session; while the target is unreachable, retry as _recover does."""
+        try:
+            await self._open(history)
+        except UpstreamError as e:
+            if e.code not in TARGET_RECOVERABLE:
+                raise
+            await self._recover(history, e)
+        self.position = len(history)
+
+    async def verify(self, history: list[int], proposals: list[int], probs: list[float],
+                     draft: DraftLeg | None) -> Verified:
+        """Verify one round's proposals; re-open the session from `history` (the tokens
+        before the round) and redo the round if the target loses it."""
+        while True:
+            try:
+                return await self._verify(proposals, probs, draft)
+            except UpstreamError as e:
+                if e.code not in TARGET_RECOVERABLE:
+                    raise
+                await self._recover(history, e)
+
+    async def _verify(self, proposals, probs, draft: DraftLeg | None) -> Verified:
+        result = await self._call(self.position, proposals, probs)
+        accepted = result.num_accepted  # (answer items report 0: they accept nothing new)
+        while result.HasField("draft_probs_query"):  # sampled rejection: fetch q for it
+            answer = await draft.probs(result.draft_probs_query)
+            if answer is None:
+                # The draft died between this round's Propose and GetProbs, and the
+                # recovered token cannot be drawn without its q: drop the round and redo it
+                # target-only. Strictly, a round dropped *because* it had a rejection is not
+                # an exact draw (docs/operations.md); it takes a draft failure inside that
+                # window (GetProbs is not subject to the draft's latency budget), and is
+                # logged and counted as reason "dropped_after_rejection".
+                log.warning("round dropped after a sampled rejection: the draft is gone",
+                            reason=draft.reason)
+                await self.deadline.bound(
+                    self.client.truncate(self.session_id, result.position, self.position))
+                self.stats.record_fallback("dropped_after_rejection")
+                proposals, accepted = [], 0
+                result = await self._call(self.position, [], [])
+                break
+            result = await self._call(result.position, [], [], answer)
+        self.position = result.position
+        return Verified(len(proposals), accepted, result.next_token_id, result.position)
+
+    async def _call(self, position, proposals, probs, answer=None):
+        result, batch, nbytes = await self.deadline.bound(self.client.verify(
+            self.session_id, position, proposals, probs, answer))
+        self.stats.verify_time_s += batch.compute_time_us / 1e6
+        self.stats.wire_bytes += nbytes
+        if answer is None:
+            self.stats.verify_batch_sessions += batch.batched_sessions
+        return result
+
+    async def _recover(self, history: list[int], cause: UpstreamError) -> None:
+        """Re-open the session on the history, retrying while the target is unreachable."""
+        give_up = time.monotonic() + self.policy.target_retry_s
+        delay, last = 0.1, cause
+        log.warning("target failed; (re-)opening its session from the history", code=cause.code,
+                    error=str(cause), tokens=len(history))
+        while True:
+            self.deadline.check()
+            self._abandon()
+            try:
+                await self._open(history)
+                self.position = len(history)
+                self.stats.target_reopens += self.incarnation > 0
+                log.info("target session re-opened", session_id=self.session_id,
+                         tokens=len(history))
+                return
+            except UpstreamError as e:
+                if e.code not in TARGET_RECOVERABLE:
+                    raise
+                last = e
+            left = give_up - time.monotonic()
+            remaining = self.deadline.remaining()
+            if left <= 0:
+                raise Unavailable(
+                    f"target service at {self.client.addr} did not come back within "
+                    f"--target-retry-s {self.policy.target_retry_s:g}s: {last}") from None
+            await asyncio.sleep(min(delay, left, remaining if remaining is not None else delay))
+            delay = min(1.0, delay * 2)
