@@ -35,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 # Target failures recovered by re-opening the session from the history: the session is gone
 # (restart), the service is unreachable or hung, or its view of the session diverged.
+DEADLINE_RESERVE_S = 0.1  # target calls give up this long before the request's deadline
 TARGET_RECOVERABLE = {"NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION",
                       "CANCELLED", "ABORTED"}
 
@@ -63,9 +64,9 @@ class _Leg:
                                            seed=derive_seed(sampling.seed, self.incarnation))
         return sid, self.client.open(sid, history, sampling, self.max_tokens)
 
-    async def _open(self, history: list[int]) -> None:
+    async def _open(self, history: list[int], bound=None) -> None:
         sid, call = self._next_open(history)
-        _, reply = await self.deadline.bound(call)
+        _, reply = await (bound or self.deadline.bound)(call)
         self.session_id = sid
         self._add_time(reply.compute_time_us)
 
@@ -196,7 +197,9 @@ class DraftLeg(_Leg):
                     client.close_later(task.result()[0])
             self._reopening.add_done_callback(close_opened)
             self._reopening = None
-        await super().close()
+        if self.session_id is not None:  # in the background: a slow draft delays nothing
+            self.client.close_later(self.session_id)
+            self.session_id = None
 
     def _lost(self, err: Exception, attempted: str | None = None) -> None:
         """The draft failed: drop its session (and `attempted`, an open that failed but may
@@ -233,10 +236,24 @@ class TargetLeg(_Leg):
     def _add_time(self, us: int) -> None:
         self.stats.verify_time_s += us / 1e6
 
+    async def _bounded(self, awaitable):
+        """Await a target call, giving up a little before the request's deadline so that a
+        target that does not answer is reported as such (UNAVAILABLE, via _recover) rather
+        than as the client's bare DEADLINE_EXCEEDED."""
+        left = self.deadline.remaining()
+        if left is None:
+            return await awaitable
+        try:
+            return await asyncio.wait_for(awaitable, max(0.0, left - DEADLINE_RESERVE_S))
+        except TimeoutError:
+            raise UpstreamError("DEADLINE_EXCEEDED",
+                                f"target service at {self.client.addr}: no answer before the "
+                                f"request's deadline") from None
+
     async def open(self, history: list[int]) -> None:
         """Open the session; while the target is unreachable, retry as _recover does."""
         try:
-            await self._open(history)
+            await self._open(history, self._bounded)
         except UpstreamError as e:
             if e.code not in TARGET_RECOVERABLE:
                 raise
@@ -269,7 +286,7 @@ class TargetLeg(_Leg):
                 # logged and counted as reason "dropped_after_rejection".
                 log.warning("round dropped after a sampled rejection: the draft is gone",
                             reason=draft.reason)
-                await self.deadline.bound(
+                await self._bounded(
                     self.client.truncate(self.session_id, result.position, self.position))
                 self.stats.record_fallback("dropped_after_rejection")
                 proposals, accepted = [], 0
@@ -280,7 +297,7 @@ class TargetLeg(_Leg):
         return Verified(len(proposals), accepted, result.next_token_id, result.position)
 
     async def _call(self, position, proposals, probs, answer=None):
-        result, batch, nbytes = await self.deadline.bound(self.client.verify(
+        result, batch, nbytes = await self._bounded(self.client.verify(
             self.session_id, position, proposals, probs, answer))
         self.stats.verify_time_s += batch.compute_time_us / 1e6
         self.stats.wire_bytes += nbytes
@@ -298,7 +315,7 @@ class TargetLeg(_Leg):
             self.deadline.check()
             self._abandon()
             try:
-                await self._open(history)
+                await self._open(history, self._bounded)
                 self.position = len(history)
                 self.stats.target_reopens += self.incarnation > 0
                 log.info("target session re-opened", session_id=self.session_id,
@@ -309,10 +326,14 @@ class TargetLeg(_Leg):
                     raise
                 last = e
             left = give_up - time.monotonic()
-            remaining = self.deadline.remaining()
             if left <= 0:
                 raise Unavailable(
                     f"target service at {self.client.addr} did not come back within "
                     f"--target-retry-s {self.policy.target_retry_s:g}s: {last}") from None
-            await asyncio.sleep(min(delay, left, remaining if remaining is not None else delay))
+            remaining = self.deadline.remaining()
+            if remaining is not None and remaining < delay + 0.05:
+                raise Unavailable(
+                    f"target service at {self.client.addr} is unreachable and the request's "
+                    f"deadline leaves no time to wait for it: {last}") from None
+            await asyncio.sleep(min(delay, left))
             delay = min(1.0, delay * 2)

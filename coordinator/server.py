@@ -114,8 +114,10 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
         max_context=min(draft_info.model.max_context_length,
                         target_info.model.max_context_length),
         target_context=target_info.model.max_context_length)
-    scheduler = (Scheduler(draft.batchers + target.batchers) if cfg.schedule == "lockstep"
-                 else None)
+    # The draft's opens and closes stay out of the lockstep rounds: a draft that hangs must
+    # not hold up the target's calls for longer than one Propose budget.
+    scheduler = (Scheduler([draft.proposals, draft.probs, *target.batchers])
+                 if cfg.schedule == "lockstep" else None)
     metrics = CoordinatorMetrics(CollectorRegistry())
     draft.on_error = target.on_error = metrics.upstream_error
     policy = FaultPolicy(target_retry_s=cfg.target_retry_s)

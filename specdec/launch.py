@@ -24,6 +24,7 @@ class Process:
     proc: subprocess.Popen
     log_path: Path
     port: int = 0
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -68,6 +69,7 @@ def wait_serving(p: Process, timeout_s: float) -> None:
                 continue
             if event.get("event") == "serving":
                 p.port = event["port"]
+                p.metrics_port = event.get("metrics_port")
                 return
         if p.proc.poll() is not None:
             raise RuntimeError(f"{p.name} exited with {p.proc.returncode}; its log "
