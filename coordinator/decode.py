@@ -64,6 +64,7 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
     tgt = TargetLeg(target, session_id, params.sampling, max_tokens, deadline, stats, policy)
     dft = (DraftLeg(draft, session_id, params.sampling, max_tokens, deadline, stats, policy)
            if params.k > 0 else None)
+    finished = False
     try:
         # One after the other: on a shared CPU, two prefills at once slow each other down
         # more than they gain (the services take turns everywhere else too).
@@ -99,17 +100,22 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
                 if stats.finish is not None:
                     stats.total_time_s = time.perf_counter() - stats.started
                     yield stats
+                    finished = True
                     return
     finally:
-        await asyncio.shield(_close_all([leg for leg in (tgt, dft) if leg], scheduler))
+        cleanup = asyncio.ensure_future(_close_all([leg for leg in (tgt, dft) if leg],
+                                                   scheduler))
+        if finished:  # the call ends once its sessions are closed
+            await asyncio.shield(cleanup)
+        else:  # failed or cancelled: report at once, close in the background
+            target.keep_task(cleanup)
 
 
 async def _close_all(legs, scheduler) -> None:
     try:
-        results = await asyncio.gather(*(leg.close() for leg in legs), return_exceptions=True)
-        for leg, r in zip(legs, results, strict=True):
-            if isinstance(r, BaseException):
-                log.warning("closing a session failed", service=leg.client.role, error=str(r))
+        await asyncio.gather(*(leg.close() for leg in legs))
+    except Exception as e:  # (leg.close retries in the background itself)
+        log.warning("closing sessions failed", error=str(e))
     finally:
         if scheduler is not None:
             scheduler.end()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from specdec.errors import Unavailable
+from specdec.errors import DeadlineExceeded, Unavailable
 
 from .faults import Backoff, Deadline, FaultPolicy, derive_seed
 from .stats import Stats
@@ -66,14 +66,14 @@ class _Leg:
 
     async def _open(self, history: list[int], bound=None) -> None:
         sid, call = self._next_open(history)
-        _, reply = await (bound or self.deadline.bound)(call)
+        # Held from the start: an open that fails or is cancelled may still have happened
+        # on the service, so closing (idempotent) must cover it too.
         self.session_id = sid
+        _, reply = await (bound or self.deadline.bound)(call)
         self._add_time(reply.compute_time_us)
 
     def _abandon(self) -> None:
-        """Leave the current session (closed in the background); the next gets a new id.
-        Without one (its open failed) the next open repeats the same one: an identical
-        OpenSession is an idempotent retry on the service."""
+        """Leave the current session (closed in the background); the next gets a new id."""
         if self.session_id is not None:
             self.client.close_later(self.session_id)
             self.session_id = None
@@ -83,9 +83,15 @@ class _Leg:
         raise NotImplementedError
 
     async def close(self) -> None:
+        """Close the session; if that fails, keep retrying in the background."""
         if self.session_id is not None:
             sid, self.session_id = self.session_id, None
-            await self.client.close_session(sid)
+            try:
+                await self.client.close_session(sid)
+            except Exception as e:
+                log.info("closing a session failed; retrying in the background",
+                         service=self.client.role, error=str(e))
+                self.client.close_later(sid)
 
 
 class DraftLeg(_Leg):
@@ -109,7 +115,7 @@ class DraftLeg(_Leg):
         try:
             await self._open(history)
         except UpstreamError as e:
-            self._lost(e, attempted=self.base_id)
+            self._lost(e)
             return False
         self.position = len(history)
         return True
@@ -209,9 +215,12 @@ class DraftLeg(_Leg):
                     retry_in_s=round(self.backoff.delay_s, 3))
         if attempted is not None:
             self.client.close_later(attempted)
-            self.incarnation += attempted == self.base_id
         self._abandon()
         self.backoff.failed()
+
+
+class NoAnswer(UpstreamError):
+    """A target call still unanswered when the request's deadline (nearly) passed."""
 
 
 @dataclass
@@ -246,19 +255,25 @@ class TargetLeg(_Leg):
         try:
             return await asyncio.wait_for(awaitable, max(0.0, left - DEADLINE_RESERVE_S))
         except TimeoutError:
-            raise UpstreamError("DEADLINE_EXCEEDED",
-                                f"target service at {self.client.addr}: no answer before the "
-                                f"request's deadline") from None
+            raise NoAnswer("DEADLINE_EXCEEDED",
+                           f"target service at {self.client.addr}: no answer before the "
+                           f"request's deadline") from None
 
     async def open(self, history: list[int]) -> None:
         """Open the session; while the target is unreachable, retry as _recover does."""
         try:
             await self._open(history, self._bounded)
         except UpstreamError as e:
-            if e.code not in TARGET_RECOVERABLE:
-                raise
+            self._check_recoverable(e)
             await self._recover(history, e)
         self.position = len(history)
+
+    @staticmethod
+    def _check_recoverable(e: UpstreamError) -> None:
+        if isinstance(e, NoAnswer):  # a working target, but the deadline is (nearly) over
+            raise DeadlineExceeded(f"the request's deadline passed: {e}") from None
+        if e.code not in TARGET_RECOVERABLE:
+            raise e
 
     async def verify(self, history: list[int], proposals: list[int], probs: list[float],
                      draft: DraftLeg | None) -> Verified:
@@ -268,8 +283,7 @@ class TargetLeg(_Leg):
             try:
                 return await self._verify(proposals, probs, draft)
             except UpstreamError as e:
-                if e.code not in TARGET_RECOVERABLE:
-                    raise
+                self._check_recoverable(e)
                 await self._recover(history, e)
 
     async def _verify(self, proposals, probs, draft: DraftLeg | None) -> Verified:
@@ -324,7 +338,8 @@ class TargetLeg(_Leg):
             except UpstreamError as e:
                 if e.code not in TARGET_RECOVERABLE:
                     raise
-                last = e
+                if not isinstance(e, NoAnswer):
+                    last = e
             left = give_up - time.monotonic()
             if left <= 0:
                 raise Unavailable(

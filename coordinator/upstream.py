@@ -73,6 +73,7 @@ class ServiceClient:
         self.stub = stub_cls(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._info_request = info_request
+        self._close_request = close_request
         self._tasks: set[asyncio.Task] = set()
         self._batchers: list[Batcher] = []
         self.opens = self._batcher("OpenSession", lambda items: open_request(items=items))
@@ -139,15 +140,25 @@ class ServiceClient:
     async def close_session(self, session_id: str) -> None:
         await self.submit(self.closes, session_id)
 
-    def close_later(self, session_id: str) -> None:
-        """Close an abandoned session without waiting (best effort: the service may be
-        down, which is usually why it was abandoned; its session TTL is the backstop)."""
+    def close_later(self, session_id: str, attempts: int = 5) -> None:
+        """Close a session without waiting, retrying with backoff (closing is idempotent) in
+        case the service is briefly unreachable; past that the service's session TTL is the
+        backstop."""
         async def close():
-            try:
-                await self.close_session(session_id)
-            except Exception as e:
-                log.debug("closing an abandoned session failed", service=self.role,
-                          session_id=session_id, error=str(e))
+            # A direct call, not through the batcher: in lockstep mode a call to a failing
+            # service must not stall the calls of every other generation.
+            for attempt in range(attempts):
+                try:
+                    reply = await self.call("CloseSession",
+                                            self._close_request(session_ids=[session_id]))
+                    if all(r.code == 0 for r in reply.results):
+                        return
+                    last = reply.results[0].message
+                except Exception as e:
+                    last = e
+                await asyncio.sleep(0.1 * 3 ** attempt)
+            log.warning("could not close a session; the service's TTL will", service=self.role,
+                        session_id=session_id, error=str(last))
         self.keep_task(asyncio.get_running_loop().create_task(close()))
 
     def keep_task(self, task: asyncio.Task) -> None:

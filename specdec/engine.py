@@ -238,6 +238,8 @@ class Engine:
         for sid in session_ids:
             if self.sessions.peek(sid) is not None:
                 self.sessions.pop(sid)
+            else:  # closed before its open arrived (or again): the open must not revive it
+                self.sessions.remember_closed(sid)
         return [None] * len(session_ids)
 
     def warmup(self, max_new: int = 9) -> None:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import AlreadyExists, NotFound, ResourceExhausted
+from .errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
+
+# Ids of closed sessions remembered (most recent), so a delayed or retried OpenSession that
+# arrives after its CloseSession cannot bring the session back (and leak it).
+CLOSED_IDS_KEPT = 65536
 
 
 @dataclass
@@ -47,6 +52,7 @@ class SessionStore:
         self.ttl_s = ttl_s
         self._clock = clock
         self._sessions: dict[str, Session] = {}
+        self._closed: OrderedDict[str, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -63,6 +69,8 @@ class SessionStore:
     def add(self, session: Session) -> None:
         if session.id in self._sessions:
             raise AlreadyExists(f"session {session.id} already exists")
+        if session.id in self._closed:
+            raise FailedPrecondition(f"session {session.id} was closed; open it under a new id")
         self.check_capacity()
         budget = self.max_reserved_tokens
         if budget is not None and self.reserved_tokens + session.reserved_tokens > budget:
@@ -86,7 +94,15 @@ class SessionStore:
         session = self.get(session_id)
         del self._sessions[session_id]
         self.reserved_tokens -= session.reserved_tokens
+        self.remember_closed(session_id)
         return session
+
+    def remember_closed(self, session_id: str) -> None:
+        """Refuse this id from now on (also for ids closed before they were ever opened)."""
+        self._closed[session_id] = None
+        self._closed.move_to_end(session_id)
+        while len(self._closed) > CLOSED_IDS_KEPT:
+            self._closed.popitem(last=False)
 
     def expire(self) -> list[str]:
         """Drop sessions idle for longer than ttl_s; returns their ids."""
@@ -94,4 +110,5 @@ class SessionStore:
         stale = [sid for sid, s in self._sessions.items() if s.last_used < cutoff]
         for sid in stale:
             self.reserved_tokens -= self._sessions.pop(sid).reserved_tokens
+            self.remember_closed(sid)
         return stale

@@ -2,16 +2,20 @@
 cut off mid-stream; clients that cancel. Every stream either completes with exactly the
 target's output or ends promptly with a clear status, and no session leaks."""
 
+import asyncio
+import collections
 import os
+import random
 import signal
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
+from processes import start_services
 
 from coordinator.client import generate as client_generate
-from processes import start_services
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 from tiny_models import PROMPTS
 
@@ -170,6 +174,139 @@ def test_fifty_cancelled_streams_leave_no_session(services):
             assert time.monotonic() - cancelled < 2.0
     finally:
         slow_target(services, 0)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """GET /metrics; returns {'name{labels}': value} for every sample."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_random_faults_over_a_thousand_requests_leak_no_session(services):
+    """1,000 greedy requests, 32 at a time, while connections to both services are cut at
+    random, links slowed, and clients give up (deadlines, cancels): every request that
+    completes has exactly the target's output, the others end with a clean status, and no
+    session is left on either service."""
+    prompts = PROMPTS[:8]
+    expected = {p: client_generate(services.addr, request(p, k=0, max_new=24),
+                                   timeout_s=60)[0] for p in prompts}
+    rng = random.Random(1234)
+    plan = [(rng.choice(prompts), rng.choice([0, 1, 2, 4, 6]), rng.random()) for _ in range(1000)]
+    stop = threading.Event()
+
+    def inject_faults():
+        while not stop.wait(rng.uniform(0.05, 0.3)):
+            proxy = services.proxies[rng.choice(["draft", "target"])]
+            if rng.random() < 0.6:
+                proxy.cut()
+            else:
+                proxy.delay_s = rng.choice([0, 0, 0.005, 0.05])
+
+    async def one(stub, sem, prompt, k, luck):
+        async with sem:
+            ids = []
+            call = stub.Generate(request(prompt, k=k, max_new=24),
+                                 timeout=0.2 if luck < 0.05 else 60)
+            try:
+                async for msg in call:
+                    if msg.HasField("token"):
+                        ids.append(msg.token.id)
+                        if luck > 0.95 and len(ids) == 3:
+                            call.cancel()
+                            return "CANCELLED"
+            except grpc.aio.AioRpcError as e:
+                return e.code().name
+            return "OK" if ids == expected[prompt] else f"WRONG {prompt!r} k={k}"
+
+    async def run_all():
+        async with grpc.aio.insecure_channel(services.addr) as ch:
+            stub = generator_pb2_grpc.GeneratorStub(ch)
+            sem = asyncio.Semaphore(32)
+            return await asyncio.gather(*(one(stub, sem, *p) for p in plan))
+
+    faults = threading.Thread(target=inject_faults, daemon=True)
+    faults.start()
+    try:
+        outcomes = asyncio.run(run_all())
+    finally:
+        stop.set()
+        faults.join()
+        for proxy in services.proxies.values():
+            proxy.delay_s = 0
+    counts = collections.Counter(outcomes)
+    print("outcomes of 1,000 requests under random faults:", dict(counts))
+    assert not [o for o in counts if o.startswith("WRONG")], counts
+    assert set(counts) <= {"OK", "CANCELLED", "DEADLINE_EXCEEDED", "UNAVAILABLE"}, counts
+    assert counts["OK"] >= 850, counts
+    assert wait_until(lambda: services.live_sessions("draft") == 0
+                      and services.live_sessions("target") == 0, timeout=10), \
+        (services.live_sessions("draft"), services.live_sessions("target"))
+
+
+def test_metrics_counters_equal_the_streamed_stats(services):
+    ports = {role: services.processes[role].metrics_port
+             for role in ("coordinator", "draft", "target")}
+    before = scrape(ports["coordinator"])
+    reqs = [request(p, k=k, max_new=40) for p in PROMPTS[:4] for k in (0, 2, 4)]
+    stats = [client_generate(services.addr, r, timeout_s=60)[2] for r in reqs]
+    after = scrape(ports["coordinator"])
+
+    def delta(name):
+        return after.get(name, 0) - before.get(name, 0)
+
+    assert delta('specdec_requests_total{status="OK"}') == len(reqs)
+    assert delta("specdec_spec_decode_num_drafts_total") == sum(
+        s["proposed_at_position"][0] if s["proposed_at_position"] else 0 for s in stats)
+    assert delta("specdec_spec_decode_num_draft_tokens_total") == sum(
+        s["proposed_draft_tokens"] for s in stats)
+    assert delta("specdec_spec_decode_num_accepted_tokens_total") == sum(
+        s["accepted_draft_tokens"] for s in stats) > 0
+    for pos in range(4):
+        assert delta(f'specdec_spec_decode_num_accepted_tokens_per_pos_total{{position="{pos}"}}'
+                     ) == sum(s["accepted_at_position"][pos] for s in stats
+                              if len(s["accepted_at_position"]) > pos)
+    assert delta("specdec_request_generated_tokens_count") == len(reqs)
+    assert delta("specdec_request_generated_tokens_sum") == sum(
+        s["generated_tokens"] for s in stats)
+    assert delta("specdec_time_to_first_token_seconds_count") == len(reqs)
+    assert after["specdec_requests_running"] == 0
+    assert after['specdec_upstream_healthy{service="target"}'] == 1
+    for role in ("draft", "target"):
+        m = scrape(ports[role])
+        assert m["specdec_sessions_active"] == 0 and m["specdec_kv_cache_reserved_bytes"] == 0
+        op = "propose" if role == "draft" else "verify"
+        assert m[f'specdec_forward_seconds_count{{op="{op}"}}'] > 0
+        assert m[f'specdec_batch_sessions_count{{op="{op}"}}'] > 0
+        assert m['specdec_forward_seconds_count{op="prefill"}'] > 0
+
+
+def test_sigterm_drains_the_target(services, reference):
+    """SIGTERM a model service mid-stream: the stream completes, new sessions are refused
+    (the coordinator answers UNAVAILABLE once its --target-retry-s is spent), exit 0."""
+    slow_target(services, 0.01)
+    target = services.processes["target"].proc
+    try:
+        with grpc.insecure_channel(services.addr) as ch:
+            call = generator_pb2_grpc.GeneratorStub(ch).Generate(request("def", k=0),
+                                                                 timeout=60)
+            ids = [next(call).token.id]
+            target.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            with pytest.raises(grpc.RpcError) as e:
+                client_generate(services.addr, request("class", max_new=4), timeout_s=3)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "target service" in e.value.details()
+            ids += [m.token.id for m in call if m.HasField("token")]
+        assert ids == reference["def"]
+        assert target.wait(30) == 0
+    finally:
+        slow_target(services, 0)
+        services.proxies["target"].upstream_port = services.start_model("target").port
 
 
 def test_sigterm_drains_the_coordinator(services, reference):
