@@ -19,7 +19,7 @@ CPU ?=
 COMPOSE = docker compose -f compose.yaml $(if $(CPU),-f compose.cpu.yaml)
 PROTOS := $(wildcard protos/specdec/v1/*.proto)
 
-.PHONY: install proto test run demo models lint clean bench bench-quick bench-concurrency up down
+.PHONY: install proto test run demo models lint clean bench bench-quick bench-rtt bench-concurrency up down
 
 install: $(VENV)/.installed
 
@@ -59,6 +59,10 @@ bench: install
 
 bench-quick: install
 	$(PY) -m bench.run --quick --out results/bench-quick $(BENCH_ARGS)
+
+# Speedup vs K=0 at added round-trip times of 0, 1, 5, 20 ms on both links (~15 min here).
+bench-rtt: install
+	$(PY) -m bench.rtt $(BENCH_ARGS)
 
 # Aggregate tokens/s and latency for 1..16 concurrent sessions, K=0 and K=4 (README table).
 bench-concurrency: install

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from tcpproxy import DelayProxy
 
+from bench.delayproxy import DelayProxy
 from specdec.launch import Process, spawn, wait_serving
 from specdec.v1 import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 
