@@ -70,11 +70,23 @@ def module_of(service: dict) -> str:
     return command[2]
 
 
+def parse_duration(text: str) -> float:
+    """A compose duration such as '40s' or '1m30s', in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    total, number = 0.0, ""
+    for ch in text:
+        if ch.isdigit() or ch == ".":
+            number += ch
+        else:
+            total, number = total + float(number) * units[ch], ""
+    return total
+
+
 @pytest.mark.parametrize("variant", ["gpu", "cpu"])
 def test_every_service_runs_a_real_entrypoint_with_flags_it_accepts(variant, request,
                                                                      monkeypatch):
     doc = request.getfixturevalue(variant)
-    ports = {}
+    ports, metrics_ports = {}, {}
     for name, service in doc["services"].items():
         module = module_of(service)
         assert importlib.util.find_spec(f"{module}.__main__"), module
@@ -89,6 +101,10 @@ def test_every_service_runs_a_real_entrypoint_with_flags_it_accepts(variant, req
         args = parser.parse_args([])  # fails on a bad value or a missing required flag
         assert args.host == "0.0.0.0", name
         ports[name] = args.port
+        metrics_ports[name] = args.metrics_port
+        assert args.metrics_port > 0 and args.shutdown_grace_s > 0, name
+        # compose waits past the service's own drain before it sends SIGKILL
+        assert parse_duration(service["stop_grace_period"]) > args.shutdown_grace_s, name
         probe = service["healthcheck"]["test"]
         assert probe[:4] == ["CMD", "python", "-m", "specdec.healthprobe"], probe
         assert probe[4] == f"127.0.0.1:{args.port}", (name, probe)
@@ -100,7 +116,8 @@ def test_every_service_runs_a_real_entrypoint_with_flags_it_accepts(variant, req
     coord = doc["services"]["coordinator"]["environment"]
     assert coord["SPECDEC_DRAFT"] == f"draft:{ports['draft']}"
     assert coord["SPECDEC_TARGET"] == f"target:{ports['target']}"
-    assert doc["services"]["coordinator"]["ports"] == [f"50050:{ports['coordinator']}"]
+    assert doc["services"]["coordinator"]["ports"] == [
+        f"50050:{ports['coordinator']}", f"9090:{metrics_ports['coordinator']}"]
     assert set(doc["volumes"]) == {"models"}
 
 
