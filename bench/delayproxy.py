@@ -32,11 +32,15 @@ class DelayProxy:
             writer.close()
             return
         self._writers.update((writer, up_writer))
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer),
-                             return_exceptions=True)
-        for w in (writer, up_writer):
-            self._writers.discard(w)
-            w.close()
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer),
+                                 return_exceptions=True)
+        except asyncio.CancelledError:
+            pass  # closing: end quietly (asyncio's stream callback chokes on cancelled tasks)
+        finally:
+            for w in (writer, up_writer):
+                self._writers.discard(w)
+                w.close()
 
     async def _pipe(self, reader, writer):
         """Forward chunks, each `delay_s` after it arrived (pipelined: a delay, not a

@@ -27,6 +27,9 @@ class CoordinatorConfig:
     target_retry_s: float = 30.0
     shutdown_grace_s: float = 30.0
     metrics_port: int = -1
+    http_port: int = -1
+    http_timeout_s: float = 600.0
+    served_model_name: str = ""
 
 
 def parser() -> EnvDefaultsParser:
@@ -68,6 +71,14 @@ def parser() -> EnvDefaultsParser:
     p.add_option("--metrics-port", default=-1, type=int,
                  help="serve Prometheus GET /metrics on this port; 0 = any free port (logged), "
                       "-1 = off")
+    p.add_option("--http-port", default=-1, type=int,
+                 help="serve the OpenAI-compatible HTTP API (/v1/completions, "
+                      "/v1/chat/completions, /v1/models, /health, /metrics) on this port; "
+                      "0 = any free port (logged), -1 = off")
+    p.add_option("--http-timeout-s", default=600.0, type=float,
+                 help="longest an HTTP request may run before 504")
+    p.add_option("--served-model-name", default="",
+                 help="the model name of the HTTP API; empty = the target's model name")
     add_logging_options(p)
     return p
 

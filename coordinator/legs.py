@@ -33,9 +33,9 @@ from .upstream import UpstreamError
 
 log = structlog.get_logger(__name__)
 
+DEADLINE_RESERVE_S = 0.1  # target calls give up this long before the request's deadline
 # Target failures recovered by re-opening the session from the history: the session is gone
 # (restart), the service is unreachable or hung, or its view of the session diverged.
-DEADLINE_RESERVE_S = 0.1  # target calls give up this long before the request's deadline
 TARGET_RECOVERABLE = {"NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION",
                       "CANCELLED", "ABORTED"}
 

@@ -19,9 +19,12 @@ from specdec.v1 import generator_pb2, generator_pb2_grpc
 
 from .batcher import Scheduler
 from .config import CoordinatorConfig
+from .core import GenerationCore, Limits
 from .faults import FaultPolicy
+from .http_server import HttpServer, start_http
 from .metrics import CoordinatorMetrics
-from .servicer import GeneratorServicer, Limits
+from .openai_api import OpenAIFrontEnd, create_app
+from .servicer import GeneratorServicer
 from .upstream import DraftClient, TargetClient, check_compatible
 
 log = structlog.get_logger(__name__)
@@ -35,13 +38,18 @@ class Coordinator:
     server: RunningServer
     draft: DraftClient
     target: TargetClient
-    servicer: GeneratorServicer
+    core: GenerationCore
     watcher: asyncio.Task
     metrics_server: MetricsServer | None = None
+    http: HttpServer | None = None
 
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http else None
 
     @property
     def metrics_port(self) -> int | None:
@@ -50,27 +58,29 @@ class Coordinator:
     async def stop(self, grace_s: float = 5.0) -> None:
         """Drain: NOT_SERVING at once, new requests get UNAVAILABLE, running ones finish
         for at most grace_s; then stop."""
-        self.servicer.draining = True
+        self.core.draining = True
         await self.server.health.enter_graceful_shutdown()
-        running = self.servicer.running
+        running = self.core.running
         if running:
             log.info("draining", running=running, grace_s=grace_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.servicer.idle.wait(), grace_s)
+                await asyncio.wait_for(self.core.idle.wait(), grace_s)
         self.watcher.cancel()
+        if self.http:
+            await self.http.stop()
         await self.server.server.stop(0.5)
         await asyncio.gather(self.draft.close(), self.target.close())
         if self.metrics_server:
             self.metrics_server.stop()
-        log.info("stopped", unfinished=self.servicer.running)
+        log.info("stopped", unfinished=self.core.running)
 
 
-async def watch_upstreams(server: RunningServer, servicer: GeneratorServicer,
+async def watch_upstreams(server: RunningServer, core: GenerationCore,
                           metrics: CoordinatorMetrics, interval_s: float = HEALTH_INTERVAL_S):
     """The coordinator is SERVING while the target is; a missing draft only degrades it."""
     serving: dict[str, bool] = {"draft": True, "target": True}
     while True:
-        for client in (servicer.target, servicer.draft):
+        for client in (core.target, core.draft):
             ok = await client.healthy(interval_s)
             metrics.upstream_healthy.labels(client.role).set(int(ok))
             if ok != serving[client.role]:
@@ -79,8 +89,10 @@ async def watch_upstreams(server: RunningServer, servicer: GeneratorServicer,
                     "upstream health changed", service=client.role, addr=client.addr,
                     serving=ok, effect=("none" if ok else "NOT_SERVING" if client.role ==
                                         "target" else "degraded: target-only rounds"))
-                if client.role == "target" and not servicer.draining:
-                    await server.set_serving(ok)
+                if client.role == "target":
+                    core.target_serving = ok
+                    if not core.draining:
+                        await server.set_serving(ok)
         await asyncio.sleep(interval_s)
 
 
@@ -121,17 +133,25 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     metrics = CoordinatorMetrics(CollectorRegistry())
     draft.on_error = target.on_error = metrics.upstream_error
     policy = FaultPolicy(target_retry_s=cfg.target_retry_s)
-    servicer = GeneratorServicer(draft, target, tokenizer, set(target_info.model.eos_token_ids),
-                                 limits, scheduler, policy, metrics)
+    core = GenerationCore(draft, target, tokenizer, set(target_info.model.eos_token_ids),
+                          limits, scheduler, policy, metrics)
+    servicer = GeneratorServicer(core)
     server = await start_server(
         cfg.host, cfg.port,
         lambda s: add_tolerant(generator_pb2_grpc.add_GeneratorServicer_to_server, servicer, s),
         [SERVICE_NAME])
     metrics_server = serve_metrics(cfg.host, cfg.metrics_port, metrics.registry)
+    http = None
+    if cfg.http_port >= 0:
+        front = OpenAIFrontEnd(core, cfg.served_model_name or target_info.model.model_name,
+                               draft_info.model.model_name, cfg.http_timeout_s)
+        app = create_app(front, metrics.registry)
+        http = await start_http(app, cfg.host, cfg.http_port)
     await server.set_serving(True)
-    watcher = asyncio.create_task(watch_upstreams(server, servicer, metrics))
+    watcher = asyncio.create_task(watch_upstreams(server, core, metrics))
     log.info("serving", port=server.port, draft=cfg.draft, target=cfg.target,
              draft_model=draft_info.model.model_name, target_model=target_info.model.model_name,
              max_k=limits.max_k, schedule=cfg.schedule,
-             metrics_port=metrics_server.port if metrics_server else None)
-    return Coordinator(server, draft, target, servicer, watcher, metrics_server)
+             metrics_port=metrics_server.port if metrics_server else None,
+             http_port=http.port if http else None)
+    return Coordinator(server, draft, target, core, watcher, metrics_server, http)

@@ -140,14 +140,15 @@ class ServiceClient:
     async def close_session(self, session_id: str) -> None:
         await self.submit(self.closes, session_id)
 
-    def close_later(self, session_id: str, attempts: int = 5) -> None:
-        """Close a session without waiting, retrying with backoff (closing is idempotent) in
-        case the service is briefly unreachable; past that the service's session TTL is the
-        backstop."""
+    def close_later(self, session_id: str, give_up_s: float = 120.0) -> None:
+        """Close a session without waiting, retrying with backoff (closing is idempotent)
+        while the service is unreachable, for up to give_up_s; past that the service's
+        session TTL is the backstop."""
         async def close():
             # A direct call, not through the batcher: in lockstep mode a call to a failing
             # service must not stall the calls of every other generation.
-            for attempt in range(attempts):
+            give_up, delay = time.monotonic() + give_up_s, 0.1
+            while True:
                 try:
                     reply = await self.call("CloseSession",
                                             self._close_request(session_ids=[session_id]))
@@ -156,7 +157,10 @@ class ServiceClient:
                     last = reply.results[0].message
                 except Exception as e:
                     last = e
-                await asyncio.sleep(0.1 * 3 ** attempt)
+                if time.monotonic() + delay > give_up:
+                    break
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
             log.warning("could not close a session; the service's TTL will", service=self.role,
                         session_id=session_id, error=str(last))
         self.keep_task(asyncio.get_running_loop().create_task(close()))

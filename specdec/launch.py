@@ -25,6 +25,7 @@ class Process:
     log_path: Path
     port: int = 0
     metrics_port: int | None = None
+    http_port: int | None = None
 
 
 @dataclass
@@ -70,6 +71,7 @@ def wait_serving(p: Process, timeout_s: float) -> None:
             if event.get("event") == "serving":
                 p.port = event["port"]
                 p.metrics_port = event.get("metrics_port")
+                p.http_port = event.get("http_port")
                 return
         if p.proc.poll() is not None:
             raise RuntimeError(f"{p.name} exited with {p.proc.returncode}; its log "
@@ -81,8 +83,10 @@ def wait_serving(p: Process, timeout_s: float) -> None:
 def start_local_stack(draft_model: str, target_model: str, *, log_dir: Path,
                       ports: tuple[int, int, int] = (0, 0, 0), dtype: str = "float32",
                       threads: int = 0, cache_dir: str | None = None,
-                      timeout_s: float = 1800, draft_dtype: str | None = None) -> LocalStack:
-    """Start draft, target, then the coordinator; return once all three serve."""
+                      timeout_s: float = 1800, draft_dtype: str | None = None,
+                      http_port: int | None = None) -> LocalStack:
+    """Start draft, target, then the coordinator; return once all three serve.
+    http_port: also serve the coordinator's OpenAI-compatible HTTP API (0 = any port)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {"SPECDEC_THREADS": str(threads), "SPECDEC_DTYPE": dtype}
     if cache_dir:
@@ -100,7 +104,8 @@ def start_local_stack(draft_model: str, target_model: str, *, log_dir: Path,
         draft, target = stack.processes
         coordinator = spawn("coordinator", "coordinator",
                             ["--draft", f"127.0.0.1:{draft.port}",
-                             "--target", f"127.0.0.1:{target.port}", "--port", str(ports[2])],
+                             "--target", f"127.0.0.1:{target.port}", "--port", str(ports[2]),
+                             *([] if http_port is None else ["--http-port", str(http_port)])],
                             log_dir, env)
         stack.processes.append(coordinator)
         wait_serving(coordinator, timeout_s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -129,9 +130,20 @@ async def generate_all(addr: str, requests, concurrency: int | None = None) -> l
         return await asyncio.gather(*(one(r) for r in requests))
 
 
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll predicate() until it holds (True) or timeout passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
 def with_eos(lm, eos_ids: list[int]):
     """The same loaded model, reporting other EOS ids (to make EOS happen where we want)."""
     return dataclasses.replace(lm, eos_token_ids=eos_ids)
 
 
-__all__ = ["LoopThread", "Stack", "generate_all", "start_stack", "with_eos", "health_pb2"]
+__all__ = ["LoopThread", "Stack", "generate_all", "start_stack", "wait_until", "with_eos",
+           "health_pb2"]

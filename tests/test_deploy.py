@@ -86,7 +86,7 @@ def parse_duration(text: str) -> float:
 def test_every_service_runs_a_real_entrypoint_with_flags_it_accepts(variant, request,
                                                                      monkeypatch):
     doc = request.getfixturevalue(variant)
-    ports, metrics_ports = {}, {}
+    ports, metrics_ports, http_ports = {}, {}, {}
     for name, service in doc["services"].items():
         module = module_of(service)
         assert importlib.util.find_spec(f"{module}.__main__"), module
@@ -102,6 +102,7 @@ def test_every_service_runs_a_real_entrypoint_with_flags_it_accepts(variant, req
         assert args.host == "0.0.0.0", name
         ports[name] = args.port
         metrics_ports[name] = args.metrics_port
+        http_ports[name] = args.http_port if name == "coordinator" else None
         assert args.metrics_port > 0 and args.shutdown_grace_s > 0, name
         # compose waits past the service's own drain before it sends SIGKILL
         assert parse_duration(service["stop_grace_period"]) > args.shutdown_grace_s, name
@@ -117,7 +118,8 @@ def test_every_service_runs_a_real_entrypoint_with_flags_it_accepts(variant, req
     assert coord["SPECDEC_DRAFT"] == f"draft:{ports['draft']}"
     assert coord["SPECDEC_TARGET"] == f"target:{ports['target']}"
     assert doc["services"]["coordinator"]["ports"] == [
-        f"50050:{ports['coordinator']}", f"9090:{metrics_ports['coordinator']}"]
+        f"50050:{ports['coordinator']}", f"8000:{http_ports['coordinator']}",
+        f"9090:{metrics_ports['coordinator']}"]
     assert set(doc["volumes"]) == {"models"}
 
 

@@ -17,6 +17,7 @@ from processes import start_services
 
 from coordinator.client import generate as client_generate
 from specdec.v1 import generator_pb2, generator_pb2_grpc
+from stack import wait_until
 from tiny_models import PROMPTS
 
 
@@ -25,13 +26,6 @@ def request(prompt="def", k=4, max_new=150, **fields):
                                          num_speculative_tokens=k, **fields)
 
 
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,12 @@
 """Sessions are closed on success, error and client cancel; upstream failures surface clearly."""
 
-import time
 
 import grpc
 import pytest
 
 from coordinator.client import generate as client_generate
 from specdec.v1 import generator_pb2
-from stack import start_stack
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+from stack import start_stack, wait_until
 
 
 def test_client_cancel_closes_both_sessions(stacks):

@@ -2,14 +2,20 @@
 target's exact distribution (chi-square against its logits), and seeds reproduce outputs."""
 
 
+import random
+import threading
+import time
+
 import pytest
 import torch
 from chisq import chi_square_p_value
 
+from bench.delayproxy import DelayProxy
+from coordinator import server as coordinator_server
 from specdec.models import load_model
 from specdec.sampling import SamplingParams, warp
 from specdec.v1 import generator_pb2
-from stack import generate_all, start_stack
+from stack import coordinator_config, generate_all, start_stack
 from tiny_models import PROMPTS, make_small_vocab_dirs
 
 PROMPT = "ab"
@@ -85,6 +91,53 @@ def test_first_two_tokens_have_the_targets_exact_distribution(small, loop, setti
     assert chi_square_p_value(pooled, joint) > 0.01
 
 
+def test_the_distribution_holds_while_services_fail(small, loop):
+    """The same check through a coordinator whose links to the draft and the target are cut
+    at random while 10,000 requests run: fallback rounds and re-opened sessions (fresh seeds)
+    must not bend the distribution."""
+    lms, stack = small
+    params = SETTINGS["t1.0"]
+    joint = exact_joint(lms["small_target"], PROMPT, params)
+    proxies = {role: DelayProxy(getattr(stack, role)[0].port) for role in ("draft", "target")}
+    coordinator = loop.run(coordinator_server.start(coordinator_config(
+        proxies["draft"].port, proxies["target"].port, max_speculative_tokens=8)))
+    stop = threading.Event()
+    rng = random.Random(7)
+
+    def cut_at_random():
+        while not stop.wait(rng.uniform(0.01, 0.05)):
+            proxies["draft" if rng.random() < 0.8 else "target"].cut()
+
+    cutter = threading.Thread(target=cut_at_random, daemon=True)
+    cutter.start()
+    try:
+        reqs = [request(params, 3, seed, max_new_tokens=4) for seed in range(SAMPLES)]
+        results = loop.run(generate_all(f"127.0.0.1:{coordinator.port}", reqs, concurrency=96),
+                           timeout=600)
+    finally:
+        stop.set()
+        cutter.join()
+        # closes that met a cut are retried in the background: nothing may be left behind
+        deadline = time.monotonic() + 20
+        while stack.live_sessions() != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        leaked = stack.live_sessions()
+        loop.run(coordinator.stop(0))
+        for proxy in proxies.values():
+            proxy.close()
+    assert leaked == (0, 0)
+    done = [r for r in results if not isinstance(r, Exception)]
+    assert len(done) > 0.95 * SAMPLES, [r for r in results if isinstance(r, Exception)][:1]
+    fallbacks = sum(stats.draft_fallback_rounds for _, stats in done)
+    reopens = sum(stats.target_reopens + stats.draft_reopens for _, stats in done)
+    counts = joint_counts([tuple(ids) for ids, _ in done], joint.shape[0])
+    p_value = chi_square_p_value(counts, joint)
+    print(f"under faults: chi-square p = {p_value:.4f} over {len(done)} samples, "
+          f"{fallbacks} fallback rounds, {reopens} re-opened sessions")
+    assert fallbacks > 100 and reopens > 10
+    assert p_value > 0.01
+
+
 def test_the_same_check_fails_for_a_wrong_rule(small, loop):
     """Accepting every proposal emits the draft's distribution: the test must notice."""
     lms, stack = small
@@ -95,9 +148,12 @@ def test_the_same_check_fails_for_a_wrong_rule(small, loop):
     engine.accept_rule = lambda target_p, draft_q, uniforms: len(target_p)
     try:
         reqs = [request(params, 1, seed, max_new_tokens=2) for seed in range(SAMPLES // 2)]
-        counts = joint_counts(loop.run(draw(stack.addr, reqs), timeout=600), joint.shape[0])
+        results = loop.run(generate_all(stack.addr, reqs, concurrency=96), timeout=600)
     finally:
         engine.accept_rule = right_rule
+    # every request really speculated (a fallback round would hide the wrong rule)
+    assert all(stats.proposed_draft_tokens == 1 for _, stats in results)
+    counts = joint_counts([tuple(ids) for ids, _ in results], joint.shape[0])
     p_value = chi_square_p_value(counts, joint)
     print(f"always-accept: chi-square p = {p_value:.2e}")
     assert p_value < 0.01

@@ -27,6 +27,9 @@ class Stack:
 Once upon a time there was a small server that streamed tokens to many happy users.
 """
 EOS = "<eos>"
+# A minimal chat template (for the OpenAI-compatible /v1/chat/completions tests).
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
 def train_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
@@ -36,7 +39,9 @@ def train_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator([CORPUS] * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=EOS)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=EOS)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def tiny_config(vocab_size: int, eos_token_id: int, **overrides) -> Qwen2Config:

@@ -54,7 +54,7 @@ def main() -> int:
     print(f"[2/3] starting draft, target and coordinator ({args.dtype}, {args.threads} threads "
           f"each; logs in {args.out}/logs/) ...", flush=True)
     stack = start_local_stack(args.draft, args.target, log_dir=args.out / "logs",
-                              dtype=args.dtype, threads=args.threads)
+                              dtype=args.dtype, threads=args.threads, http_port=0)
     greedy = args.temperature == 0
     try:
         problems = list(read_problems().values())[args.problem:args.problem + args.problems]
@@ -71,6 +71,7 @@ def main() -> int:
                 ids, text, stats = generate(stack.addr, req)
                 runs[k].append({"task_id": problem["task_id"], "token_ids": ids, "text": text,
                                 "stats": stats})
+        chat = chat_completion(stack.processes[-1].http_port, args.target)
     finally:
         stack.stop()
 
@@ -92,6 +93,12 @@ def main() -> int:
         print(f"\nsampling at temperature {args.temperature}: outputs are independent draws "
               f"from the target's distribution, not compared token by token")
     print(f"speedup (tokens/s, K={args.k} over K=0): {speedup:.2f}x")
+    print("\n" + "=" * 72 + f"\nthe same services through the OpenAI-compatible HTTP API "
+          f"(openai client, base_url=http://127.0.0.1:<http-port>/v1):\n"
+          f"user: {CHAT_QUESTION}\nassistant: \033[1m{chat['content']}\033[0m\n"
+          f"finish_reason {chat['finish_reason']}, {chat['usage']}, acceptance "
+          f"{chat['spec']['acceptance_rate']}, mean accepted length "
+          f"{chat['spec']['mean_accepted_length']}\n" + "=" * 72)
 
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "draft": args.draft,
@@ -100,10 +107,27 @@ def main() -> int:
               "seed": args.seed, "k": args.k, "identical": identical if greedy else None,
               "speedup": speedup, "summary": {str(args.k): spec, "0": base},
               "machine": platform.platform(), "torch": torch.__version__,
-              "runs": {str(k): v for k, v in runs.items()}}
+              "runs": {str(k): v for k, v in runs.items()}, "chat_completion": chat}
     (args.out / "demo.json").write_text(json.dumps(record, indent=1))
     print(f"results: {args.out / 'demo.json'}")
     return 0 if identical or not greedy else 1
+
+
+CHAT_QUESTION = "Write a one-line Python function that reverses a string."
+
+
+def chat_completion(http_port: int, model: str) -> dict:
+    """One chat completion through the coordinator's OpenAI-compatible HTTP API."""
+    import openai
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key="unused",
+                           max_retries=0, timeout=600)
+    resp = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": CHAT_QUESTION}], max_tokens=64,
+        temperature=0)
+    client.close()
+    return {"content": resp.choices[0].message.content,
+            "finish_reason": resp.choices[0].finish_reason, "usage": resp.usage.model_dump(),
+            "spec": resp.model_extra["speculative_decoding"]}
 
 
 def summarize(runs: list[dict]) -> dict:

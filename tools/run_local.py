@@ -19,16 +19,26 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16", help="dtype of both models")
     p.add_argument("--threads", type=int, default=2, help="torch threads per service")
     p.add_argument("--ports", default="50051,50052,50050", help="draft,target,coordinator")
+    p.add_argument("--http-port", type=int, default=8000,
+                   help="the coordinator's OpenAI-compatible HTTP API; -1 = off")
     p.add_argument("--log-dir", type=Path, default=Path("results/logs"))
     args = p.parse_args()
     ports = tuple(int(x) for x in args.ports.split(","))
     print(f"starting draft {args.draft} and target {args.target} (logs in {args.log_dir}/) ...",
           flush=True)
     stack = start_local_stack(args.draft, args.target, log_dir=args.log_dir, ports=ports,
-                              dtype=args.dtype, threads=args.threads)
+                              dtype=args.dtype, threads=args.threads,
+                              http_port=None if args.http_port < 0 else args.http_port)
     names = ", ".join(f"{p.name} 127.0.0.1:{p.port}" for p in stack.processes)
     print(f"serving: {names}\ntry: .venv/bin/python -m coordinator.client --addr {stack.addr} "
-          f"\"def fib(n):\"\nCtrl-C stops all three.", flush=True)
+          f"\"def fib(n):\"", flush=True)
+    http = stack.processes[-1].http_port
+    if http:
+        print(f"or:  curl -s http://127.0.0.1:{http}/v1/chat/completions -H 'Content-Type: "
+              f"application/json' -d '{{\"model\": \"{args.target}\", \"messages\": "
+              f"[{{\"role\": \"user\", \"content\": \"Reverse a string in Python\"}}]}}'",
+              flush=True)
+    print("Ctrl-C stops all three.", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
