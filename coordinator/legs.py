@@ -171,18 +171,44 @@ class DraftLeg(_Leg):
         self.position = proposal.position
         return list(proposal.token_ids), list(proposal.draft_probs)
 
-    async def probs(self, query) -> bytes | None:
-        """q at the ids a target's DraftProbsQuery names; None if the draft failed."""
+    async def probs(self, query, index: int) -> bytes | None:
+        """q at `index` of the last proposal, at the ids a target's DraftProbsQuery names;
+        None if the draft failed."""
         if self.session_id is None:
             return None
         try:
             answer, nbytes = await self.deadline.bound(
-                self.client.get_probs(self.session_id, self.position, query))
+                self.client.get_probs(self.session_id, self.position, index, query))
         except UpstreamError as e:
             self._lost(e)
             return None
         self.stats.wire_bytes += nbytes
         return answer
+
+    async def recompute_probs(self, prefix: list[int], query, attempts: int = 3
+                              ) -> bytes | None:
+        """q after `prefix` at the ids `query` names, from a fresh draft session: the draft's
+        distribution at a position depends on the prefix alone, so when the session that
+        proposed is lost, a new one on the same prefix gives the same row (up to floating-
+        point rounding). None if the draft cannot be reached in `attempts` tries."""
+        for attempt in range(attempts):
+            self.incarnation += 1
+            sid, call = self._next_open(prefix)
+            try:
+                await self.deadline.bound(call)
+                proposal, _, _ = await self.deadline.bound(
+                    self.client.propose(sid, len(prefix), None, [], 1))
+                answer, nbytes = await self.deadline.bound(
+                    self.client.get_probs(sid, proposal.position, 0, query))
+                self.stats.wire_bytes += nbytes
+                return answer
+            except UpstreamError as e:
+                log.info("re-computing the draft's probabilities failed", error=str(e),
+                         attempt=attempt + 1)
+                await asyncio.sleep(0.1 * (attempt + 1))
+            finally:
+                self.client.close_later(sid)
+        return None
 
     def commit(self, proposed: int, accepted: int, new_tokens: list[int]) -> None:
         """A round ended: `proposed` proposals, `accepted` of them kept, `new_tokens` final."""
@@ -195,13 +221,11 @@ class DraftLeg(_Leg):
             self.append.extend(new_tokens)
 
     async def close(self) -> None:
-        if self._reopening is not None:  # a re-open under way: close what it opens, later
-            client = self.client
-
-            def close_opened(task: asyncio.Task) -> None:
-                if not task.cancelled() and task.exception() is None:
-                    client.close_later(task.result()[0])
-            self._reopening.add_done_callback(close_opened)
+        if self._reopening is not None:
+            # A re-open under way: close its session once it ends, whatever the answer (an
+            # open whose reply was lost may still have happened; closing is idempotent).
+            client, sid = self.client, self._reopening_id
+            self._reopening.add_done_callback(lambda _: client.close_later(sid))
             self._reopening = None
         if self.session_id is not None:  # in the background: a slow draft delays nothing
             self.client.close_later(self.session_id)
@@ -277,45 +301,62 @@ class TargetLeg(_Leg):
 
     async def verify(self, history: list[int], proposals: list[int], probs: list[float],
                      draft: DraftLeg | None) -> Verified:
-        """Verify one round's proposals; re-open the session from `history` (the tokens
-        before the round) and redo the round if the target loses it."""
+        """Verify one round's proposals. If the target loses the session, re-open it from
+        the history and go on: before any decision, the round is redone; after a revealed
+        rejection of proposals[n], the session is re-opened on history + proposals[:n] and
+        the recovered token is drawn there (resume_rejected), so a fault never turns into a
+        fresh draw of a round whose outcome was already seen."""
+        rejected: list[int] = []  # [n] once a rejection of proposals[n] has been seen
         while True:
             try:
-                return await self._verify(proposals, probs, draft)
+                return await self._verify(history, proposals, probs, draft, rejected)
             except UpstreamError as e:
                 self._check_recoverable(e)
-                await self._recover(history, e)
+                await self._recover(history + proposals[:rejected[0]] if rejected else history,
+                                    e)
 
-    async def _verify(self, proposals, probs, draft: DraftLeg | None) -> Verified:
-        result = await self._call(self.position, proposals, probs)
-        accepted = result.num_accepted  # (answer items report 0: they accept nothing new)
+    async def _verify(self, history, proposals, probs, draft: DraftLeg | None,
+                      rejected: list[int]) -> Verified:
+        if rejected:  # resume on a re-opened session holding the accepted prefix
+            accepted = rejected[0]
+            result = await self._call(self.position, [proposals[accepted]], [probs[accepted]],
+                                      resume=True)
+        else:
+            result = await self._call(self.position, proposals, probs)
+            accepted = result.num_accepted  # (answer items report 0: they accept nothing new)
+            if result.HasField("draft_probs_query"):
+                rejected.append(accepted)
         while result.HasField("draft_probs_query"):  # sampled rejection: fetch q for it
-            answer = await draft.probs(result.draft_probs_query)
+            answer = await draft.probs(result.draft_probs_query, accepted)
+            if answer is None:  # the session that proposed is lost: recompute its q
+                answer = await draft.recompute_probs(history + proposals[:accepted],
+                                                     result.draft_probs_query)
             if answer is None:
-                # The draft died between this round's Propose and GetProbs, and the
-                # recovered token cannot be drawn without its q: drop the round and redo it
-                # target-only. Strictly, a round dropped *because* it had a rejection is not
-                # an exact draw (docs/operations.md); it takes a draft failure inside that
-                # window (GetProbs is not subject to the draft's latency budget), and is
-                # logged and counted as reason "dropped_after_rejection".
+                # The draft is unreachable, and the recovered token cannot be drawn without
+                # its q: drop the round and redo it target-only. Strictly, a round dropped
+                # *because* it had a rejection is not an exact draw (docs/operations.md); it
+                # takes the draft failing for good between this round's Propose and
+                # GetProbs, and is logged and counted as reason "dropped_after_rejection".
                 log.warning("round dropped after a sampled rejection: the draft is gone",
                             reason=draft.reason)
                 await self._bounded(
-                    self.client.truncate(self.session_id, result.position, self.position))
+                    self.client.truncate(self.session_id, result.position, len(history)))
                 self.stats.record_fallback("dropped_after_rejection")
                 proposals, accepted = [], 0
+                self.position = len(history)
+                rejected.clear()
                 result = await self._call(self.position, [], [])
                 break
             result = await self._call(result.position, [], [], answer)
         self.position = result.position
         return Verified(len(proposals), accepted, result.next_token_id, result.position)
 
-    async def _call(self, position, proposals, probs, answer=None):
+    async def _call(self, position, proposals, probs, answer=None, resume=False):
         result, batch, nbytes = await self._bounded(self.client.verify(
-            self.session_id, position, proposals, probs, answer))
+            self.session_id, position, proposals, probs, answer, resume))
         self.stats.verify_time_s += batch.compute_time_us / 1e6
         self.stats.wire_bytes += nbytes
-        if answer is None:
+        if answer is None and not resume:
             self.stats.verify_batch_sessions += batch.batched_sessions
         return result
 

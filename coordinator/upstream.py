@@ -234,11 +234,12 @@ class DraftClient(ServiceClient):
             session_id=session_id, position=position, truncate_to=truncate_to,
             append_token_ids=append, num_tokens=k))
 
-    async def get_probs(self, session_id: str, position: int,
+    async def get_probs(self, session_id: str, position: int, index: int,
                         query: target_pb2.DraftProbsQuery) -> tuple[bytes, int]:
-        """The draft's q for a target's DraftProbsQuery; returns (float32 bytes, wire bytes)."""
+        """The draft's q at `index` of its last proposal, at the ids a target's
+        DraftProbsQuery names; returns (float32 bytes, wire bytes)."""
         result, _, nbytes = await self.submit(self.probs, draft_pb2.DraftProbsItem(
-            session_id=session_id, position=position, index=query.index,
+            session_id=session_id, position=position, index=index,
             token_ids=query.token_ids, all_tokens=query.all_tokens))
         return result.probs, nbytes
 
@@ -259,14 +260,16 @@ class TargetClient(ServiceClient):
         return reply.position
 
     async def verify(self, session_id: str, position: int, drafts: list[int],
-                     draft_probs: list[float] = (), answer: bytes | None = None):
-        """Verify one session's proposals (or answer its pending draft_probs_query), batched
-        with concurrent sessions' items.
+                     draft_probs: list[float] = (), answer: bytes | None = None,
+                     resume_rejected: bool = False):
+        """Verify one session's proposals (or answer its pending draft_probs_query, or resume
+        a rejection), batched with concurrent sessions' items.
 
         Returns (VerifyResult, VerifyResponse of the batch, this item's bytes on the wire)."""
         return await self.submit(self.verifies, target_pb2.VerifyItem(
             session_id=session_id, position=position, draft_token_ids=drafts,
-            draft_probs=draft_probs, draft_probs_answer=answer))
+            draft_probs=draft_probs, draft_probs_answer=answer,
+            resume_rejected=resume_rejected))
 
 
 def check_compatible(draft, target) -> None:

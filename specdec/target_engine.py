@@ -32,6 +32,7 @@ class VerifyItem:
     draft_token_ids: list[int]
     draft_probs: list[float] = field(default_factory=list)  # q(d_i); sampling sessions
     draft_probs_answer: bytes | None = None  # answers a pending ProbsQuery
+    resume_rejected: bool = False  # the one draft token was already rejected (see proto)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class TargetEngine(Engine):
         for i, item in enumerate(items):
             try:
                 call = ("verify", item.position, tuple(item.draft_token_ids),
-                        tuple(item.draft_probs), item.draft_probs_answer)
+                        tuple(item.draft_probs), item.draft_probs_answer, item.resume_rejected)
                 s, retry = self._session_at(item.session_id, item.position, call)
                 if retry:
                     outcomes[i] = s.last_result
@@ -119,7 +120,10 @@ class TargetEngine(Engine):
         outcomes = []
         for (_, item, s, _), base, logits in zip(runs, bases, all_logits, strict=True):
             draft_ids = torch.tensor(item.draft_token_ids, dtype=torch.int64)   # [K]
-            if s.generator is None:                                         # logits [K+1, V]
+            if item.resume_rejected:  # rejected before: straight to the recovered token
+                n, next_token = 0, None
+                s.recovery = self._start_recovery(s, 0, warp(logits, s.sampling)[0])
+            elif s.generator is None:                                       # logits [K+1, V]
                 n, next_token = greedy_accept(draft_ids, logits)
             else:
                 n, next_token = self._sample_step(s, draft_ids, item.draft_probs, logits)
@@ -138,6 +142,9 @@ class TargetEngine(Engine):
                                   f"{self.max_proposal_tokens}")
         self._check_ids(drafts, "draft_token_ids")
         self._check_length(item.position + len(drafts) + 1, s)
+        if item.resume_rejected and (s.generator is None or len(drafts) != 1):
+            raise InvalidArgument("resume_rejected needs a sampling session and exactly one "
+                                  "draft token (the one rejected)")
         if s.generator is None:
             if item.draft_probs:
                 raise InvalidArgument("draft_probs given for a greedy session")

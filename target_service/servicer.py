@@ -16,7 +16,7 @@ SERVICE_NAME = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
 def item_from_pb(item: target_pb2.VerifyItem) -> VerifyItem:
     answer = item.draft_probs_answer if item.HasField("draft_probs_answer") else None
     return VerifyItem(item.session_id, item.position, list(item.draft_token_ids),
-                      list(item.draft_probs), answer)
+                      list(item.draft_probs), answer, item.resume_rejected)
 
 
 def outcome_to_pb(o: VerifyOutcome) -> target_pb2.VerifyResult:

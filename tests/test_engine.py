@@ -1,5 +1,6 @@
 """Engines directly (no transport): caches, roll-back, positions and retries."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from specdec.errors import (
     OutOfRange,
     ResourceExhausted,
 )
+from specdec.sampling import SamplingParams
 from specdec.target_engine import TargetEngine, VerifyItem
 
 
@@ -139,3 +141,20 @@ def test_one_failing_verify_item_does_not_affect_others(target):
     assert isinstance(outcomes[0].error, NotFound)
     assert outcomes[1].error is None and outcomes[1].position >= len(PROMPT) + 1
     assert passes == 1 and batched == 1
+
+
+def test_resume_rejected_draws_the_recovered_token_without_a_new_accept_test(target):
+    """A session re-opened on the accepted prefix continues a round whose proposal was
+    already rejected: no accept test, straight to the recovered-token query."""
+    sampling = SamplingParams(1.0, seed=3)
+    sid, pos = target.open("", [5, 6, 7], sampling)
+    (out,), passes, _ = target.verify([VerifyItem(sid, pos, [9], [0.5], resume_rejected=True)])
+    assert out.error is None and passes == 1
+    assert out.num_accepted == 0 and out.position == pos and out.query is not None
+    assert out.query.index == 0 and len(out.query.token_ids) > 0
+    answer = np.zeros(len(out.query.token_ids), dtype="<f4").tobytes()  # q = 0: p's draw
+    (done,), _, _ = target.verify([VerifyItem(sid, pos, [], [], answer)])
+    assert done.error is None and done.position == pos + 1 and done.query is None
+    greedy_sid, gpos = target.open("", [5, 6, 7])
+    (bad,), _, _ = target.verify([VerifyItem(greedy_sid, gpos, [9], [], resume_rejected=True)])
+    assert isinstance(bad.error, InvalidArgument) and "resume_rejected" in str(bad.error)

@@ -42,18 +42,20 @@ class VerifyRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[VerifyItem, _Mapping]]] = ...) -> None: ...
 
 class VerifyItem(_message.Message):
-    __slots__ = ("session_id", "position", "draft_token_ids", "draft_probs", "draft_probs_answer")
+    __slots__ = ("session_id", "position", "draft_token_ids", "draft_probs", "draft_probs_answer", "resume_rejected")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_PROBS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_PROBS_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    RESUME_REJECTED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     position: int
     draft_token_ids: _containers.RepeatedScalarFieldContainer[int]
     draft_probs: _containers.RepeatedScalarFieldContainer[float]
     draft_probs_answer: bytes
-    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[float]] = ..., draft_probs_answer: _Optional[bytes] = ...) -> None: ...
+    resume_rejected: bool
+    def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., draft_token_ids: _Optional[_Iterable[int]] = ..., draft_probs: _Optional[_Iterable[float]] = ..., draft_probs_answer: _Optional[bytes] = ..., resume_rejected: _Optional[bool] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
     __slots__ = ("results", "forward_passes", "compute_time_us", "batched_sessions")
