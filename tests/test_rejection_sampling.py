@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-from chisq import chi_square_p_value
 
+from chisq import chi_square_p_value
 from specdec.acceptance import (
     accepted_prefix,
     first_accepted_candidate,

@@ -9,9 +9,9 @@ import time
 
 import pytest
 import torch
-from chisq import chi_square_p_value
 
 from bench.delayproxy import DelayProxy
+from chisq import chi_square_p_value
 from coordinator import server as coordinator_server
 from specdec.models import load_model
 from specdec.sampling import SamplingParams, warp

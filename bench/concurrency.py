@@ -1,7 +1,7 @@
 """make bench-concurrency: aggregate tokens/s and per-request latency for 1..16 concurrent
 sessions, K=0 and K>0, through the three services started locally (one process each).
 
-python -m tools.bench_concurrency [--pair tiny|qwen] [--sessions 1,2,4,8,16] [--ks 0,4]
+python -m bench.concurrency [--pair tiny|qwen] [--sessions 1,2,4,8,16] [--ks 0,4]
                                   [--max-new-tokens 64] [--dtype bfloat16] [--threads 2]
 
 For every K, the 1-session figure runs each prompt alone, one after the other; its outputs
@@ -125,7 +125,7 @@ def markdown(rows: list[dict], header: str) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.bench_concurrency", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.concurrency", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pair", choices=["tiny", "qwen"], default="tiny")
     p.add_argument("--sessions", default="1,2,4,8,16")
