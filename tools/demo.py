@@ -96,7 +96,7 @@ def main() -> int:
     print("\n" + "=" * 72 + f"\nthe same services through the OpenAI-compatible HTTP API "
           f"(openai client, base_url=http://127.0.0.1:<http-port>/v1):\n"
           f"user: {CHAT_QUESTION}\nassistant: \033[1m{chat['content']}\033[0m\n"
-          f"finish_reason {chat['finish_reason']}, {chat['usage']}, acceptance "
+          f"finish_reason {chat['finish_reason']}, usage {chat['usage']}, acceptance "
           f"{chat['spec']['acceptance_rate']}, mean accepted length "
           f"{chat['spec']['mean_accepted_length']}\n" + "=" * 72)
 
@@ -126,7 +126,8 @@ def chat_completion(http_port: int, model: str) -> dict:
         temperature=0)
     client.close()
     return {"content": resp.choices[0].message.content,
-            "finish_reason": resp.choices[0].finish_reason, "usage": resp.usage.model_dump(),
+            "finish_reason": resp.choices[0].finish_reason,
+            "usage": {k: getattr(resp.usage, k) for k in ("prompt_tokens", "completion_tokens")},
             "spec": resp.model_extra["speculative_decoding"]}
 
 
