@@ -18,9 +18,10 @@ import structlog
 
 from specdec.sampling import GREEDY, SamplingParams
 
+from .draft_leg import DraftLeg
 from .faults import Deadline, FaultPolicy
-from .legs import DraftLeg, TargetLeg
 from .stats import Finish, Stats
+from .target_leg import TargetLeg
 from .textstream import TextStream
 
 log = structlog.get_logger(__name__)

@@ -15,18 +15,23 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict
 
 from specdec.errors import InvalidArgument, NotFound, SpecdecError
 
 from .core import GenerateArgs, GenerationCore
 from .decode import Finish, Stats, Token
+from .openai_schema import (
+    ChatRequest,
+    CompletionRequest,
+    OpenAIRequest,
+    message_text,
+    unsupported,
+)
 
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "OUT_OF_RANGE": 400, "FAILED_PRECONDITION": 400,
                "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503,
@@ -35,83 +40,6 @@ ERROR_TYPE = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_l
               499: "cancelled", 503: "service_unavailable_error", 504: "timeout_error"}
 FINISH_REASON = {Finish.LENGTH: "length", Finish.STOP: "stop", Finish.EOS: "stop"}
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class _Request(BaseModel):
-    """Fields both endpoints take. Unknown fields are accepted and ignored (clients send
-    e.g. `user`); the known ones specdec cannot honour are refused in `unsupported()`."""
-    model_config = ConfigDict(extra="allow")
-
-    model: str
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None  # (vLLM's extension)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int | None = None
-    num_speculative_tokens: int | None = None  # (specdec's extension: K; unset = default)
-    logprobs: bool | int | None = None
-    top_logprobs: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    # vLLM's sampling extensions that change results
-    repetition_penalty: float | None = None
-    min_p: float | None = None
-    min_tokens: int | None = None
-
-
-class CompletionRequest(_Request):
-    prompt: str | list[str]
-    echo: bool | None = None
-    suffix: str | None = None
-    best_of: int | None = None
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-
-
-class ChatRequest(_Request):
-    messages: list[ChatMessage]
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    functions: list[Any] | None = None
-    function_call: Any = None
-    response_format: dict[str, Any] | None = None
-
-
-# field -> the values that leave the result unchanged (anything else gets a 400)
-NEUTRAL = {"logprobs": (None, False, 0), "top_logprobs": (None, 0),
-           "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
-           "logit_bias": (None, {}), "repetition_penalty": (None, 1), "min_p": (None, 0),
-           "min_tokens": (None, 0), "echo": (None, False), "suffix": (None, ""),
-           "best_of": (None, 1), "tools": (None, []), "tool_choice": (None, "none"),
-           "functions": (None, []), "function_call": (None, "none")}
-
-
-def unsupported(req: _Request) -> None:
-    for name, neutral in NEUTRAL.items():
-        value = getattr(req, name, None)
-        if not any(value == v and type(value) is type(v) or value is v for v in neutral):
-            raise InvalidArgument(f"'{name}' is not supported by specdec (got {value!r}); "
-                                  f"leave it out")
-    if req.n not in (None, 1):
-        raise InvalidArgument(f"'n' must be 1 (one choice per request), got {req.n}")
-    fmt = getattr(req, "response_format", None)
-    if fmt and fmt.get("type") not in (None, "text"):
-        raise InvalidArgument(f"'response_format' {fmt.get('type')!r} is not supported; only "
-                              f"'text'")
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict:
@@ -154,7 +82,7 @@ class OpenAIFrontEnd:
             raise NotFound(f"model {model!r} is not served here; GET /v1/models lists "
                            f"{self.model_name!r}")
 
-    def args(self, req: _Request, prompt_ids: list[int], default_max: int) -> GenerateArgs:
+    def args(self, req: OpenAIRequest, prompt_ids: list[int], default_max: int) -> GenerateArgs:
         self.check_model(req.model)
         unsupported(req)
         max_tokens = req.max_completion_tokens or req.max_tokens
@@ -189,18 +117,6 @@ class OpenAIFrontEnd:
         limits = self.core.limits
         default_max = max(1, min(limits.max_new_tokens, limits.target_context - len(ids)))
         return self.args(req, ids, default_max)
-
-
-def message_text(m: ChatMessage) -> str:
-    if m.content is None or isinstance(m.content, str):
-        return m.content or ""
-    parts = []
-    for part in m.content:
-        if part.get("type") != "text":
-            raise InvalidArgument(f"message content of type {part.get('type')!r} is not "
-                                  f"supported; only 'text'")
-        parts.append(part.get("text", ""))
-    return "".join(parts)
 
 
 async def run_to_end(core: GenerationCore, args: GenerateArgs, deadline_s: float,
@@ -294,7 +210,7 @@ def create_app(front: OpenAIFrontEnd, registry: CollectorRegistry | None = None)
         args = front.chat_args(req)
         return await respond(req, args, request, chat=True)
 
-    async def respond(req: _Request, args: GenerateArgs, request: Request, chat: bool):
+    async def respond(req: OpenAIRequest, args: GenerateArgs, request: Request, chat: bool):
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
         head = {"id": rid, "created": created, "model": front.model_name}

@@ -202,7 +202,7 @@ class ServiceClient:
 class DraftClient(ServiceClient):
     """The draft's calls on a generation's path have adaptive timeouts and no retries: a
     draft that fails or is slower than its budget costs a round its proposals, never the
-    request (see legs.DraftLeg)."""
+    request (see draft_leg.DraftLeg)."""
 
     def __init__(self, addr: str, timeout_s: float, propose_timeout_s: float | None = None):
         """propose_timeout_s: fixed timeout of Propose; None = 4x its recent mean latency,
@@ -212,7 +212,7 @@ class DraftClient(ServiceClient):
                          draft_pb2.OpenDraftSessionRequest, draft_pb2.CloseDraftSessionRequest,
                          retries=False)  # a failed draft call costs a round, not a retry
         # GetProbs keeps the plain --rpc-timeout-s: it follows a sampled rejection, and
-        # dropping a round after seeing that rejection would bias the output (legs.py).
+        # dropping a round after seeing that rejection would bias the output (target_leg.py).
         self._budgets = {
             "Propose": LatencyBudget(propose_timeout_s, floor_s=1.0, initial_s=2.0),
             "OpenSession": LatencyBudget(None, floor_s=max(2.0, 4 * (propose_timeout_s or 0)),

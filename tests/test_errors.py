@@ -50,8 +50,8 @@ def test_services_reject_unknown_closed_and_stale_sessions(stacks):
     (opened,) = draft.OpenSession(draft_pb2.OpenDraftSessionRequest(
         items=[common_pb2.OpenSessionItem(prompt_token_ids=[1, 2, 3], max_tokens=10)])).results
     info = draft.GetInfo(draft_pb2.GetDraftInfoRequest()).model
-    per_token = 2 * 2 * 2 * 16 * 4  # layers * kv heads * head dim * float32, keys and values
-    assert info.live_sessions == 1 and info.kv_cache_reserved_bytes == 10 * per_token
+    per_token = stack.draft[1].engine.kv_bytes_per_token
+    assert info.live_sessions == 1 and info.kv_cache_reserved_bytes == 10 * per_token > 0
     result = propose(session_id=opened.session_id, position=5, num_tokens=2)
     assert result.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert "holds 3 tokens but the call expects position 5" in result.message

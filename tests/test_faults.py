@@ -82,6 +82,8 @@ def test_draft_killed_mid_stream_completes_target_only_and_identical(services, r
     assert ids == reference["def"]
     assert stats.draft_fallback_rounds > 0 and stats.draft_fallback_reason == "unavailable"
     assert stats.proposed_draft_tokens > 0  # it did speculate before the fault
+    time.sleep(1.5)  # the coordinator checks its upstreams every second
+    assert health(services.addr) == health_pb2.HealthCheckResponse.SERVING  # only degraded
     # The draft comes back (on a new port, behind the same proxy): speculation resumes.
     services.proxies["draft"].upstream_port = services.start_model("draft").port
     runs = []
@@ -123,8 +125,12 @@ def test_target_that_never_comes_back_gives_unavailable_within_the_deadline(serv
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
         assert "target service at" in e.value.details()
         assert time.monotonic() - started < 4.5
+        assert wait_until(lambda: health(services.addr) ==
+                          health_pb2.HealthCheckResponse.NOT_SERVING, timeout=3)
     finally:
         services.proxies["target"].upstream_port = services.start_model("target").port
+    assert wait_until(lambda: health(services.addr) == health_pb2.HealthCheckResponse.SERVING,
+                      timeout=5)
 
 
 def test_slow_draft_costs_rounds_not_waiting(services, reference):

@@ -1,0 +1,163 @@
+"""The draft side of one generation (see legs.py): missing drafts cost rounds, not requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from .faults import Backoff, Deadline, FaultPolicy
+from .legs import Leg, fallback_reason
+from .stats import Stats
+from .upstream import UpstreamError
+
+log = structlog.get_logger(__name__)
+
+
+class DraftLeg(Leg):
+    """The draft session of one generation, or its absence (see the module docstring)."""
+
+    def __init__(self, client, session_id: str, sampling, max_tokens: int, deadline: Deadline,
+                 stats: Stats, policy: FaultPolicy):
+        super().__init__(client, session_id, sampling, max_tokens, deadline, stats)
+        self.backoff = Backoff(policy.draft_retry_initial_s, policy.draft_retry_max_s)
+        self.reason = ""  # why the draft is missing, while it is
+        self.position = 0  # tokens the draft session holds (final + last proposals)
+        self.keep: int | None = None  # where it must roll back to on the next Propose
+        self.append: list[int] = []  # final tokens it has not seen yet
+        self._reopening: asyncio.Task | None = None  # a re-open under way
+
+    def _add_time(self, us: int) -> None:
+        self.stats.draft_time_s += us / 1e6
+
+    async def open(self, history: list[int]) -> bool:
+        """Open the first draft session on the prompt; False if the draft failed."""
+        try:
+            await self._open(history)
+        except UpstreamError as e:
+            self._lost(e)
+            return False
+        self.position = len(history)
+        return True
+
+    def _start_reopen(self, history: list[int]) -> None:
+        """Re-open in the background: rounds go on target-only meanwhile, and the session
+        catches up on the tokens final since (`append`) at its first Propose."""
+        self.incarnation += 1  # every attempt gets its own id: a failed one may linger
+        sid, call = self._next_open(list(history))
+
+        async def reopen():
+            _, reply = await call
+            return sid, len(history), reply
+        self._reopening = asyncio.get_running_loop().create_task(reopen())
+        self.client.keep_task(self._reopening)
+        self._reopening_id = sid
+
+    def _adopt_reopened(self, history: list[int]) -> None:
+        task, self._reopening = self._reopening, None
+        try:
+            sid, length, reply = task.result()
+        except Exception as e:
+            self._lost(e, attempted=self._reopening_id)
+            return
+        self.session_id, self.position, self.keep = sid, length, None
+        self.append = history[length:]
+        self._add_time(reply.compute_time_us)
+        self.stats.draft_reopens += 1
+        self.backoff.reset()
+        log.info("draft session re-opened; speculation resumes", session_id=sid,
+                 tokens=length, after=self.reason)
+        self.reason = ""
+
+    async def propose(self, history: list[int], k: int) -> tuple[list[int], list[float]]:
+        """K proposals and q of each; ([], []) when the draft is missing (a fallback round)."""
+        if self.session_id is None:
+            if self._reopening is None and self.backoff.ready():
+                self._start_reopen(history)
+            if self._reopening is not None and self._reopening.done():
+                self._adopt_reopened(history)
+            if self.session_id is None:
+                self.stats.record_fallback(self.reason)
+                return [], []
+        try:
+            proposal, batch, nbytes = await self.deadline.bound(self.client.propose(
+                self.session_id, self.position, self.keep, self.append, k))
+        except UpstreamError as e:
+            self._lost(e)
+            self.stats.record_fallback(self.reason)
+            return [], []
+        self.stats.draft_time_s += batch.compute_time_us / 1e6
+        self.stats.wire_bytes += nbytes
+        self.position = proposal.position
+        return list(proposal.token_ids), list(proposal.draft_probs)
+
+    async def probs(self, query, index: int) -> bytes | None:
+        """q at `index` of the last proposal, at the ids a target's DraftProbsQuery names;
+        None if the draft failed."""
+        if self.session_id is None:
+            return None
+        try:
+            answer, nbytes = await self.deadline.bound(
+                self.client.get_probs(self.session_id, self.position, index, query))
+        except UpstreamError as e:
+            self._lost(e)
+            return None
+        self.stats.wire_bytes += nbytes
+        return answer
+
+    async def recompute_probs(self, prefix: list[int], query, attempts: int = 3
+                              ) -> bytes | None:
+        """q after `prefix` at the ids `query` names, from a fresh draft session: the draft's
+        distribution at a position depends on the prefix alone, so when the session that
+        proposed is lost, a new one on the same prefix gives the same row (up to floating-
+        point rounding). None if the draft cannot be reached in `attempts` tries."""
+        for attempt in range(attempts):
+            self.incarnation += 1
+            sid, call = self._next_open(prefix)
+            try:
+                await self.deadline.bound(call)
+                proposal, _, _ = await self.deadline.bound(
+                    self.client.propose(sid, len(prefix), None, [], 1))
+                answer, nbytes = await self.deadline.bound(
+                    self.client.get_probs(sid, proposal.position, 0, query))
+                self.stats.wire_bytes += nbytes
+                return answer
+            except UpstreamError as e:
+                log.info("re-computing the draft's probabilities failed", error=str(e),
+                         attempt=attempt + 1)
+                await asyncio.sleep(0.1 * (attempt + 1))
+            finally:
+                self.client.close_later(sid)
+        return None
+
+    def commit(self, proposed: int, accepted: int, new_tokens: list[int]) -> None:
+        """A round ended: `proposed` proposals, `accepted` of them kept, `new_tokens` final."""
+        if self.session_id is None:
+            return
+        if proposed:
+            self.keep = self.position - proposed + accepted
+            self.append = [new_tokens[-1]]
+        else:
+            self.append.extend(new_tokens)
+
+    async def close(self) -> None:
+        if self._reopening is not None:
+            # A re-open under way: close its session once it ends, whatever the answer (an
+            # open whose reply was lost may still have happened; closing is idempotent).
+            client, sid = self.client, self._reopening_id
+            self._reopening.add_done_callback(lambda _: client.close_later(sid))
+            self._reopening = None
+        if self.session_id is not None:  # in the background: a slow draft delays nothing
+            self.client.close_later(self.session_id)
+            self.session_id = None
+
+    def _lost(self, err: Exception, attempted: str | None = None) -> None:
+        """The draft failed: drop its session (and `attempted`, an open that failed but may
+        have happened on the service) and wait a backoff before trying again."""
+        self.reason = fallback_reason(err)
+        log.warning("draft lost; continuing target-only", reason=self.reason, error=str(err),
+                    retry_in_s=round(self.backoff.delay_s, 3))
+        if attempted is not None:
+            self.client.close_later(attempted)
+        self._abandon()
+        self.backoff.failed()

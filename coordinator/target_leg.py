@@ -1,0 +1,178 @@
+"""The target side of one generation (see legs.py): lost sessions are rebuilt, rounds whose
+outcome was seen are resumed, never redrawn."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from specdec.errors import DeadlineExceeded, Unavailable
+
+from .draft_leg import DraftLeg
+from .faults import Deadline, FaultPolicy
+from .legs import Leg
+from .stats import Stats
+from .upstream import UpstreamError
+
+log = structlog.get_logger(__name__)
+
+DEADLINE_RESERVE_S = 0.1  # target calls give up this long before the request's deadline
+# Target failures recovered by re-opening the session from the history: the session is gone
+# (restart), the service is unreachable or hung, or its view of the session diverged.
+TARGET_RECOVERABLE = {"NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION",
+                      "CANCELLED", "ABORTED"}
+
+
+class NoAnswer(UpstreamError):
+    """A target call still unanswered when the request's deadline (nearly) passed."""
+
+
+@dataclass
+class Verified:
+    """A round's outcome: `proposed` proposals were verified (0 if they were dropped), the
+    first `accepted` kept, then `next_token` (the target's recovered or bonus token)."""
+    proposed: int
+    accepted: int
+    next_token: int
+    position: int
+
+
+class TargetLeg(Leg):
+    """The target session of one generation (see the module docstring)."""
+
+    def __init__(self, client, session_id: str, sampling, max_tokens: int, deadline: Deadline,
+                 stats: Stats, policy: FaultPolicy):
+        super().__init__(client, session_id, sampling, max_tokens, deadline, stats)
+        self.policy = policy
+        self.position = 0
+
+    def _add_time(self, us: int) -> None:
+        self.stats.verify_time_s += us / 1e6
+
+    async def _bounded(self, awaitable):
+        """Await a target call, giving up a little before the request's deadline so that a
+        target that does not answer is reported as such (UNAVAILABLE, via _recover) rather
+        than as the client's bare DEADLINE_EXCEEDED."""
+        left = self.deadline.remaining()
+        if left is None:
+            return await awaitable
+        try:
+            return await asyncio.wait_for(awaitable, max(0.0, left - DEADLINE_RESERVE_S))
+        except TimeoutError:
+            raise NoAnswer("DEADLINE_EXCEEDED",
+                           f"target service at {self.client.addr}: no answer before the "
+                           f"request's deadline") from None
+
+    async def open(self, history: list[int]) -> None:
+        """Open the session; while the target is unreachable, retry as _recover does."""
+        try:
+            await self._open(history, self._bounded)
+        except UpstreamError as e:
+            self._check_recoverable(e)
+            await self._recover(history, e)
+        self.position = len(history)
+
+    @staticmethod
+    def _check_recoverable(e: UpstreamError) -> None:
+        if isinstance(e, NoAnswer):  # a working target, but the deadline is (nearly) over
+            raise DeadlineExceeded(f"the request's deadline passed: {e}") from None
+        if e.code not in TARGET_RECOVERABLE:
+            raise e
+
+    async def verify(self, history: list[int], proposals: list[int], probs: list[float],
+                     draft: DraftLeg | None) -> Verified:
+        """Verify one round's proposals. If the target loses the session, re-open it from
+        the history and go on: before any decision, the round is redone; after a revealed
+        rejection of proposals[n], the session is re-opened on history + proposals[:n] and
+        the recovered token is drawn there (resume_rejected), so a fault never turns into a
+        fresh draw of a round whose outcome was already seen."""
+        rejected: list[int] = []  # [n] once a rejection of proposals[n] has been seen
+        while True:
+            try:
+                return await self._verify(history, proposals, probs, draft, rejected)
+            except UpstreamError as e:
+                self._check_recoverable(e)
+                await self._recover(history + proposals[:rejected[0]] if rejected else history,
+                                    e)
+
+    async def _verify(self, history, proposals, probs, draft: DraftLeg | None,
+                      rejected: list[int]) -> Verified:
+        if rejected:  # resume on a re-opened session holding the accepted prefix
+            accepted = rejected[0]
+            result = await self._call(self.position, [proposals[accepted]], [probs[accepted]],
+                                      resume=True)
+        else:
+            result = await self._call(self.position, proposals, probs)
+            accepted = result.num_accepted  # (answer items report 0: they accept nothing new)
+            if result.HasField("draft_probs_query"):
+                rejected.append(accepted)
+        while result.HasField("draft_probs_query"):  # sampled rejection: fetch q for it
+            answer = await draft.probs(result.draft_probs_query, accepted)
+            if answer is None:  # the session that proposed is lost: recompute its q
+                answer = await draft.recompute_probs(history + proposals[:accepted],
+                                                     result.draft_probs_query)
+            if answer is None:
+                # The draft is unreachable, and the recovered token cannot be drawn without
+                # its q: drop the round and redo it target-only. Strictly, a round dropped
+                # *because* it had a rejection is not an exact draw (docs/operations.md); it
+                # takes the draft failing for good between this round's Propose and
+                # GetProbs, and is logged and counted as reason "dropped_after_rejection".
+                log.warning("round dropped after a sampled rejection: the draft is gone",
+                            reason=draft.reason)
+                await self._bounded(
+                    self.client.truncate(self.session_id, result.position, len(history)))
+                self.stats.record_fallback("dropped_after_rejection")
+                proposals, accepted = [], 0
+                self.position = len(history)
+                rejected.clear()
+                result = await self._call(self.position, [], [])
+                break
+            result = await self._call(result.position, [], [], answer)
+        self.position = result.position
+        return Verified(len(proposals), accepted, result.next_token_id, result.position)
+
+    async def _call(self, position, proposals, probs, answer=None, resume=False):
+        result, batch, nbytes = await self._bounded(self.client.verify(
+            self.session_id, position, proposals, probs, answer, resume))
+        self.stats.verify_time_s += batch.compute_time_us / 1e6
+        self.stats.wire_bytes += nbytes
+        if answer is None and not resume:
+            self.stats.verify_batch_sessions += batch.batched_sessions
+        return result
+
+    async def _recover(self, history: list[int], cause: UpstreamError) -> None:
+        """Re-open the session on the history, retrying while the target is unreachable."""
+        give_up = time.monotonic() + self.policy.target_retry_s
+        delay, last = 0.1, cause
+        log.warning("target failed; (re-)opening its session from the history", code=cause.code,
+                    error=str(cause), tokens=len(history))
+        while True:
+            self.deadline.check()
+            self._abandon()
+            try:
+                await self._open(history, self._bounded)
+                self.position = len(history)
+                self.stats.target_reopens += self.incarnation > 0
+                log.info("target session re-opened", session_id=self.session_id,
+                         tokens=len(history))
+                return
+            except UpstreamError as e:
+                if e.code not in TARGET_RECOVERABLE:
+                    raise
+                if not isinstance(e, NoAnswer):
+                    last = e
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise Unavailable(
+                    f"target service at {self.client.addr} did not come back within "
+                    f"--target-retry-s {self.policy.target_retry_s:g}s: {last}") from None
+            remaining = self.deadline.remaining()
+            if remaining is not None and remaining < delay + 0.05:
+                raise Unavailable(
+                    f"target service at {self.client.addr} is unreachable and the request's "
+                    f"deadline leaves no time to wait for it: {last}") from None
+            await asyncio.sleep(min(delay, left))
+            delay = min(1.0, delay * 2)
