@@ -98,7 +98,11 @@ class Scheduler:
         self.running += n
         self._changed.set()
         if self._task is None:
-            self._task = asyncio.create_task(self._dispatch())
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # a cleanup finishing as its loop shuts down: nothing to send
+                return
+            self._task = loop.create_task(self._dispatch())
 
     async def park(self, future: asyncio.Future):
         self._add(-1)
