@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+import grpc
+
 from bench.delayproxy import DelayProxy
 from bench.pairs import DEFAULT_PAIR, PAIRS
 from bench.prompts import domain_prompts
@@ -25,6 +27,7 @@ from bench.stats import speedup, throughput
 from specdec.config import default_cache_dir
 from specdec.fetch import resolve_model_dir
 from specdec.launch import spawn, start_local_stack, wait_serving
+from specdec.v1 import generator_pb2_grpc
 
 
 def parse_args(argv=None):
@@ -66,9 +69,6 @@ def main(argv=None) -> int:
     rows = []
     try:
         wait_serving(coordinator, 600)
-        import grpc
-
-        from specdec.v1 import generator_pb2_grpc
         with grpc.insecure_channel(f"127.0.0.1:{coordinator.port}") as channel:
             stub = generator_pb2_grpc.GeneratorStub(channel)
             run_specdec(stub, prompts[0], args.k, 0.0, 1.0, 0, 8)  # warm the path

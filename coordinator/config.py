@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from specdec.config import EnvDefaultsParser, add_logging_options, default_cache_dir
+from specdec.config import (
+    EnvDefaultsParser,
+    add_logging_options,
+    add_operations_options,
+    default_cache_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -65,12 +70,7 @@ def parser() -> EnvDefaultsParser:
     p.add_option("--target-retry-s", default=30.0, type=float,
                  help="how long a request waits for an unreachable target (re-opening its "
                       "session from the token history) before failing with UNAVAILABLE")
-    p.add_option("--shutdown-grace-s", default=30.0, type=float,
-                 help="on SIGTERM: report NOT_SERVING, refuse new requests, and let running "
-                      "ones finish for at most this long before exiting")
-    p.add_option("--metrics-port", default=-1, type=int,
-                 help="serve Prometheus GET /metrics on this port; 0 = any free port (logged), "
-                      "-1 = off")
+    add_operations_options(p, drain="refuse new requests, and let running ones finish")
     p.add_option("--http-port", default=-1, type=int,
                  help="serve the OpenAI-compatible HTTP API (/v1/completions, "
                       "/v1/chat/completions, /v1/models, /health, /metrics) on this port; "

@@ -251,13 +251,12 @@ def create_app(front: OpenAIFrontEnd, registry: CollectorRegistry | None = None)
                         if event.text:
                             yield sse(chunk(event.text, None))
                     else:
-                        final = chunk(None, FINISH_REASON[event.finish])
-                        final["speculative_decoding"] = spec_stats(event)
-                        yield sse(final)
+                        spec = spec_stats(event)
+                        yield sse({**chunk(None, FINISH_REASON[event.finish]),
+                                   "speculative_decoding": spec})
                         if include_usage:
                             yield sse({**head, "object": obj, "choices": [],
-                                       "usage": usage(event),
-                                       "speculative_decoding": spec_stats(event)})
+                                       "usage": usage(event), "speculative_decoding": spec})
                         break
                     try:
                         event = await anext(events)

@@ -29,9 +29,9 @@ class Stats:
     accepted_at: list[int] = field(default_factory=list)  # [i]: rounds accepting it (same len)
     verify_batch_sessions: int = 0  # summed over rounds: sessions in each verify pass
     seed: int = 0
-    draft_fallback_rounds: int = 0  # rounds that wanted proposals but ran without the draft
-    draft_fallback_reason: str = ""  # why the first of them did ("unavailable", "timeout", …)
-    fallback_reasons: dict[str, int] = field(default_factory=dict)  # reason -> rounds
+    # rounds that wanted proposals but ran without the draft, by reason ("timeout", …), in
+    # the order the reasons first occurred
+    fallback_reasons: dict[str, int] = field(default_factory=dict)
     draft_reopens: int = 0  # draft sessions re-opened from the token history after a fault
     target_reopens: int = 0  # target sessions re-opened from the token history after a fault
     started: float = field(default_factory=time.perf_counter, repr=False)
@@ -69,9 +69,16 @@ class Stats:
 
     def record_fallback(self, reason: str) -> None:
         """A round that should have had proposals runs without the draft."""
-        self.draft_fallback_rounds += 1
-        self.draft_fallback_reason = self.draft_fallback_reason or reason
         self.fallback_reasons[reason] = self.fallback_reasons.get(reason, 0) + 1
+
+    @property
+    def draft_fallback_rounds(self) -> int:
+        return sum(self.fallback_reasons.values())
+
+    @property
+    def draft_fallback_reason(self) -> str:
+        """Why the first fallback round ran without the draft ("" if none did)."""
+        return next(iter(self.fallback_reasons), "")
 
     @property
     def mean_verify_batch(self) -> float:

@@ -44,6 +44,16 @@ def add_logging_options(p: EnvDefaultsParser) -> None:
                  help="log format; auto = console on a terminal, JSON otherwise")
 
 
+def add_operations_options(p: EnvDefaultsParser, drain: str) -> None:
+    """--shutdown-grace-s and --metrics-port, which every process has. drain: what the
+    process does on SIGTERM before exiting."""
+    p.add_option("--shutdown-grace-s", default=30.0, type=float,
+                 help=f"on SIGTERM: report NOT_SERVING, {drain}, for at most this long")
+    p.add_option("--metrics-port", default=-1, type=int,
+                 help="serve Prometheus GET /metrics on this port; 0 = any free port (logged), "
+                      "-1 = off")
+
+
 @dataclass(frozen=True)
 class ModelServiceConfig:
     """Configuration of a draft or target service."""
@@ -92,12 +102,8 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
                  help="where fetched and converted models are kept")
     p.add_option("--warmup", default=1, type=int, choices=[0, 1],
                  help="run warm-up passes before reporting SERVING")
-    p.add_option("--shutdown-grace-s", default=30.0, type=float,
-                 help="on SIGTERM: report NOT_SERVING, refuse new sessions (UNAVAILABLE), and "
-                      "serve the live ones until they close, for at most this long")
-    p.add_option("--metrics-port", default=-1, type=int,
-                 help="serve Prometheus GET /metrics on this port; 0 = any free port (logged), "
-                      "-1 = off")
+    add_operations_options(p, drain="refuse new sessions (UNAVAILABLE), and serve the live "
+                                    "ones until they close")
     add_logging_options(p)
     return p
 

@@ -61,6 +61,11 @@ class Engine:
         self.max_proposal_tokens = max_proposal_tokens
         self.max_batch_items = max_batch_items
 
+    @property
+    def reserved_bytes(self) -> int:
+        """KV cache bytes the live sessions reserved."""
+        return self.sessions.reserved_tokens * self.kv_bytes_per_token
+
     # ---- validation -------------------------------------------------------------------
     def _check_ids(self, ids: list[int], what: str) -> None:
         bad = [t for t in ids if t >= self.lm.vocab_size]

@@ -54,9 +54,4 @@ class ServiceMetrics:
     def track_sessions(self, engine) -> None:
         """Read session gauges from `engine` at scrape time."""
         self.sessions_active.set_function(lambda: len(engine.sessions))
-        self.kv_cache_reserved_bytes.set_function(
-            lambda: engine.sessions.reserved_tokens * engine.kv_bytes_per_token)
-
-    def observe(self, op: str, seconds: float, sessions: int) -> None:
-        self.forward_seconds.labels(op).observe(seconds)
-        self.batch_sessions.labels(op).observe(sessions)
+        self.kv_cache_reserved_bytes.set_function(lambda: engine.reserved_bytes)

@@ -103,7 +103,7 @@ class ModelServicer:
             device=str(lm.device), max_context_length=lm.max_context_length,
             eos_token_ids=lm.eos_token_ids, max_sessions=e.sessions.max_sessions,
             live_sessions=len(e.sessions),
-            kv_cache_reserved_bytes=e.sessions.reserved_tokens * e.kv_bytes_per_token,
+            kv_cache_reserved_bytes=e.reserved_bytes,
             kv_cache_budget_bytes=(e.sessions.max_reserved_tokens or 0) * e.kv_bytes_per_token,
             draining=self.draining)
 
