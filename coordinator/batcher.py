@@ -9,7 +9,8 @@ Two policies:
   which is fastest where they share CPU cores, and batches are as large as they can be.
 - "pipelined": each method sends on its own as soon as its previous call returns, so the
   draft can work on some sessions while the target verifies others (overlap where each has
-  its own GPU, at the price of smaller batches).
+  its own GPU, at the price of smaller batches). Use it with replica sets too: lockstep
+  sends one call at a time across every replica of both tiers.
 
 Neither adds latency for a lone session: with nothing else active its item goes out at once.
 """
@@ -80,13 +81,22 @@ class Scheduler:
     item: begin()/end() bracket a generation, park() parks it until its item's result."""
 
     def __init__(self, batchers: list[Batcher], quiet_timeout_s: float = 0.02):
-        self.batchers = batchers
-        for b in batchers:
-            b.scheduler = self
+        self.batchers: list[Batcher] = []
+        self.add(batchers)
         self.quiet_timeout_s = quiet_timeout_s
         self.running = 0
         self._changed = asyncio.Event()
         self._task: asyncio.Task | None = None
+
+    def add(self, batchers: list[Batcher]) -> None:
+        """Dispatch these batchers too (a replica joined)."""
+        for b in batchers:
+            b.scheduler = self
+            self.batchers.append(b)
+
+    def remove(self, batchers: list[Batcher]) -> None:
+        """Stop dispatching these (a replica left; its queues are empty)."""
+        self.batchers = [b for b in self.batchers if b not in batchers]
 
     def begin(self) -> None:
         self.running += 1

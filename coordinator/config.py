@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from specdec.config import (
     EnvDefaultsParser,
+    JoinRepeated,
     add_logging_options,
     add_operations_options,
     default_cache_dir,
@@ -14,7 +15,7 @@ from specdec.config import (
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
-    draft: str
+    draft: str  # comma-separated replica addresses (see --draft)
     target: str
     host: str
     port: int
@@ -35,13 +36,21 @@ class CoordinatorConfig:
     http_port: int = -1
     http_timeout_s: float = 600.0
     served_model_name: str = ""
+    resolve_interval_s: float = 5.0
 
 
 def parser() -> EnvDefaultsParser:
     p = EnvDefaultsParser(prog="python -m coordinator",
                           description="specdec coordinator: serves the Generator API (gRPC).")
-    p.add_option("--draft", help="draft service address HOST:PORT", default=None)
-    p.add_option("--target", help="target service address HOST:PORT", default=None)
+    replicas = ("; several replicas: comma-separated (or a repeated flag), or dns:///NAME:PORT "
+                "for every address of NAME (a headless Service), re-resolved every "
+                "--resolve-interval-s; dns://DNS_SERVER/NAME:PORT asks that server")
+    p.add_option("--draft", help="draft service address HOST:PORT" + replicas, default=None,
+                 action=JoinRepeated)
+    p.add_option("--target", help="target service address HOST:PORT" + replicas, default=None,
+                 action=JoinRepeated)
+    p.add_option("--resolve-interval-s", default=5.0, type=float,
+                 help="how often dns:/// addresses of --draft and --target are re-resolved")
     p.add_option("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     p.add_option("--port", default=50050, type=int, help="port to bind; 0 = any free")
     p.add_option("--tokenizer", default="",

@@ -1,6 +1,6 @@
 """The speculative decoding loop: propose K -> verify -> roll the draft back -> stream.
 
-Transport-agnostic (works with any draft/target client offering open/propose/verify/
+Transport-agnostic (works with any replica sets whose clients offer open/propose/verify/
 get_probs/truncate/close) and free of tensor math: the accept/reject rule runs inside the
 target service; after a sampled rejection the loop ferries the few draft probabilities the
 target asks for from the draft to the target. Faults of either service are handled by its
@@ -50,8 +50,9 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
                    stats: Stats | None = None) -> AsyncIterator[Token | Stats]:
     """Yield each accepted Token, then the Stats. Sessions are closed in every case.
 
-    scheduler: the batcher.Scheduler the clients' batchers use in lockstep mode, told when
-    this generation starts and ends; None in pipelined mode. deadline: the request's.
+    draft, target: each tier's replicas.ReplicaSet. scheduler: the batcher.Scheduler the
+    clients' batchers use in lockstep mode, told when this generation starts and ends; None
+    in pipelined mode. deadline: the request's.
     stats: where to count (the caller keeps it to report a generation that failed)."""
     if scheduler is not None:
         scheduler.begin()
@@ -74,6 +75,10 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
             await dft.open(history)  # a failure here only means target-only rounds
 
         while True:
+            # Sessions on a draining replica move at a round boundary (nothing is in flight).
+            await tgt.move_if_draining(history)
+            if dft is not None:
+                dft.move_if_draining()
             # A round yields up to k + 1 tokens; never propose past max_new_tokens.
             k = min(params.k, params.max_new_tokens - stats.generated_tokens - 1)
             proposals, probs = await dft.propose(history, k) if dft and k > 0 else ([], [])

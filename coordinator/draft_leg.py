@@ -17,9 +17,9 @@ log = structlog.get_logger(__name__)
 class DraftLeg(Leg):
     """The draft session of one generation, or its absence (see the module docstring)."""
 
-    def __init__(self, client, session_id: str, sampling, max_tokens: int, deadline: Deadline,
+    def __init__(self, pool, session_id: str, sampling, max_tokens: int, deadline: Deadline,
                  stats: Stats, policy: FaultPolicy):
-        super().__init__(client, session_id, sampling, max_tokens, deadline, stats)
+        super().__init__(pool, session_id, sampling, max_tokens, deadline, stats)
         self.backoff = Backoff(policy.draft_retry_initial_s, policy.draft_retry_max_s)
         self.reason = ""  # why the draft is missing, while it is
         self.position = 0  # tokens the draft session holds (final + last proposals)
@@ -44,30 +44,45 @@ class DraftLeg(Leg):
         """Re-open in the background: rounds go on target-only meanwhile, and the session
         catches up on the tokens final since (`append`) at its first Propose."""
         self.incarnation += 1  # every attempt gets its own id: a failed one may linger
-        sid, call = self._next_open(list(history))
+        try:
+            client, sid, call = self._next_open(list(history))
+        except UpstreamError as e:  # no draft replica at all
+            self._lost(e)
+            return
 
         async def reopen():
             _, reply = await call
             return sid, len(history), reply
         self._reopening = asyncio.get_running_loop().create_task(reopen())
-        self.client.keep_task(self._reopening)
-        self._reopening_id = sid
+        self.pool.keep_task(self._reopening)
+        self._reopening_id, self._reopening_client = sid, client
 
     def _adopt_reopened(self, history: list[int]) -> None:
         task, self._reopening = self._reopening, None
         try:
             sid, length, reply = task.result()
         except Exception as e:
+            self.client = self._reopening_client
             self._lost(e, attempted=self._reopening_id)
             return
+        self.client = self._reopening_client
         self.session_id, self.position, self.keep = sid, length, None
         self.append = history[length:]
         self._add_time(reply.compute_time_us)
         self.stats.draft_reopens += 1
         self.backoff.reset()
         log.info("draft session re-opened; speculation resumes", session_id=sid,
-                 tokens=length, after=self.reason)
+                 replica=self.client.addr, tokens=length, after=self.reason)
         self.reason = ""
+
+    def move_if_draining(self) -> None:
+        """At a round's start: if the session's replica drains (or left) and another is in
+        rotation, leave it; rounds run target-only until a session re-opens elsewhere."""
+        if self.session_id is not None and self.pool.should_move(self.client):
+            log.info("draft replica drains; moving the session", replica=self.client.addr)
+            self.reason = "replica_draining"
+            self._abandon()
+            self.backoff.reset()
 
     async def propose(self, history: list[int], k: int) -> tuple[list[int], list[float]]:
         """K proposals and q of each; ([], []) when the draft is missing (a fallback round)."""
@@ -113,21 +128,27 @@ class DraftLeg(Leg):
         point rounding). None if the draft cannot be reached in `attempts` tries."""
         for attempt in range(attempts):
             self.incarnation += 1
-            sid, call = self._next_open(prefix)
+            try:
+                client, sid, call = self._next_open(prefix)
+            except UpstreamError as e:  # no draft replica at all
+                log.info("re-computing the draft's probabilities failed", error=str(e))
+                return None
             try:
                 await self.deadline.bound(call)
                 proposal, _, _ = await self.deadline.bound(
-                    self.client.propose(sid, len(prefix), None, [], 1))
+                    client.propose(sid, len(prefix), None, [], 1))
                 answer, nbytes = await self.deadline.bound(
-                    self.client.get_probs(sid, proposal.position, 0, query))
+                    client.get_probs(sid, proposal.position, 0, query))
                 self.stats.wire_bytes += nbytes
                 return answer
             except UpstreamError as e:
                 log.info("re-computing the draft's probabilities failed", error=str(e),
                          attempt=attempt + 1)
+                if e.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                    self.pool.report_failure(client)
                 await asyncio.sleep(0.1 * (attempt + 1))
             finally:
-                self.client.close_later(sid)
+                client.close_later(sid)
         return None
 
     def commit(self, proposed: int, accepted: int, new_tokens: list[int]) -> None:
@@ -144,7 +165,7 @@ class DraftLeg(Leg):
         if self._reopening is not None:
             # A re-open under way: close its session once it ends, whatever the answer (an
             # open whose reply was lost may still have happened; closing is idempotent).
-            client, sid = self.client, self._reopening_id
+            client, sid = self._reopening_client, self._reopening_id
             self._reopening.add_done_callback(lambda _: client.close_later(sid))
             self._reopening = None
         if self.session_id is not None:  # in the background: a slow draft delays nothing
@@ -157,6 +178,9 @@ class DraftLeg(Leg):
         self.reason = fallback_reason(err)
         log.warning("draft lost; continuing target-only", reason=self.reason, error=str(err),
                     retry_in_s=round(self.backoff.delay_s, 3))
+        if self.client is not None and getattr(err, "code", "") in ("UNAVAILABLE",
+                                                                    "DEADLINE_EXCEEDED"):
+            self.pool.report_failure(self.client)
         if attempted is not None:
             self.client.close_later(attempted)
         self._abandon()

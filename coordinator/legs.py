@@ -37,28 +37,41 @@ def fallback_reason(err: Exception) -> str:
 class Leg:
     """What both sides share: the session (re-)opened from the history, and closing it."""
 
-    def __init__(self, client, session_id: str, sampling, max_tokens: int, deadline: Deadline,
+    def __init__(self, pool, session_id: str, sampling, max_tokens: int, deadline: Deadline,
                  stats: Stats):
-        self.client, self.base_id, self.sampling = client, session_id, sampling
+        """pool: the tier's replicas.ReplicaSet; each session is opened on the replica it
+        picks and stays there (self.client) until it is lost or moved."""
+        self.pool, self.base_id, self.sampling = pool, session_id, sampling
         self.max_tokens, self.deadline, self.stats = max_tokens, deadline, stats
+        self.client = None  # the replica holding the session (a ServiceClient)
         self.session_id: str | None = None
         self.incarnation = 0  # 0 = the first session, n = the n-th re-opened one
 
-    def _next_open(self, history: list[int]):
-        """The OpenSession call of the next session (fresh id and seed after the first);
-        returns (its session id, the call's coroutine)."""
+    @property
+    def where(self) -> str:
+        """The service, for messages: its replica's address, or the tier's replicas."""
+        if self.client is not None and len(self.pool.replicas) <= 1:
+            return f"{self.pool.role} service at {self.client.addr}"
+        return f"{self.pool.role} service ({self.pool.describe()})"
+
+    def _next_open(self, history: list[int], avoid: frozenset = frozenset()):
+        """The OpenSession call of the next session (fresh id and seed after the first) on the
+        replica the pool picks; returns (that client, the session id, the call's coroutine).
+        Raises UpstreamError when the tier has no usable replica."""
+        client = self.pool.pick(avoid)
         sid = self.base_id if self.incarnation == 0 else f"{self.base_id}-{self.incarnation}"
         sampling = self.sampling
         if not sampling.greedy and self.incarnation:
             sampling = dataclasses.replace(sampling,
                                            seed=derive_seed(sampling.seed, self.incarnation))
-        return sid, self.client.open(sid, history, sampling, self.max_tokens)
+        return client, sid, client.open(sid, history, sampling, self.max_tokens)
 
-    async def _open(self, history: list[int], bound=None) -> None:
-        sid, call = self._next_open(history)
+    async def _open(self, history: list[int], bound=None, avoid: frozenset = frozenset()
+                    ) -> None:
+        client, sid, call = self._next_open(history, avoid)
         # Held from the start: an open that fails or is cancelled may still have happened
         # on the service, so closing (idempotent) must cover it too.
-        self.session_id = sid
+        self.client, self.session_id = client, sid
         _, reply = await (bound or self.deadline.bound)(call)
         self._add_time(reply.compute_time_us)
 
@@ -80,7 +93,7 @@ class Leg:
                 await self.client.close_session(sid)
             except Exception as e:
                 log.info("closing a session failed; retrying in the background",
-                         service=self.client.role, error=str(e))
+                         service=self.pool.role, error=str(e))
                 self.client.close_later(sid)
 
 

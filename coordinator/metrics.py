@@ -54,8 +54,13 @@ class CoordinatorMetrics:
             "specdec_upstream_errors", "Failed calls or items of the draft/target services",
             ["service", "code"], registry=r)
         self.upstream_healthy = Gauge(
-            "specdec_upstream_healthy", "1 when the service's health check reports SERVING",
+            "specdec_upstream_healthy",
+            "1 when some replica of the service is in rotation (SERVING, same model)",
             ["service"], registry=r)
+        self.upstream_replicas = Gauge(
+            "specdec_upstream_replicas",
+            "Replicas of the service by state (serving, draining, unavailable, mismatched)",
+            ["service", "state"], registry=r)
 
     def upstream_error(self, service: str, code: str) -> None:
         self.upstream_errors.labels(service, code).inc()

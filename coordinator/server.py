@@ -1,5 +1,5 @@
-"""Starting the coordinator: connect to both services, check them, serve Generator; watch the
-upstreams' health; drain on shutdown."""
+"""Starting the coordinator: find both tiers' replicas, check they agree, serve Generator;
+keep the replica sets up to date (health, load, DNS); drain on shutdown."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from specdec.rpc.server import RunningServer, start_server
 from specdec.rpc.tolerant import add_tolerant
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
+from .addresses import parse_entries
 from .batcher import Scheduler
 from .config import CoordinatorConfig
 from .core import GenerationCore, Limits
@@ -24,6 +25,7 @@ from .faults import FaultPolicy
 from .http_server import HttpServer, start_http
 from .metrics import CoordinatorMetrics
 from .openai_api import OpenAIFrontEnd, create_app
+from .replicas import ReplicaSet
 from .servicer import GeneratorServicer
 from .upstream import DraftClient, TargetClient, check_compatible
 
@@ -36,8 +38,8 @@ HEALTH_INTERVAL_S = 1.0
 @dataclass
 class Coordinator:
     server: RunningServer
-    draft: DraftClient
-    target: TargetClient
+    draft: ReplicaSet
+    target: ReplicaSet
     core: GenerationCore
     watcher: asyncio.Task
     metrics_server: MetricsServer | None = None
@@ -77,19 +79,23 @@ class Coordinator:
 
 async def watch_upstreams(server: RunningServer, core: GenerationCore,
                           metrics: CoordinatorMetrics, interval_s: float = HEALTH_INTERVAL_S):
-    """The coordinator is SERVING while the target is; a missing draft only degrades it."""
+    """Refresh both replica sets every interval_s. The coordinator is SERVING while some
+    target replica is in rotation; no draft replica only degrades it (target-only rounds)."""
     serving: dict[str, bool] = {"draft": True, "target": True}
     while True:
-        for client in (core.target, core.draft):
-            ok = await client.healthy(interval_s)
-            metrics.upstream_healthy.labels(client.role).set(int(ok))
-            if ok != serving[client.role]:
-                serving[client.role] = ok
+        await asyncio.gather(core.draft.refresh(), core.target.refresh())
+        for pool in (core.target, core.draft):
+            ok = pool.available
+            metrics.upstream_healthy.labels(pool.role).set(int(ok))
+            for state, n in pool.counts().items():
+                metrics.upstream_replicas.labels(pool.role, state).set(n)
+            if ok != serving[pool.role]:
+                serving[pool.role] = ok
                 (log.info if ok else log.warning)(
-                    "upstream health changed", service=client.role, addr=client.addr,
-                    serving=ok, effect=("none" if ok else "NOT_SERVING" if client.role ==
+                    "upstream health changed", service=pool.role, replicas=pool.describe(),
+                    serving=ok, effect=("none" if ok else "NOT_SERVING" if pool.role ==
                                         "target" else "degraded: target-only rounds"))
-                if client.role == "target":
+                if pool.role == "target":
                     core.target_serving = ok
                     if not core.draining:
                         await server.set_serving(ok)
@@ -97,15 +103,34 @@ async def watch_upstreams(server: RunningServer, core: GenerationCore,
 
 
 async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
-    """Wait for both services, check they are compatible, then serve. Raises SpecdecError
-    (FailedPrecondition for an incompatible pair, Unavailable for an unreachable service)."""
-    draft = DraftClient(cfg.draft, cfg.rpc_timeout_s,
-                        cfg.draft_timeout_ms / 1e3 if cfg.draft_timeout_ms > 0 else None)
-    target = TargetClient(cfg.target, cfg.rpc_timeout_s)
+    """Wait for a replica of each tier, check they are compatible, then serve. Raises
+    SpecdecError (FailedPrecondition for an incompatible pair, Unavailable for a tier without
+    a serving replica, InvalidArgument for a malformed address)."""
+    scheduler = Scheduler([]) if cfg.schedule == "lockstep" else None
+    metrics = CoordinatorMetrics(CollectorRegistry())
+
+    def added(client) -> None:
+        client.on_error = metrics.upstream_error
+        if scheduler is not None:
+            # The draft's opens and closes stay out of the lockstep rounds: a draft that hangs
+            # must not hold up the target's calls for longer than one Propose budget.
+            scheduler.add([client.proposals, client.probs] if isinstance(client, DraftClient)
+                          else client.batchers)
+
+    def removed(client) -> None:
+        if scheduler is not None:
+            scheduler.remove(client.batchers)
+
+    draft_timeout = cfg.draft_timeout_ms / 1e3 if cfg.draft_timeout_ms > 0 else None
+    draft = ReplicaSet("draft", parse_entries(cfg.draft),
+                       lambda addr: DraftClient(addr, cfg.rpc_timeout_s, draft_timeout),
+                       cfg.resolve_interval_s, on_added=added, on_removed=removed)
+    target = ReplicaSet("target", parse_entries(cfg.target),
+                        lambda addr: TargetClient(addr, cfg.rpc_timeout_s),
+                        cfg.resolve_interval_s, on_added=added, on_removed=removed)
     try:
-        await asyncio.gather(draft.wait_serving(cfg.connect_timeout_s),
-                             target.wait_serving(cfg.connect_timeout_s))
-        draft_info, target_info = await asyncio.gather(draft.info(), target.info())
+        draft_info, target_info = await asyncio.gather(draft.start(cfg.connect_timeout_s),
+                                                       target.start(cfg.connect_timeout_s))
         check_compatible(draft_info.model, target_info.model)
         if tokenizer is None:
             tokenizer = await asyncio.to_thread(
@@ -126,12 +151,6 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
         max_context=min(draft_info.model.max_context_length,
                         target_info.model.max_context_length),
         target_context=target_info.model.max_context_length)
-    # The draft's opens and closes stay out of the lockstep rounds: a draft that hangs must
-    # not hold up the target's calls for longer than one Propose budget.
-    scheduler = (Scheduler([draft.proposals, draft.probs, *target.batchers])
-                 if cfg.schedule == "lockstep" else None)
-    metrics = CoordinatorMetrics(CollectorRegistry())
-    draft.on_error = target.on_error = metrics.upstream_error
     policy = FaultPolicy(target_retry_s=cfg.target_retry_s)
     core = GenerationCore(draft, target, tokenizer, set(target_info.model.eos_token_ids),
                           limits, scheduler, policy, metrics)
@@ -149,7 +168,7 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
         http = await start_http(app, cfg.host, cfg.http_port)
     await server.set_serving(True)
     watcher = asyncio.create_task(watch_upstreams(server, core, metrics))
-    log.info("serving", port=server.port, draft=cfg.draft, target=cfg.target,
+    log.info("serving", port=server.port, draft=draft.addrs, target=target.addrs,
              draft_model=draft_info.model.model_name, target_model=target_info.model.model_name,
              max_k=limits.max_k, schedule=cfg.schedule,
              metrics_port=metrics_server.port if metrics_server else None,

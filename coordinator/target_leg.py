@@ -43,9 +43,9 @@ class Verified:
 class TargetLeg(Leg):
     """The target session of one generation (see the module docstring)."""
 
-    def __init__(self, client, session_id: str, sampling, max_tokens: int, deadline: Deadline,
+    def __init__(self, pool, session_id: str, sampling, max_tokens: int, deadline: Deadline,
                  stats: Stats, policy: FaultPolicy):
-        super().__init__(client, session_id, sampling, max_tokens, deadline, stats)
+        super().__init__(pool, session_id, sampling, max_tokens, deadline, stats)
         self.policy = policy
         self.position = 0
 
@@ -63,17 +63,44 @@ class TargetLeg(Leg):
             return await asyncio.wait_for(awaitable, max(0.0, left - DEADLINE_RESERVE_S))
         except TimeoutError:
             raise NoAnswer("DEADLINE_EXCEEDED",
-                           f"target service at {self.client.addr}: no answer before the "
-                           f"request's deadline") from None
+                           f"{self.where}: no answer before the request's deadline") from None
 
     async def open(self, history: list[int]) -> None:
-        """Open the session; while the target is unreachable, retry as _recover does."""
+        """Open the session; a replica without room (RESOURCE_EXHAUSTED) passes it to the
+        next one; while the target is unreachable, retry as _recover does."""
+        full: frozenset = frozenset()
+        while True:
+            try:
+                await self._open(history, self._bounded, avoid=full)
+                break
+            except UpstreamError as e:
+                if e.code == "RESOURCE_EXHAUSTED" and self.client is not None and \
+                        len(full) + 1 < len(self.pool.replicas):
+                    full |= {self.client}
+                    self._abandon()
+                    continue
+                self._check_recoverable(e)
+                await self._recover(history, e)
+                break
+        self.position = len(history)
+
+    async def move_if_draining(self, history: list[int]) -> None:
+        """At a round's start: if the session's replica drains (or left) and another is in
+        rotation, re-open the session there from the history (exact: no round is open)."""
+        if self.session_id is None or not self.pool.should_move(self.client):
+            return
+        old = self.client
+        log.info("target replica drains; moving the session", replica=old.addr,
+                 tokens=len(history))
+        self._abandon()
         try:
-            await self._open(history, self._bounded)
+            await self._open(history, self._bounded, avoid=frozenset({old}))
         except UpstreamError as e:
             self._check_recoverable(e)
             await self._recover(history, e)
         self.position = len(history)
+        self.stats.target_reopens += 1
+        log.info("target session moved", session_id=self.session_id, replica=self.client.addr)
 
     @staticmethod
     def _check_recoverable(e: UpstreamError) -> None:
@@ -151,13 +178,17 @@ class TargetLeg(Leg):
                     error=str(cause), tokens=len(history))
         while True:
             self.deadline.check()
+            failed = self.client
+            if failed is not None and last.code != "NOT_FOUND":  # (NOT_FOUND: it restarted)
+                self.pool.report_failure(failed)
             self._abandon()
             try:
-                await self._open(history, self._bounded)
+                await self._open(history, self._bounded,
+                                 avoid=frozenset({failed}) if failed else frozenset())
                 self.position = len(history)
                 self.stats.target_reopens += self.incarnation > 0
                 log.info("target session re-opened", session_id=self.session_id,
-                         tokens=len(history))
+                         replica=self.client.addr, tokens=len(history))
                 return
             except UpstreamError as e:
                 if e.code not in TARGET_RECOVERABLE:
@@ -167,12 +198,12 @@ class TargetLeg(Leg):
             left = give_up - time.monotonic()
             if left <= 0:
                 raise Unavailable(
-                    f"target service at {self.client.addr} did not come back within "
+                    f"{self.where} did not come back within "
                     f"--target-retry-s {self.policy.target_retry_s:g}s: {last}") from None
             remaining = self.deadline.remaining()
             if remaining is not None and remaining < delay + 0.05:
                 raise Unavailable(
-                    f"target service at {self.client.addr} is unreachable and the request's "
+                    f"{self.where} is unreachable and the request's "
                     f"deadline leaves no time to wait for it: {last}") from None
             await asyncio.sleep(min(delay, left))
             delay = min(1.0, delay * 2)

@@ -76,6 +76,7 @@ class ServiceClient:
         self._close_request = close_request
         self._tasks: set[asyncio.Task] = set()
         self._batchers: list[Batcher] = []
+        self.sessions = 0  # sessions of this coordinator open (or opening) on this service
         self.opens = self._batcher("OpenSession", lambda items: open_request(items=items))
         self.closes = self._batcher("CloseSession", lambda ids: close_request(session_ids=ids))
 
@@ -128,22 +129,42 @@ class ServiceClient:
             batcher.max_items = max(1, info.max_batch_items)
         return info
 
+    async def try_info(self, timeout_s: float):
+        """GetInfo for health upkeep: None when it fails (not counted as an error); sizes the
+        batchers like info()."""
+        try:
+            info = await self.stub.GetInfo(self._info_request(), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return None
+        for batcher in self._batchers:
+            batcher.max_items = max(1, info.max_batch_items)
+        return info
+
+    @property
+    def busy(self) -> bool:
+        """Background calls (closes) still running, or items queued."""
+        return bool(self._tasks) or any(b.queue for b in self._batchers)
+
     async def open(self, session_id: str, prompt: list[int], sampling: SamplingParams,
                    max_tokens: int = 0):
         """Open (and prefill) one session, batched with concurrent opens.
         Returns (OpenSessionResult, the batch's reply)."""
+        self.sessions += 1  # (closing it, even after a failed open, counts it down)
         result, reply, _ = await self.submit(self.opens, common_pb2.OpenSessionItem(
             session_id=session_id, prompt_token_ids=prompt, sampling=sampling_to_pb(sampling),
             max_tokens=max_tokens))
         return result, reply
 
     async def close_session(self, session_id: str) -> None:
+        self.sessions -= 1
         await self.submit(self.closes, session_id)
 
     def close_later(self, session_id: str, give_up_s: float = 120.0) -> None:
         """Close a session without waiting, retrying with backoff (closing is idempotent)
         while the service is unreachable, for up to give_up_s; past that the service's
         session TTL is the backstop."""
+        self.sessions -= 1
+
         async def close():
             # A direct call, not through the batcher: in lockstep mode a call to a failing
             # service must not stall the calls of every other generation.

@@ -17,6 +17,18 @@ def env_name(flag: str) -> str:
     return "SPECDEC_" + flag.lstrip("-").upper().replace("-", "_")
 
 
+class JoinRepeated(argparse.Action):
+    """A repeatable flag whose values are joined with commas (`--x a --x b` = `--x a,b`);
+    flags given on the command line replace the environment's value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = f"_given_{self.dest}"
+        if getattr(namespace, seen, False):
+            values = f"{getattr(namespace, self.dest)},{values}"
+        setattr(namespace, seen, True)
+        setattr(namespace, self.dest, values)
+
+
 class EnvDefaultsParser(argparse.ArgumentParser):
     """ArgumentParser whose options default to SPECDEC_* environment variables.
 
@@ -27,7 +39,7 @@ class EnvDefaultsParser(argparse.ArgumentParser):
         var = env_name(flag)
         if var in os.environ:
             default = type(os.environ[var])
-        kw.setdefault("required", default is None and kw.get("action") is None)
+        kw.setdefault("required", default is None and kw.get("action") in (None, JoinRepeated))
         return self.add_argument(
             flag, default=default, type=type, help=f"{help} [env {var}; default: {default}]", **kw
         )

@@ -181,3 +181,34 @@ def test_image_dependencies_are_pinned_once():
         assert name.lower().replace("_", "-") in pins, f"{name} is not pinned in requirements.txt"
     torch_pin = re.search(r"TORCH_VERSION :?= (\S+)", (ROOT / "Makefile").read_text()).group(1)
     assert f"ARG TORCH_VERSION={torch_pin}" in (ROOT / "deploy/Dockerfile").read_text()
+
+
+def test_image_has_every_package_the_services_import():
+    """Every third-party module the serving code imports comes from a distribution the image
+    installs (a forgotten one would crash the container at start, not a test)."""
+    import ast
+    import sys
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    serve = {ln.strip().lower().replace("_", "-") for ln in
+             (ROOT / "deploy/requirements-serve.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")} | {"torch"}
+    local = {"coordinator", "draft_service", "target_service", "specdec"}
+    missing = set()
+    for package in local:
+        for path in (ROOT / package).rglob("*.py"):
+            if "_pb2" in path.name:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0
+                         and node.module else [])
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in local or top in sys.stdlib_module_names:
+                        continue
+                    found = {d.lower().replace("_", "-") for d in dists.get(top, [top])}
+                    if not found & serve:
+                        missing.add(f"{top} ({path.relative_to(ROOT)})")
+    assert not missing, f"not in deploy/requirements-serve.txt: {sorted(missing)}"
