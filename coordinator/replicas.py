@@ -116,9 +116,11 @@ class ReplicaSet:
     def pick(self, avoid: frozenset = frozenset()) -> ServiceClient:
         """The replica a new session should open on: in rotation, most room, not in `avoid`
         (clients that just failed this session) unless nothing else is in rotation. With
-        nothing in rotation, the least recently failed listed replica (its channel may
-        reconnect). Raises UpstreamError UNAVAILABLE when the tier has no usable replica."""
-        usable = [r for r in self.replicas.values() if not r.mismatch and r.listed]
+        nothing in rotation, the least recently failed listed replica that is not draining
+        (its channel may reconnect: a lone replica that restarts is found again).
+        Raises UpstreamError UNAVAILABLE when the tier has no usable replica."""
+        usable = [r for r in self.replicas.values()
+                  if r.listed and not r.mismatch and not r.draining]
         rotation = [r for r in usable if r.in_rotation]
         pool = ([r for r in rotation if r.client not in avoid] or rotation or
                 sorted(usable, key=lambda r: (r.client in avoid, r.failed_at))[:1])

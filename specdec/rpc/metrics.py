@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Forward-pass latencies from ~1 ms (tiny models, GPUs) to tens of seconds (long CPU prefills).
 FORWARD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -41,6 +41,9 @@ class ServiceMetrics:
         self.registry = registry
         self.sessions_active = Gauge("specdec_sessions_active", "Sessions alive now",
                                      registry=registry)
+        self.sessions_opened = Counter(
+            "specdec_sessions_opened", "Sessions opened (prefilled) on this replica",
+            registry=registry)
         self.kv_cache_reserved_bytes = Gauge(
             "specdec_kv_cache_reserved_bytes",
             "KV cache bytes the live sessions reserved (their max_tokens)", registry=registry)

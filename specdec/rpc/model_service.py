@@ -79,8 +79,9 @@ class ModelServicer:
         items = [OpenItem(i.session_id, list(i.prompt_token_ids), sampling_from_pb(i.sampling),
                           i.max_tokens) for i in request.items]
         outcomes, us = await self.timed(self.engine.open_many, items, op="prefill")
-        self.metrics.batch_sessions.labels("prefill").observe(
-            sum(o.error is None for o in outcomes))
+        opened = sum(o.error is None for o in outcomes)
+        self.metrics.batch_sessions.labels("prefill").observe(opened)
+        self.metrics.sessions_opened.inc(opened)
         return self.open_response(results=[
             common_pb2.OpenSessionResult(session_id=o.session_id, position=o.position,
                                          **item_status(o.error)) for o in outcomes],
