@@ -115,8 +115,8 @@ def test_every_service_runs_a_real_entrypoint_with_flags_it_accepts(variant, req
             if var.startswith("SPECDEC_"):
                 monkeypatch.delenv(var)
     coord = doc["services"]["coordinator"]["environment"]
-    assert coord["SPECDEC_DRAFT"] == f"draft:{ports['draft']}"
-    assert coord["SPECDEC_TARGET"] == f"target:{ports['target']}"
+    assert coord["SPECDEC_DRAFT"] == f"dns:///draft:{ports['draft']}"
+    assert coord["SPECDEC_TARGET"] == f"dns:///target:{ports['target']}"
     assert doc["services"]["coordinator"]["ports"] == [
         f"50050:{ports['coordinator']}", f"8000:{http_ports['coordinator']}",
         f"9090:{metrics_ports['coordinator']}"]

@@ -46,10 +46,10 @@ def reference(services):
             for p in ("def", "class")}
 
 
-def health(addr: str) -> int:
+def health(addr: str, service: str = "") -> int:
     with grpc.insecure_channel(addr) as ch:
-        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
-                                                    timeout=5).status
+        return health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
 def stream_with_fault(services, req, fault, after_tokens=3, timeout_s=90):
@@ -127,6 +127,8 @@ def test_target_that_never_comes_back_gives_unavailable_within_the_deadline(serv
         assert time.monotonic() - started < 4.5
         assert wait_until(lambda: health(services.addr) ==
                           health_pb2.HealthCheckResponse.NOT_SERVING, timeout=3)
+        # not ready, but alive: a liveness probe must not restart it for its target's outage
+        assert health(services.addr, "liveness") == health_pb2.HealthCheckResponse.SERVING
     finally:
         services.proxies["target"].upstream_port = services.start_model("target").port
     assert wait_until(lambda: health(services.addr) == health_pb2.HealthCheckResponse.SERVING,

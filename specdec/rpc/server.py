@@ -23,6 +23,12 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# Health service name that reports SERVING while the process answers at all (Kubernetes
+# liveness), unlike "" and the API's name, which follow readiness (model loaded, upstreams
+# reachable, not draining). Only graceful shutdown turns it NOT_SERVING.
+LIVENESS = "liveness"
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -60,6 +66,7 @@ async def start_server(host: str, port: int, register: Callable[[grpc.aio.Server
     await server.start()
     running = RunningServer(server, bound, health_servicer, service_names)
     await running.set_serving(False)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     return running
 
 
