@@ -56,6 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--target", help="target model (overrides --pair)")
     p.add_argument("--dtype", help="both models' dtype (default: the pair's)")
     p.add_argument("--draft-dtype", help="the draft's dtype, when it differs")
+    p.add_argument("--draft-quantization", default="none", choices=["none", "int8", "int4"],
+                   help="the draft service's --quantization (weight-only)")
+    p.add_argument("--target-quantization", default="none", choices=["none", "int8", "int4"],
+                   help="the target service's --quantization (weight-only)")
     p.add_argument("--ks", default="1,2,3,4,6,8")
     p.add_argument("--temps", default="0,0.7,1.0")
     p.add_argument("--top-p", type=float, default=1.0, help="top_p for sampled rows")
@@ -107,6 +111,8 @@ def record_base(args, plan: Plan, draft: str, target: str, dtype: str) -> dict:
     import transformers
     return {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "draft": draft, "target": target,
             "dtype": dtype, "draft_dtype": args.draft_dtype or dtype, "threads": args.threads,
+            "draft_quantization": args.draft_quantization,
+            "target_quantization": args.target_quantization,
             "max_new_tokens": plan.max_new_tokens, "machine": platform.platform(),
             "cpu": platform.processor() or platform.machine(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -171,7 +177,8 @@ def main(argv=None) -> int:
           f"{plan.max_new_tokens} new tokens", flush=True)
     stack = start_local_stack(draft, target, log_dir=args.out / "logs", dtype=dtype,
                               threads=args.threads,
-                              draft_dtype=args.draft_dtype or pair.draft_dtype)
+                              draft_dtype=args.draft_dtype or pair.draft_dtype,
+                              quantization=(args.draft_quantization, args.target_quantization))
     with (args.out / "bench.jsonl").open("w") as out:
         try:
             records = sweep(stack.addr, tokenizer, plan, base, out)

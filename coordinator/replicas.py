@@ -11,7 +11,7 @@ entries, health-checks and GetInfo's every replica:
   moved at their next round (legs re-open them elsewhere from the token history);
 - unavailable (no answer, NOT_SERVING) or recently failing a call: no new sessions until a
   health check passes again;
-- mismatched (another model, tokenizer, dtype or limits): never used, logged once.
+- mismatched (another model, tokenizer, dtype, quantization or limits): never used, logged once.
 
 Replicas that leave DNS stay until no session of this coordinator uses them, then close.
 """
@@ -39,13 +39,13 @@ RESOLVE_INTERVAL_S = 5.0
 def signature(info) -> tuple:
     """What every replica of a tier must agree on (a GetInfo reply)."""
     m = info.model
-    return (m.model_name, m.vocab_size, m.tokenizer_fingerprint, m.dtype, m.max_context_length,
-            tuple(sorted(m.eos_token_ids)), info.max_proposal_tokens)
+    return (m.model_name, m.vocab_size, m.tokenizer_fingerprint, m.dtype, m.quantization,
+            m.max_context_length, tuple(sorted(m.eos_token_ids)), info.max_proposal_tokens)
 
 
 def describe_mismatch(ref, info) -> str:
-    names = ("model", "vocab_size", "tokenizer", "dtype", "max_context_length", "eos_token_ids",
-             "max_proposal_tokens")
+    names = ("model", "vocab_size", "tokenizer", "dtype", "quantization", "max_context_length",
+             "eos_token_ids", "max_proposal_tokens")
     return ", ".join(f"{n} {b!r} (the tier's is {a!r})" for n, a, b in
                      zip(names, signature(ref), signature(info), strict=True) if a != b)
 

@@ -87,6 +87,7 @@ class ModelServiceConfig:
     log_format: str
     shutdown_grace_s: float = 30.0
     metrics_port: int = -1
+    quantization: str = "none"
 
 
 def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaultsParser:
@@ -97,6 +98,10 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
     p.add_option("--port", default=default_port, type=int, help="port to bind; 0 = any free")
     p.add_option("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                  help="weights' dtype; auto = bfloat16 on CUDA, float32 on CPU")
+    p.add_option("--quantization", default="none", choices=["none", "int8", "int4"],
+                 help="weight-only quantization of the linear layers (CPU): int8 or int4 "
+                      "weights, activations in --dtype; cheaper 1-token steps (a draft), "
+                      "costlier multi-token passes (docs/benchmarks.md)")
     p.add_option("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N")
     p.add_option("--threads", default=0, type=int, help="torch CPU threads; 0 = torch's default")
     p.add_option("--max-sessions", default=64, type=int,
@@ -128,4 +133,5 @@ def model_service_config(args: argparse.Namespace) -> ModelServiceConfig:
         max_cache_mb=args.max_cache_mb, cache_dir=args.cache_dir, warmup=bool(args.warmup),
         log_level=args.log_level, log_format=args.log_format,
         shutdown_grace_s=args.shutdown_grace_s, metrics_port=args.metrics_port,
+        quantization=args.quantization,
     )

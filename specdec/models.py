@@ -14,7 +14,9 @@ import structlog
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from .errors import InvalidArgument
 from .fetch import resolve_model_dir
+from .quantize import quantize
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +46,7 @@ class LoadedModel:
     max_context_length: int
     eos_token_ids: list[int]
     tokenizer_fingerprint: str
+    quantization: str = "none"  # weight-only scheme of the linear layers (specdec.quantize)
 
     @property
     def dtype_name(self) -> str:
@@ -105,7 +108,9 @@ def eos_token_ids(model: PreTrainedModel, tokenizer) -> list[int]:
 
 
 def load_model(spec: str, dtype: str = "auto", device: str = "auto",
-               cache_dir: str | None = None) -> LoadedModel:
+               cache_dir: str | None = None, quantization: str = "none") -> LoadedModel:
+    """Load a model and its tokenizer; quantization: "none", "int8" or "int4" weight-only
+    linear layers (specdec.quantize), applied after loading."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if dt == torch.bfloat16 and dev.type == "cpu" and not cpu_bf16_usable():
@@ -115,13 +120,21 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dt).to(dev).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     config = model.config.get_text_config()
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    if quantization != "none":
+        if dev.type != "cpu":
+            raise InvalidArgument(f"--quantization {quantization} runs on CPU only for now "
+                                  f"(device {dev})")
+        counts = quantize(model, quantization)
+        log.info("quantized", model=spec, scheme=quantization, **counts)
     return LoadedModel(
         name=spec,
         model=model,
         tokenizer=tokenizer,
         dtype=dt,
         device=dev,
-        vocab_size=model.get_output_embeddings().weight.shape[0],
+        vocab_size=vocab_size,
+        quantization=quantization,
         max_context_length=int(getattr(config, "max_position_embeddings", 2048)),
         eos_token_ids=eos_token_ids(model, tokenizer),
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),

@@ -29,8 +29,12 @@ def model_dirs(tmp_path_factory):
 def lms(model_dirs, tmp_path_factory):
     """Every tiny model, loaded through specdec's real loading path."""
     cache = str(tmp_path_factory.mktemp("cache"))
-    return {name: load_model(str(path), "float32", "cpu", cache)
-            for name, path in model_dirs.items()}
+    lms = {name: load_model(str(path), "float32", "cpu", cache)
+           for name, path in model_dirs.items()}
+    for scheme in ("int8", "int4"):  # weight-only quantized drafts (specdec.quantize)
+        lms[f"draft_perturbed_{scheme}"] = load_model(str(model_dirs["draft_perturbed"]),
+                                                      "float32", "cpu", cache, scheme)
+    return lms
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,8 @@ def test_target_only_k0_equals_generate(stacks, reference):
         assert stats["rounds"] == len(ids) and stats["proposed_draft_tokens"] == 0
 
 
-@pytest.mark.parametrize("draft", ["draft_unrelated", "draft_identical", "draft_perturbed"])
+@pytest.mark.parametrize("draft", ["draft_unrelated", "draft_identical", "draft_perturbed",
+                                   "draft_perturbed_int8", "draft_perturbed_int4"])
 def test_speculative_equals_generate(stacks, reference, draft):
     stack = stacks(draft)
     proposed = accepted = 0

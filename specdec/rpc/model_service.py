@@ -101,6 +101,7 @@ class ModelServicer:
         return common_pb2.ModelInfo(
             model_name=lm.name, vocab_size=lm.vocab_size,
             tokenizer_fingerprint=lm.tokenizer_fingerprint, dtype=lm.dtype_name,
+            quantization=lm.quantization,
             device=str(lm.device), max_context_length=lm.max_context_length,
             eos_token_ids=lm.eos_token_ids, max_sessions=e.sessions.max_sessions,
             live_sessions=len(e.sessions),
@@ -145,7 +146,8 @@ async def start_model_service(cfg: ModelServiceConfig, servicer: ModelServicer,
     server = await start_server(cfg.host, cfg.port, register, [service_name])
     log.info("listening; loading model", port=server.port, model=cfg.model)
     if lm is None:
-        lm = await servicer.worker.run(load_model, cfg.model, cfg.dtype, cfg.device, cfg.cache_dir)
+        lm = await servicer.worker.run(load_model, cfg.model, cfg.dtype, cfg.device,
+                                       cfg.cache_dir, cfg.quantization)
     engine = build_engine(lm)
     if cfg.warmup:
         await servicer.worker.run(engine.warmup)
@@ -154,6 +156,7 @@ async def start_model_service(cfg: ModelServiceConfig, servicer: ModelServicer,
     servicer.metrics_server = serve_metrics(cfg.host, cfg.metrics_port, servicer.metrics.registry)
     await server.set_serving(True)
     log.info("serving", port=server.port, model=lm.name, dtype=lm.dtype_name,
+             quantization=lm.quantization,
              device=str(lm.device), vocab_size=lm.vocab_size,
              metrics_port=servicer.metrics_server.port if servicer.metrics_server else None)
     return server

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17specdec/v1/common.proto\x12\nspecdec.v1\"\xa3\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x1a\n\x12max_context_length\x18\x06 \x01(\r\x12\x15\n\reos_token_ids\x18\x07 \x03(\r\x12\x14\n\x0cmax_sessions\x18\x08 \x01(\r\x12\x15\n\rlive_sessions\x18\t \x01(\r\x12\x1f\n\x17kv_cache_reserved_bytes\x18\n \x01(\x04\x12\x1d\n\x15kv_cache_budget_bytes\x18\x0b \x01(\x04\x12\x10\n\x08\x64raining\x18\x0c \x01(\x08\"Q\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\x81\x01\n\x0fOpenSessionItem\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\"X\n\x11OpenSessionResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08position\x18\x04 \x01(\r\"G\n\x12\x43loseSessionResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17specdec/v1/common.proto\x12\nspecdec.v1\"\xb9\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x1a\n\x12max_context_length\x18\x06 \x01(\r\x12\x15\n\reos_token_ids\x18\x07 \x03(\r\x12\x14\n\x0cmax_sessions\x18\x08 \x01(\r\x12\x15\n\rlive_sessions\x18\t \x01(\r\x12\x1f\n\x17kv_cache_reserved_bytes\x18\n \x01(\x04\x12\x1d\n\x15kv_cache_budget_bytes\x18\x0b \x01(\x04\x12\x10\n\x08\x64raining\x18\x0c \x01(\x08\x12\x14\n\x0cquantization\x18\r \x01(\t\"Q\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\x81\x01\n\x0fOpenSessionItem\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.specdec.v1.SamplingParams\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\"X\n\x11OpenSessionResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08position\x18\x04 \x01(\r\"G\n\x12\x43loseSessionResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'specdec.v1.common_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO']._serialized_start=40
-  _globals['_MODELINFO']._serialized_end=331
-  _globals['_SAMPLINGPARAMS']._serialized_start=333
-  _globals['_SAMPLINGPARAMS']._serialized_end=414
-  _globals['_OPENSESSIONITEM']._serialized_start=417
-  _globals['_OPENSESSIONITEM']._serialized_end=546
-  _globals['_OPENSESSIONRESULT']._serialized_start=548
-  _globals['_OPENSESSIONRESULT']._serialized_end=636
-  _globals['_CLOSESESSIONRESULT']._serialized_start=638
-  _globals['_CLOSESESSIONRESULT']._serialized_end=709
+  _globals['_MODELINFO']._serialized_end=353
+  _globals['_SAMPLINGPARAMS']._serialized_start=355
+  _globals['_SAMPLINGPARAMS']._serialized_end=436
+  _globals['_OPENSESSIONITEM']._serialized_start=439
+  _globals['_OPENSESSIONITEM']._serialized_end=568
+  _globals['_OPENSESSIONRESULT']._serialized_start=570
+  _globals['_OPENSESSIONRESULT']._serialized_end=658
+  _globals['_CLOSESESSIONRESULT']._serialized_start=660
+  _globals['_CLOSESESSIONRESULT']._serialized_end=731
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_name", "vocab_size", "tokenizer_fingerprint", "dtype", "device", "max_context_length", "eos_token_ids", "max_sessions", "live_sessions", "kv_cache_reserved_bytes", "kv_cache_budget_bytes", "draining")
+    __slots__ = ("model_name", "vocab_size", "tokenizer_fingerprint", "dtype", "device", "max_context_length", "eos_token_ids", "max_sessions", "live_sessions", "kv_cache_reserved_bytes", "kv_cache_budget_bytes", "draining", "quantization")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class ModelInfo(_message.Message):
     KV_CACHE_RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     vocab_size: int
     tokenizer_fingerprint: str
@@ -32,7 +33,8 @@ class ModelInfo(_message.Message):
     kv_cache_reserved_bytes: int
     kv_cache_budget_bytes: int
     draining: bool
-    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., max_context_length: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_sessions: _Optional[int] = ..., live_sessions: _Optional[int] = ..., kv_cache_reserved_bytes: _Optional[int] = ..., kv_cache_budget_bytes: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+    quantization: str
+    def __init__(self, model_name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., max_context_length: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_sessions: _Optional[int] = ..., live_sessions: _Optional[int] = ..., kv_cache_reserved_bytes: _Optional[int] = ..., kv_cache_budget_bytes: _Optional[int] = ..., draining: _Optional[bool] = ..., quantization: _Optional[str] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_k", "top_p", "seed")

@@ -1,0 +1,99 @@
+"""Weight-only int8 / int4 linear layers on torch's own CPU kernels.
+
+Every token step of a small model streams all its weights; with 8- or 4-bit weights it
+streams a half or a quarter of the bytes. torch's kernels dequantize per row of activations,
+so they pay off for few rows at a time (a draft's 1-token steps) and not for a target's
+(K+1)-token verify passes (docs/benchmarks.md).
+
+- int8: per output channel symmetric scales, `torch._weight_int8pack_mm`.
+- int4: groups of `group_size` input channels with a scale and zero point each (the
+  "tinygemm" layout of gpt-fast and torchao), `aten._weight_int4pack_mm_for_cpu`.
+
+Activations stay in the model's dtype. Layers whose shapes a kernel does not take stay as
+they are (counted in the returned summary). CPU only for now.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SCHEMES = ("none", "int8", "int4")
+INT4_GROUP_SIZES = (128, 64, 32)
+INT4_INNER_K_TILES = 2
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()                                   # [N, K]
+        scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127                   # [N]
+        self.register_buffer("qweight", torch.round(w / scales[:, None]).clamp(-128, 127)
+                             .to(torch.int8))
+        self.register_buffer("scales", scales.to(linear.weight.dtype))
+        self.bias = linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.qweight,
+                                      self.scales)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+def int4_group_size(k: int) -> int | None:
+    return next((g for g in INT4_GROUP_SIZES if k % g == 0), None)
+
+
+class Int4Linear(nn.Module):
+    def __init__(self, linear: nn.Linear, group_size: int):
+        super().__init__()
+        w = linear.weight.detach().float()                                   # [N, K]
+        n, k = w.shape
+        groups = w.reshape(-1, group_size)                                   # [N*K/G, G]
+        lo, hi = groups.amin(dim=1, keepdim=True), groups.amax(dim=1, keepdim=True)
+        scales = (hi - lo).clamp(min=1e-6) / 15
+        zeros = lo + scales * 8  # w = (q - 8) * scale + zero, q in [0, 15]
+        q = ((groups - lo) / scales).round().clamp(0, 15).to(torch.int32).reshape(n, k)
+        dtype = linear.weight.dtype
+        self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            q, INT4_INNER_K_TILES))
+        self.register_buffer("scales_and_zeros", torch.cat(
+            [scales.reshape(n, -1, 1), zeros.reshape(n, -1, 1)], dim=2)
+            .transpose(0, 1).contiguous().to(dtype))                         # [K/G, N, 2]
+        self.group_size = group_size
+        self.bias = linear.bias
+        self.in_features, self.out_features = k, n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.reshape(-1, self.in_features), self.qweight, self.group_size,
+            self.scales_and_zeros)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+def quantize(model: nn.Module, scheme: str) -> dict[str, int]:
+    """Replace the model's nn.Linear layers (the output head included) in place.
+    Returns {"quantized": n, "kept": m}."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"quantization {scheme!r}: expected one of {', '.join(SCHEMES)}")
+    counts = {"quantized": 0, "kept": 0}
+    if scheme == "none":
+        return counts
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name, linear in targets:
+        new = None
+        if linear.weight.device.type == "cpu":
+            if scheme == "int8":
+                new = Int8Linear(linear)
+            elif (g := int4_group_size(linear.in_features)) is not None and \
+                    linear.out_features % 8 == 0:
+                new = Int4Linear(linear, g)
+        if new is None:
+            counts["kept"] += 1
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        counts["quantized"] += 1
+    return counts

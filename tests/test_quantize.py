@@ -1,0 +1,71 @@
+"""Weight-only int8/int4 layers (specdec.quantize) against the matrix product of their own
+dequantized weights, and quantized models through the real loading path. End-to-end
+exactness with quantized drafts is in test_exactness.py."""
+
+import pytest
+import torch
+from torch import nn
+
+from specdec.models import load_model
+from specdec.quantize import Int4Linear, Int8Linear, quantize
+
+
+def dequantized_int8(layer: Int8Linear) -> torch.Tensor:
+    return layer.qweight.float() * layer.scales.float()[:, None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_layer_computes_with_its_dequantized_weights(dtype):
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 96, bias=True).to(dtype)
+    layer = Int8Linear(linear)
+    x = torch.randn(2, 3, 256, dtype=dtype)                                  # [B, T, K]
+    want = x.float() @ dequantized_int8(layer).t() + linear.bias.float()
+    got = layer(x)
+    assert got.shape == (2, 3, 96) and got.dtype == dtype
+    tol = 1e-4 if dtype == torch.float32 else 0.5
+    assert torch.allclose(got.float(), want, atol=tol)
+    if dtype == torch.float32:  # weights within half a quantization step of the originals
+        err = (dequantized_int8(layer) - linear.weight).abs().amax(dim=1)
+        assert (err <= layer.scales / 2 + 1e-6).all()
+
+
+def test_int4_layer_computes_with_its_dequantized_weights():
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 64, bias=False)
+    layer = Int4Linear(linear, group_size=64)
+    # dequantize through the kernel itself: multiply by the identity
+    eye = torch.eye(256)
+    w = layer(eye).t()                                                        # [N, K]
+    assert w.shape == linear.weight.shape
+    groups = linear.weight.reshape(-1, 64)
+    step = (groups.amax(1) - groups.amin(1)) / 15                            # [N*K/G]
+    err = (w - linear.weight).reshape(-1, 64).abs().amax(1)
+    assert (err <= step / 2 + 1e-5).all()  # each weight within half a quantization step
+    x = torch.randn(5, 256)
+    assert torch.allclose(layer(x), x @ w.t(), atol=1e-3)
+
+
+def test_quantize_replaces_linear_layers_and_keeps_what_the_kernels_do_not_take():
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 13))  # 13 % 8 != 0
+    counts = quantize(model, "int4")
+    assert counts == {"quantized": 1, "kept": 1}
+    assert isinstance(model[0], Int4Linear) and isinstance(model[2], nn.Linear)
+    with pytest.raises(ValueError, match="expected one of"):
+        quantize(model, "int3")
+
+
+@pytest.mark.parametrize("scheme, min_cosine", [("int8", 0.99), ("int4", 0.8)])
+def test_quantized_model_loads_and_approximates_the_original(model_dirs, tmp_path, scheme,
+                                                            min_cosine):
+    """A close approximation, not the same model (random tiny weights have no structure to
+    spare: int4 with one group per 64-wide row is rough here; acceptance on the real pair is
+    measured by `make bench`)."""
+    full = load_model(str(model_dirs["target"]), "float32", "cpu", str(tmp_path))
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3, 8, 9, 10, 11, 12, 13]])
+    ref = full.model(ids).logits[0]                                           # [T, V]
+    lm = load_model(str(model_dirs["target"]), "float32", "cpu", str(tmp_path), scheme)
+    assert lm.quantization == scheme and lm.vocab_size == full.vocab_size
+    assert any(isinstance(m, (Int8Linear, Int4Linear)) for m in lm.model.modules())
+    got = lm.model(ids).logits[0]
+    assert nn.functional.cosine_similarity(got, ref, dim=-1).min() >= min_cosine
