@@ -60,6 +60,8 @@ def parse_args(argv=None):
                    help="the draft service's --quantization (weight-only)")
     p.add_argument("--target-quantization", default="none", choices=["none", "int8", "int4"],
                    help="the target service's --quantization (weight-only)")
+    p.add_argument("--draft-min-confidence", type=float, default=0.0,
+                   help="the draft service's --min-confidence (early stop of a round)")
     p.add_argument("--ks", default="1,2,3,4,6,8")
     p.add_argument("--temps", default="0,0.7,1.0")
     p.add_argument("--top-p", type=float, default=1.0, help="top_p for sampled rows")
@@ -113,6 +115,7 @@ def record_base(args, plan: Plan, draft: str, target: str, dtype: str) -> dict:
             "dtype": dtype, "draft_dtype": args.draft_dtype or dtype, "threads": args.threads,
             "draft_quantization": args.draft_quantization,
             "target_quantization": args.target_quantization,
+            "draft_min_confidence": args.draft_min_confidence,
             "max_new_tokens": plan.max_new_tokens, "machine": platform.platform(),
             "cpu": platform.processor() or platform.machine(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -178,7 +181,9 @@ def main(argv=None) -> int:
     stack = start_local_stack(draft, target, log_dir=args.out / "logs", dtype=dtype,
                               threads=args.threads,
                               draft_dtype=args.draft_dtype or pair.draft_dtype,
-                              quantization=(args.draft_quantization, args.target_quantization))
+                              draft_args=("--quantization", args.draft_quantization,
+                                          "--min-confidence", str(args.draft_min_confidence)),
+                              target_args=("--quantization", args.target_quantization))
     with (args.out / "bench.jsonl").open("w") as out:
         try:
             records = sweep(stack.addr, tokenizer, plan, base, out)

@@ -33,7 +33,7 @@ class DraftServicer(ModelServicer, draft_pb2_grpc.DraftServiceServicer):
     def build_engine(self, lm: LoadedModel) -> DraftEngine:
         return DraftEngine(lm, self.cfg.max_sessions, self.cfg.session_ttl_s,
                            self.cfg.max_proposal_tokens, self.cfg.max_batch_items,
-                           self.cfg.max_cache_mb)
+                           self.cfg.max_cache_mb, min_confidence=self.cfg.min_confidence)
 
     @rpc_method
     async def GetInfo(self, request, context):

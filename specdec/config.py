@@ -88,6 +88,7 @@ class ModelServiceConfig:
     shutdown_grace_s: float = 30.0
     metrics_port: int = -1
     quantization: str = "none"
+    min_confidence: float = 0.0  # draft only
 
 
 def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaultsParser:
@@ -117,6 +118,12 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
                       "past it new sessions get RESOURCE_EXHAUSTED; 0 = no bound")
     p.add_option("--cache-dir", default=default_cache_dir(),
                  help="where fetched and converted models are kept")
+    if role == "draft":
+        p.add_option("--min-confidence", default=0.0, type=float,
+                     help="end a round's proposals early when the draft's most likely next "
+                          "token has probability below this (as Hugging Face's "
+                          "assistant_confidence_threshold, llama.cpp's --draft-p-min); the "
+                          "first proposal is always made; 0 = off")
     p.add_option("--warmup", default=1, type=int, choices=[0, 1],
                  help="run warm-up passes before reporting SERVING")
     add_operations_options(p, drain="refuse new sessions (UNAVAILABLE), and serve the live "
@@ -134,4 +141,5 @@ def model_service_config(args: argparse.Namespace) -> ModelServiceConfig:
         log_level=args.log_level, log_format=args.log_format,
         shutdown_grace_s=args.shutdown_grace_s, metrics_port=args.metrics_port,
         quantization=args.quantization,
+        min_confidence=getattr(args, "min_confidence", 0.0),
     )

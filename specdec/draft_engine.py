@@ -42,6 +42,15 @@ class _Run:
 class DraftEngine(Engine):
     role = "draft"
 
+    def __init__(self, *args, min_confidence: float = 0.0, **kwargs):
+        """min_confidence: end a proposal early, before step j >= 2, when the draft's most
+        likely next token has probability below this (0 = always propose num_tokens)."""
+        super().__init__(*args, **kwargs)
+        if not 0 <= min_confidence < 1:
+            raise InvalidArgument(f"--min-confidence must be in [0, 1), got {min_confidence}")
+        self.min_confidence = min_confidence
+        self.early_stops = 0  # proposals ended early by min_confidence
+
     def propose(self, items: list[ProposeItem]) -> tuple[list[ProposeOutcome], int]:
         """For each item: roll back to truncate_to, append tokens, propose num_tokens tokens
         (greedy or sampled). Step j of every item runs in one batched forward pass; items
@@ -104,18 +113,34 @@ class DraftEngine(Engine):
         while active:
             logits = self._forward([r.session for r in active], [1] * len(active))
             passes += 1
+            unsure = set()
             for r, row in zip(active, logits, strict=True):                  # row: [1, V]
                 s = r.session
-                if s.generator is None:
+                q = None if s.generator is None else warp(row, s.sampling)[0]  # [V]
+                if r.tokens and self._unsure(row[-1] if q is None else q, q is None):
+                    # Decided from q alone, before drawing: the proposals kept are still
+                    # draws from q, so the target's ratio rule stays exact.
+                    unsure.add(id(r))
+                    self.early_stops += 1
+                    continue
+                if q is None:
                     token = int(row[-1].argmax())
                 else:
-                    q = warp(row, s.sampling)[0]                              # [V]
                     token = sample(q, s.generator)
                     r.rows.append(q)
                 r.tokens.append(token)
                 s.tokens.append(token)
-            active = [r for r in active if len(r.tokens) < r.item.num_tokens]
+            active = [r for r in active
+                      if len(r.tokens) < r.item.num_tokens and id(r) not in unsure]
         return passes
+
+    def _unsure(self, row: torch.Tensor, logits: bool) -> bool:
+        """True when the draft's top probability at this step is below min_confidence.
+        row: [V] logits (greedy) or the warped distribution q (sampling)."""
+        if self.min_confidence <= 0:
+            return False
+        top = torch.softmax(row.float(), dim=-1).max() if logits else row.max()
+        return bool(top < self.min_confidence)
 
     def get_probs(self, session_id: str, position: int, index: int, token_ids: list[int],
                   all_tokens: bool) -> bytes:

@@ -84,11 +84,11 @@ def start_local_stack(draft_model: str, target_model: str, *, log_dir: Path,
                       ports: tuple[int, int, int] = (0, 0, 0), dtype: str = "float32",
                       threads: int = 0, cache_dir: str | None = None,
                       timeout_s: float = 1800, draft_dtype: str | None = None,
-                      http_port: int | None = None,
-                      quantization: tuple[str, str] = ("none", "none")) -> LocalStack:
+                      http_port: int | None = None, draft_args: tuple[str, ...] = (),
+                      target_args: tuple[str, ...] = ()) -> LocalStack:
     """Start draft, target, then the coordinator; return once all three serve.
     http_port: also serve the coordinator's OpenAI-compatible HTTP API (0 = any port).
-    quantization: the draft's and the target's --quantization."""
+    draft_args, target_args: more flags for the draft and the target service."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {"SPECDEC_THREADS": str(threads), "SPECDEC_DTYPE": dtype}
     if cache_dir:
@@ -98,7 +98,7 @@ def start_local_stack(draft_model: str, target_model: str, *, log_dir: Path,
         for name, model, port in (("draft", draft_model, ports[0]),
                                   ("target", target_model, ports[1])):
             extra = ["--dtype", draft_dtype] if name == "draft" and draft_dtype else []
-            extra += ["--quantization", quantization[0 if name == "draft" else 1]]
+            extra += list(draft_args if name == "draft" else target_args)
             stack.processes.append(spawn(name, f"{name}_service",
                                          ["--model", model, "--port", str(port), *extra],
                                          log_dir, env))

@@ -59,3 +59,22 @@ def test_speculative_equals_generate(stacks, reference, draft):
     elif draft == "draft_perturbed":
         assert 0.3 < rate < 0.95
     assert stack.live_sessions() == (0, 0)
+
+
+def test_early_stop_by_draft_confidence_keeps_greedy_output(stacks, reference):
+    """--min-confidence: rounds propose fewer tokens when the draft is unsure; output is
+    unchanged."""
+    stack = stacks("draft_perturbed")
+    engine = stack.draft[1].engine
+    proposed = {}
+    try:
+        for threshold in (0.0, 0.5):
+            engine.min_confidence = threshold
+            proposed[threshold] = 0
+            for prompt in PROMPTS:
+                ids, _, stats = run(stack, prompt, 8)
+                assert ids == reference[prompt], (threshold, prompt)
+                proposed[threshold] += stats["proposed_draft_tokens"]
+    finally:
+        engine.min_confidence = 0.0
+    assert proposed[0.5] < proposed[0.0], proposed  # rounds did stop early

@@ -92,6 +92,29 @@ def test_first_two_tokens_have_the_targets_exact_distribution(small, loop, setti
     assert chi_square_p_value(pooled, joint) > 0.01
 
 
+def test_early_stop_by_draft_confidence_keeps_the_distribution(small, loop):
+    """--min-confidence ends a round's proposals when the draft is unsure. The decision is
+    made from q before drawing, so every proposal kept is still a draw from q."""
+    lms, stack = small
+    params = SETTINGS["t1.0"]
+    joint = exact_joint(lms["small_target"], PROMPT, params)
+    engine = stack.draft[1].engine
+    engine.min_confidence, before = 0.3, engine.early_stops
+    try:
+        reqs = [request(params, 3, seed, max_new_tokens=4) for seed in range(SAMPLES)]
+        results = loop.run(generate_all(stack.addr, reqs, concurrency=96), timeout=600)
+    finally:
+        engine.min_confidence = 0.0
+    stops = engine.early_stops - before
+    rounds = sum(stats.rounds - stats.draft_fallback_rounds for _, stats in results)
+    counts = joint_counts([tuple(ids) for ids, _ in results], joint.shape[0])
+    p_value = chi_square_p_value(counts, joint)
+    print(f"early stop (min confidence 0.3, K=3): {stops} of {rounds} rounds ended early; "
+          f"chi-square p = {p_value:.4f}")
+    assert 0 < stops < rounds  # the stop really happened, and not always
+    assert p_value > 0.01
+
+
 def test_the_distribution_holds_while_services_fail(small, loop):
     """The same check through a coordinator whose links to the draft and the target are cut
     at random, and whose target loses every session now and then (as in a restart), while
