@@ -56,8 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--target", help="target model (overrides --pair)")
     p.add_argument("--dtype", help="both models' dtype (default: the pair's)")
     p.add_argument("--draft-dtype", help="the draft's dtype, when it differs")
-    p.add_argument("--draft-quantization", default="none", choices=["none", "int8", "int4"],
-                   help="the draft service's --quantization (weight-only)")
+    p.add_argument("--draft-quantization", choices=["none", "int8", "int4"],
+                   help="the draft service's --quantization (weight-only; default: the pair's, "
+                        "int4 for the Qwen pair)")
     p.add_argument("--target-quantization", default="none", choices=["none", "int8", "int4"],
                    help="the target service's --quantization (weight-only)")
     p.add_argument("--draft-min-confidence", type=float, default=0.0,
@@ -169,6 +170,7 @@ def main(argv=None) -> int:
     pair = PAIRS[args.pair]
     draft, target = args.draft or pair.draft, args.target or pair.target
     dtype = args.dtype or pair.dtype
+    args.draft_quantization = args.draft_quantization or pair.draft_quantization
     torch.set_num_threads(args.threads)
     for model in (draft, target):
         resolve_model_dir(model, default_cache_dir())

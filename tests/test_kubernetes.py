@@ -177,9 +177,11 @@ def test_gpu_base_requests_one_gpu_per_model_replica_and_the_cpu_overlay_none(va
         if kind == "base":
             assert gpus == [1, 1] and env["SPECDEC_DEVICE"] == "cuda"
             assert c["image"] == "specdec:cuda"
+            assert "SPECDEC_QUANTIZATION" not in env  # CPU kernels only
         else:
             assert gpus == [None, None] and env["SPECDEC_DEVICE"] == "cpu"
             assert "tolerations" not in spec and c["image"] == "specdec:cpu"
+            assert env.get("SPECDEC_QUANTIZATION") == ("int4" if name == "draft" else None)
     assert "nvidia.com/gpu" not in str(pod(docs, "coordinator"))
 
 

@@ -43,6 +43,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (per problem: seed + i)")
     p.add_argument("--dtype", default="bfloat16", help="bfloat16 (fast on CPU) or float32")
     p.add_argument("--threads", type=int, default=2, help="torch threads per service")
+    p.add_argument("--draft-quantization", default="int4", choices=["none", "int8", "int4"],
+                   help="the draft's weight-only quantization (CPU kernels)")
     p.add_argument("--out", type=Path, default=Path("results"))
     args = p.parse_args()
     configure_logging("info", "console")
@@ -51,10 +53,12 @@ def main() -> int:
           flush=True)
     for model in (args.draft, args.target):
         resolve_model_dir(model, default_cache_dir())
-    print(f"[2/3] starting draft, target and coordinator ({args.dtype}, {args.threads} threads "
-          f"each; logs in {args.out}/logs/) ...", flush=True)
+    print(f"[2/3] starting draft ({args.draft_quantization} weights), target and coordinator "
+          f"({args.dtype}, {args.threads} threads each; logs in {args.out}/logs/) ...",
+          flush=True)
     stack = start_local_stack(args.draft, args.target, log_dir=args.out / "logs",
-                              dtype=args.dtype, threads=args.threads, http_port=0)
+                              dtype=args.dtype, threads=args.threads, http_port=0,
+                              draft_args=("--quantization", args.draft_quantization))
     greedy = args.temperature == 0
     try:
         problems = list(read_problems().values())[args.problem:args.problem + args.problems]
@@ -103,6 +107,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "draft": args.draft,
               "target": args.target, "dtype": args.dtype, "threads": args.threads,
+              "draft_quantization": args.draft_quantization,
               "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
               "seed": args.seed, "k": args.k, "identical": identical if greedy else None,
               "speedup": speedup, "summary": {str(args.k): spec, "0": base},
