@@ -133,6 +133,8 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--dtype", default=None, help="default: float32 (tiny), bfloat16 (qwen)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per service")
+    p.add_argument("--draft-quantization", choices=["none", "int8", "int4"],
+                   help="the draft's --quantization; default: int4 (qwen), none (tiny)")
     p.add_argument("--out", type=Path, default=Path("results"))
     args = p.parse_args()
     sessions = [int(x) for x in args.sessions.split(",")]
@@ -142,8 +144,9 @@ def main() -> int:
     dtype = args.dtype or ("float32" if args.pair == "tiny" else "bfloat16")
     draft, target = models_for(args.pair)
     prompts = prompts_for(args.pair, max(sessions))
+    quantization = args.draft_quantization or ("none" if args.pair == "tiny" else "int4")
     stack = start_local_stack(draft, target, log_dir=args.out / "logs", dtype=dtype,
-                              threads=args.threads)
+                              threads=args.threads, draft_args=("--quantization", quantization))
     try:
         rows = [row for k in ks for row in measure(stack.addr, prompts, k, sessions,
                                                    args.max_new_tokens)]
@@ -151,7 +154,8 @@ def main() -> int:
         stack.stop()
     names = ("tests/tiny_models.py draft_perturbed", "target") if args.pair == "tiny" \
         else (draft, target)
-    header = (f"Pair `{args.pair}` ({names[0]} → {names[1]}), {dtype}, {args.threads} torch "
+    header = (f"Pair `{args.pair}` ({names[0]} → {names[1]}), {dtype}, draft weights "
+              f"{quantization}, {args.threads} torch "
               f"threads per service, {args.max_new_tokens} new tokens per request, greedy, "
               f"prompts {'tests/tiny_models.PROMPTS' if args.pair == 'tiny' else 'HumanEval/0-15'}"
               f"; {os.cpu_count()}-CPU {platform.machine()} host ({platform.platform()})")
@@ -160,7 +164,8 @@ def main() -> int:
     (args.out / f"bench_concurrency_{args.pair}.md").write_text(md)
     (args.out / f"bench_concurrency_{args.pair}.json").write_text(json.dumps(
         {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "pair": args.pair, "draft": draft,
-         "target": target, "dtype": dtype, "threads": args.threads,
+         "target": target, "dtype": dtype, "draft_quantization": quantization,
+         "threads": args.threads,
          "max_new_tokens": args.max_new_tokens, "torch": torch.__version__,
          "machine": platform.platform(), "rows": rows}, indent=1))
     print("\n" + md)

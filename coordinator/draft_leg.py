@@ -50,9 +50,11 @@ class DraftLeg(Leg):
             self._lost(e)
             return
 
+        length = len(history)  # (history grows while the open runs)
+
         async def reopen():
             _, reply = await call
-            return sid, len(history), reply
+            return sid, length, reply
         self._reopening = asyncio.get_running_loop().create_task(reopen())
         self.pool.keep_task(self._reopening)
         self._reopening_id, self._reopening_client = sid, client

@@ -9,8 +9,12 @@ so they pay off for few rows at a time (a draft's 1-token steps) and not for a t
 - int4: groups of `group_size` input channels with a scale and zero point each (the
   "tinygemm" layout of gpt-fast and torchao), `aten._weight_int4pack_mm_for_cpu`.
 
-Activations stay in the model's dtype. Layers whose shapes a kernel does not take stay as
-they are (counted in the returned summary). CPU only for now.
+Activations stay in the model's dtype. Passes of more than SMALL_ROWS rows (a prefill, a
+large batch) use the original weights, which each layer keeps: there the low-bit kernels are
+slower than a plain matrix product (measured crossover: 4-5 rows), and a 150-token prefill
+would cost ~150 single steps. So quantization speeds up small passes and costs memory (the
+low-bit copy on top of the original). Layers whose shapes a kernel does not take stay as they
+are (counted in the returned summary). CPU only for now.
 """
 
 from __future__ import annotations
@@ -21,33 +25,48 @@ from torch import nn
 SCHEMES = ("none", "int8", "int4")
 INT4_GROUP_SIZES = (128, 64, 32)
 INT4_INNER_K_TILES = 2
+SMALL_ROWS = 4  # passes of at most this many rows use the low-bit kernels
 
 
-class Int8Linear(nn.Module):
+class _LowBit(nn.Module):
+    """Keeps the original layer for passes of many rows."""
+
     def __init__(self, linear: nn.Linear):
         super().__init__()
+        self.dense = linear
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] > SMALL_ROWS:
+            return self.dense(x)
+        y = self.low_bit(rows).reshape(*x.shape[:-1], self.out_features)
+        return y if self.dense.bias is None else y + self.dense.bias
+
+    def low_bit(self, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Int8Linear(_LowBit):
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
         w = linear.weight.detach().float()                                   # [N, K]
         scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127                   # [N]
         self.register_buffer("qweight", torch.round(w / scales[:, None]).clamp(-128, 127)
                              .to(torch.int8))
         self.register_buffer("scales", scales.to(linear.weight.dtype))
-        self.bias = linear.bias
-        self.in_features, self.out_features = linear.in_features, linear.out_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features), self.qweight,
-                                      self.scales)
-        y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+    def low_bit(self, rows: torch.Tensor) -> torch.Tensor:                  # [M, K] -> [M, N]
+        return torch._weight_int8pack_mm(rows, self.qweight, self.scales)
 
 
 def int4_group_size(k: int) -> int | None:
     return next((g for g in INT4_GROUP_SIZES if k % g == 0), None)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_LowBit):
     def __init__(self, linear: nn.Linear, group_size: int):
-        super().__init__()
+        super().__init__(linear)
         w = linear.weight.detach().float()                                   # [N, K]
         n, k = w.shape
         groups = w.reshape(-1, group_size)                                   # [N*K/G, G]
@@ -62,15 +81,10 @@ class Int4Linear(nn.Module):
             [scales.reshape(n, -1, 1), zeros.reshape(n, -1, 1)], dim=2)
             .transpose(0, 1).contiguous().to(dtype))                         # [K/G, N, 2]
         self.group_size = group_size
-        self.bias = linear.bias
-        self.in_features, self.out_features = k, n
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x.reshape(-1, self.in_features), self.qweight, self.group_size,
-            self.scales_and_zeros)
-        y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+    def low_bit(self, rows: torch.Tensor) -> torch.Tensor:                  # [M, K] -> [M, N]
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            rows, self.qweight, self.group_size, self.scales_and_zeros)
 
 
 def quantize(model: nn.Module, scheme: str) -> dict[str, int]:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from specdec.models import load_model
-from specdec.quantize import Int4Linear, Int8Linear, quantize
+from specdec.quantize import SMALL_ROWS, Int4Linear, Int8Linear, quantize
 
 
 def dequantized_int8(layer: Int8Linear) -> torch.Tensor:
@@ -19,10 +19,10 @@ def test_int8_layer_computes_with_its_dequantized_weights(dtype):
     torch.manual_seed(0)
     linear = nn.Linear(256, 96, bias=True).to(dtype)
     layer = Int8Linear(linear)
-    x = torch.randn(2, 3, 256, dtype=dtype)                                  # [B, T, K]
+    x = torch.randn(2, 2, 256, dtype=dtype)                    # [B, T, K]: 4 rows, low-bit
     want = x.float() @ dequantized_int8(layer).t() + linear.bias.float()
     got = layer(x)
-    assert got.shape == (2, 3, 96) and got.dtype == dtype
+    assert got.shape == (2, 2, 96) and got.dtype == dtype
     tol = 1e-4 if dtype == torch.float32 else 0.5
     assert torch.allclose(got.float(), want, atol=tol)
     if dtype == torch.float32:  # weights within half a quantization step of the originals
@@ -36,14 +36,26 @@ def test_int4_layer_computes_with_its_dequantized_weights():
     layer = Int4Linear(linear, group_size=64)
     # dequantize through the kernel itself: multiply by the identity
     eye = torch.eye(256)
-    w = layer(eye).t()                                                        # [N, K]
+    w = layer.low_bit(eye).t()                                                # [N, K]
     assert w.shape == linear.weight.shape
     groups = linear.weight.reshape(-1, 64)
     step = (groups.amax(1) - groups.amin(1)) / 15                            # [N*K/G]
     err = (w - linear.weight).reshape(-1, 64).abs().amax(1)
     assert (err <= step / 2 + 1e-5).all()  # each weight within half a quantization step
-    x = torch.randn(5, 256)
+    x = torch.randn(SMALL_ROWS, 256)
     assert torch.allclose(layer(x), x @ w.t(), atol=1e-3)
+
+
+@pytest.mark.parametrize("make", [Int8Linear, lambda lin: Int4Linear(lin, 64)])
+def test_passes_of_many_rows_use_the_original_weights(make):
+    """Low-bit kernels do not amortize across rows: a prefill runs on the kept original."""
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 64)
+    layer = make(linear)
+    many = torch.randn(1, SMALL_ROWS + 1, 128)
+    assert torch.equal(layer(many), linear(many))
+    few = many[:, :SMALL_ROWS]
+    assert not torch.equal(layer(few), linear(few))  # the quantized path
 
 
 def test_quantize_replaces_linear_layers_and_keeps_what_the_kernels_do_not_take():
