@@ -76,9 +76,10 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
 
         while True:
             # Sessions on a draining replica move at a round boundary (nothing is in flight).
-            await tgt.move_if_draining(history)
-            if dft is not None:
-                dft.move_if_draining()
+            if tgt.should_move:
+                await tgt.move(history)
+            if dft is not None and dft.should_move:
+                dft.move()
             # A round yields up to k + 1 tokens; never propose past max_new_tokens.
             k = min(params.k, params.max_new_tokens - stats.generated_tokens - 1)
             proposals, probs = await dft.propose(history, k) if dft and k > 0 else ([], [])

@@ -77,14 +77,13 @@ class DraftLeg(Leg):
                  replica=self.client.addr, tokens=length, after=self.reason)
         self.reason = ""
 
-    def move_if_draining(self) -> None:
-        """At a round's start: if the session's replica drains (or left) and another is in
-        rotation, leave it; rounds run target-only until a session re-opens elsewhere."""
-        if self.session_id is not None and self.pool.should_move(self.client):
-            log.info("draft replica drains; moving the session", replica=self.client.addr)
-            self.reason = "replica_draining"
-            self._abandon()
-            self.backoff.reset()
+    def move(self) -> None:
+        """Leave the session's replica (called when should_move); rounds run target-only
+        until a session re-opens elsewhere."""
+        log.info("draft replica drains; moving the session", replica=self.client.addr)
+        self.reason = "replica_draining"
+        self._abandon()
+        self.backoff.reset()
 
     async def propose(self, history: list[int], k: int) -> tuple[list[int], list[float]]:
         """K proposals and q of each; ([], []) when the draft is missing (a fallback round)."""

@@ -75,6 +75,12 @@ class Leg:
         _, reply = await (bound or self.deadline.bound)(call)
         self._add_time(reply.compute_time_us)
 
+    @property
+    def should_move(self) -> bool:
+        """The session's replica drains (or left) and another is in rotation: move it at
+        this round boundary."""
+        return self.session_id is not None and self.pool.should_move(self.client)
+
     def _abandon(self) -> None:
         """Leave the current session (closed in the background); the next gets a new id."""
         if self.session_id is not None:

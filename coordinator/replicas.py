@@ -127,9 +127,9 @@ class ReplicaSet:
         if not pool:
             raise UpstreamError("UNAVAILABLE", f"no {self.role} replica is available "
                                                f"({self.describe()})")
-        # ties (equal room and load) go round-robin
-        turn, order = next(self._turn), list(self.replicas)
-        best = max(pool, key=lambda r: (r.room(), -((order.index(r.addr) - turn) % len(order))))
+        # ties (equal room and load) go round-robin: rotate the candidates each pick
+        turn = next(self._turn) % len(pool)
+        best = max(pool[turn:] + pool[:turn], key=Replica.room)
         best.placed += 1
         return best.client
 
@@ -198,7 +198,8 @@ class ReplicaSet:
             first = next((r for r in self.replicas.values() if r.serving and r.info), None)
             if first is not None:
                 self.reference = first.info
-                await asyncio.gather(*(self._check(r) for r in self.replicas.values()))
+                for r in self.replicas.values():
+                    self._judge(r)
         await self._retire()
 
     async def _resolve(self) -> None:
@@ -230,17 +231,22 @@ class ReplicaSet:
         r.draining = bool(info is not None and info.model.draining)
         if info is not None:
             r.info, r.placed = info, 0
-            if self.reference is not None and not r.mismatch and \
-                    signature(info) != signature(self.reference):
-                r.mismatch = describe_mismatch(self.reference, info)
-                log.error("replica refused: it does not serve the tier's model; the others "
-                          "keep serving", service=self.role, addr=r.addr, differs=r.mismatch)
+            self._judge(r)
         if serving:
             r.checked_at = time.monotonic()
         if r.state != before:
             (log.info if r.state == "serving" else log.warning)(
                 "replica state changed", service=self.role, addr=r.addr, state=r.state,
                 was=before)
+
+    def _judge(self, r: Replica) -> None:
+        """Refuse r for good if its last GetInfo disagrees with the tier's reference."""
+        if self.reference is None or r.info is None or r.mismatch:
+            return
+        if signature(r.info) != signature(self.reference):
+            r.mismatch = describe_mismatch(self.reference, r.info)
+            log.error("replica refused: it does not serve the tier's model; the others "
+                      "keep serving", service=self.role, addr=r.addr, differs=r.mismatch)
 
     async def _retire(self) -> None:
         """Close replicas that left the list once this coordinator has no session there

@@ -84,11 +84,9 @@ class TargetLeg(Leg):
                 break
         self.position = len(history)
 
-    async def move_if_draining(self, history: list[int]) -> None:
-        """At a round's start: if the session's replica drains (or left) and another is in
-        rotation, re-open the session there from the history (exact: no round is open)."""
-        if self.session_id is None or not self.pool.should_move(self.client):
-            return
+    async def move(self, history: list[int]) -> None:
+        """Re-open the session on another replica from the history (exact at a round
+        boundary: no round is open); called when should_move."""
         old = self.client
         log.info("target replica drains; moving the session", replica=old.addr,
                  tokens=len(history))

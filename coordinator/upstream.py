@@ -124,7 +124,10 @@ class ServiceClient:
 
     async def info(self):
         """GetInfo; also sizes the batchers to the service's max_batch_items."""
-        info = await self.call("GetInfo", self._info_request())
+        return self._sized(await self.call("GetInfo", self._info_request()))
+
+    def _sized(self, info):
+        """Size the batchers to a GetInfo reply's max_batch_items; returns the reply."""
         for batcher in self._batchers:
             batcher.max_items = max(1, info.max_batch_items)
         return info
@@ -133,12 +136,9 @@ class ServiceClient:
         """GetInfo for health upkeep: None when it fails (not counted as an error); sizes the
         batchers like info()."""
         try:
-            info = await self.stub.GetInfo(self._info_request(), timeout=timeout_s)
+            return self._sized(await self.stub.GetInfo(self._info_request(), timeout=timeout_s))
         except grpc.aio.AioRpcError:
             return None
-        for batcher in self._batchers:
-            batcher.max_items = max(1, info.max_batch_items)
-        return info
 
     @property
     def busy(self) -> bool:

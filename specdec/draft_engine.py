@@ -37,6 +37,7 @@ class _Run:
     session: Session
     tokens: list[int] = field(default_factory=list)
     rows: list[torch.Tensor] = field(default_factory=list)
+    stopped: bool = False  # ended early by min_confidence
 
 
 class DraftEngine(Engine):
@@ -113,14 +114,13 @@ class DraftEngine(Engine):
         while active:
             logits = self._forward([r.session for r in active], [1] * len(active))
             passes += 1
-            unsure = set()
             for r, row in zip(active, logits, strict=True):                  # row: [1, V]
                 s = r.session
                 q = None if s.generator is None else warp(row, s.sampling)[0]  # [V]
                 if r.tokens and self._unsure(row[-1] if q is None else q, q is None):
                     # Decided from q alone, before drawing: the proposals kept are still
                     # draws from q, so the target's ratio rule stays exact.
-                    unsure.add(id(r))
+                    r.stopped = True
                     self.early_stops += 1
                     continue
                 if q is None:
@@ -130,8 +130,7 @@ class DraftEngine(Engine):
                     r.rows.append(q)
                 r.tokens.append(token)
                 s.tokens.append(token)
-            active = [r for r in active
-                      if len(r.tokens) < r.item.num_tokens and id(r) not in unsure]
+            active = [r for r in active if len(r.tokens) < r.item.num_tokens and not r.stopped]
         return passes
 
     def _unsure(self, row: torch.Tensor, logits: bool) -> bool:

@@ -4,6 +4,7 @@ proxy in front of each model service, for tests that kill, restart and slow them
 from __future__ import annotations
 
 import socket
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,10 +15,21 @@ from specdec.launch import Process, spawn, wait_serving
 from specdec.v1 import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """GET /metrics; returns {'name{labels}': value} for every sample."""
+    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
 
 
 @dataclass

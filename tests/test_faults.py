@@ -9,14 +9,13 @@ import random
 import signal
 import threading
 import time
-import urllib.request
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.client import generate as client_generate
-from processes import start_services
+from processes import scrape, start_services
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 from stack import wait_until
 from tiny_models import PROMPTS
@@ -184,17 +183,6 @@ def test_fifty_cancelled_streams_leave_no_session(services):
                   f"{time.monotonic() - cancelled:.3f} s")
     finally:
         slow_target(services, 0)
-
-
-def scrape(port: int) -> dict[str, float]:
-    """GET /metrics; returns {'name{labels}': value} for every sample."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
 
 
 def test_random_faults_over_a_thousand_requests_leak_no_session(services):

@@ -6,16 +6,15 @@ The tests run in order on one cluster: requests spread over the target replicas,
 replica is killed mid-run, a new one (and a mismatched one) appear in DNS, a draft replica
 is drained mid-run. Every stream must equal the target's solo K=0 output."""
 
-import re
 import signal
 import threading
-import urllib.request
 
 import grpc
 import pytest
 from dnsserver import TinyDNS
 
 from coordinator.client import generate as client_generate
+from processes import free_port, scrape
 from specdec.launch import spawn, wait_serving
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 from stack import wait_until
@@ -28,19 +27,11 @@ REQUESTS = 16
 MAX_NEW = 150
 
 
-def free_port(host: str) -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def metric(port: int, name: str, host: str = "127.0.0.1", **labels) -> float:
-    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"^{name}(?:\{{{re.escape(want)}\}})? (\S+)$" if want else rf"^{name} (\S+)$"
-    values = [float(m) for m in re.findall(pattern, text, re.M)]
-    return sum(values)
+    """One sample of a process's /metrics (0 if absent)."""
+    key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+                  if labels else "")
+    return scrape(port, host).get(key, 0.0)
 
 
 class Cluster:
