@@ -1,7 +1,8 @@
 """make bench-concurrency: aggregate tokens/s and per-request latency for 1..16 concurrent
-sessions, K=0 and K>0, through the three services started locally (one process each).
+sessions, K=0, fixed K>0 and adaptive K (aN: up to N), through the three services
+started locally (one process each).
 
-python -m bench.concurrency [--pair tiny|qwen] [--sessions 1,2,4,8,16] [--ks 0,4]
+python -m bench.concurrency [--pair tiny|qwen] [--sessions 1,2,4,8,16] [--ks 0,4,a8]
                                   [--max-new-tokens 64] [--dtype bfloat16] [--threads 2]
 
 For every K, the 1-session figure runs each prompt alone, one after the other; its outputs
@@ -52,14 +53,16 @@ def models_for(pair: str) -> tuple[str, str]:
     return DEFAULT_DRAFT, DEFAULT_TARGET
 
 
-async def run_batch(addr: str, prompts: list[str], k: int, max_new: int) -> tuple[float, list]:
-    """All prompts at once; returns (wall seconds, [(token ids, stats)])."""
+async def run_batch(addr: str, prompts: list[str], k: str, max_new: int) -> tuple[float, list]:
+    """All prompts at once; returns (wall seconds, [(token ids, stats)]). k: "N" (fixed) or
+    "aN" (adaptive up to N)."""
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = generator_pb2_grpc.GeneratorStub(channel)
 
         async def one(prompt: str):
-            req = generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=max_new,
-                                                num_speculative_tokens=k)
+            req = generator_pb2.GenerateRequest(
+                prompt=prompt, max_new_tokens=max_new,
+                num_speculative_tokens=int(k.removeprefix("a")), adaptive_k=k.startswith("a"))
             ids, stats = [], None
             async for msg in stub.Generate(req, timeout=3600):
                 if msg.HasField("token"):
@@ -73,7 +76,7 @@ async def run_batch(addr: str, prompts: list[str], k: int, max_new: int) -> tupl
         return time.perf_counter() - start, results
 
 
-def measure(addr: str, prompts: list[str], k: int, sessions: list[int], max_new: int) -> list:
+def measure(addr: str, prompts: list[str], k: str, sessions: list[int], max_new: int) -> list:
     rows, reference = [], {}
     for n in sessions:
         if n == 1:  # each prompt alone, one after the other: the single-session figure
@@ -129,7 +132,8 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pair", choices=["tiny", "qwen"], default="tiny")
     p.add_argument("--sessions", default="1,2,4,8,16")
-    p.add_argument("--ks", default="0,4", help="comma-separated K values")
+    p.add_argument("--ks", default="0,4,a8",
+                   help="comma-separated K values: N = fixed K, aN = adaptive K up to N")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--dtype", default=None, help="default: float32 (tiny), bfloat16 (qwen)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per service")
@@ -138,7 +142,10 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("results"))
     args = p.parse_args()
     sessions = [int(x) for x in args.sessions.split(",")]
-    ks = [int(x) for x in args.ks.split(",")]
+    ks = args.ks.split(",")
+    bad = [k for k in ks if not k.removeprefix("a").isdigit()]
+    if bad:
+        p.error(f"--ks: {bad[0]!r} is neither N (a fixed K) nor aN (adaptive up to N)")
     if sessions[0] != 1:
         sessions = [1, *sessions]
     dtype = args.dtype or ("float32" if args.pair == "tiny" else "bfloat16")

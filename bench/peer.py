@@ -16,10 +16,11 @@ from specdec.config import default_cache_dir
 from specdec.models import load_model
 
 
-def best_k(records: list[dict], domain: str, temp: float) -> int | None:
+def best_run(records: list[dict], domain: str, temp: float) -> dict | None:
+    """specdec's fastest speculative configuration for a domain and temperature."""
     rows = [r for r in records if r["system"] == "specdec" and r["domain"] == domain
             and r["temperature"] == temp and r["k"] > 0]
-    return max(rows, key=lambda r: r["tokens_per_s"])["k"] if rows else None
+    return max(rows, key=lambda r: r["tokens_per_s"]) if rows else None
 
 
 def timed_generate(model, ids, max_new: int, temp: float, top_p: float, seed: int,
@@ -44,7 +45,8 @@ def timed_generate(model, ids, max_new: int, temp: float, top_p: float, seed: in
 def run_peer(draft: str, target: str, dtype: str, draft_dtype: str | None, tokenizer, plan,
              records: list[dict], base: dict, out) -> list[dict]:
     """For each domain and temperature in {0, 0.7} swept: HF target-only and HF assisted
-    generation with the K specdec did best with; one record each."""
+    generation with the K specdec did best with (an adaptive run: its largest K); one record
+    each."""
     from bench.run import format_prompt
 
     cache = default_cache_dir()
@@ -54,7 +56,8 @@ def run_peer(draft: str, target: str, dtype: str, draft_dtype: str | None, token
     work = [(d, t) for d in plan.domains for t in temps]
     new = []
     for domain, temp in tqdm(work, desc="HF peer", unit="config"):
-        k = best_k(records, domain, temp)
+        ours = best_run(records, domain, temp)
+        k = ours["k"]  # (an adaptive run's largest K)
         plain_runs, assisted_runs = [], []
         for i in range(plan.prompts):
             ids = tokenizer(format_prompt(tokenizer, domain, domain_prompts(domain)[i])).input_ids
@@ -68,8 +71,6 @@ def run_peer(draft: str, target: str, dtype: str, draft_dtype: str | None, token
             rec = {**base, "system": system, "domain": domain, "temperature": temp, "k": kk,
                    "prompts": len(runs), "tokens": sum(r["tokens"] for r in runs),
                    "tokens_per_s": tps, "runs": runs}
-            ours = next(r for r in records if r["system"] == "specdec"
-                        and r["domain"] == domain and r["temperature"] == temp and r["k"] == k)
             rec["specdec_speedup_vs_this"] = speedup(ours["tokens_per_s"], tps)
             new.append(rec)
             out.write(json.dumps(rec) + "\n")

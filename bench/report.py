@@ -17,6 +17,15 @@ def _fmt(v, digits: int = 2) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _k(r) -> str:
+    """How a record's K reads in tables: "4", or "≤8 adaptive"."""
+    return f"≤{r['k']} adaptive" if r.get("adaptive") else str(r["k"])
+
+
+def _order(r) -> tuple:
+    return r["k"], bool(r.get("adaptive"))
+
+
 def _specdec(records, domain=None, temp=None):
     return [r for r in records if r["system"] == "specdec"
             and (domain is None or r["domain"] == domain)
@@ -38,7 +47,7 @@ def best_table(records: list[dict]) -> str:
                     and r["domain"] == domain and r["temperature"] == temp}
             assisted, plain = peer.get("hf_assisted"), peer.get("hf_target_only")
             lines.append(
-                f"| {domain} | {temp:g} | {best['k']} | {_fmt(best['tokens_per_s'])} | "
+                f"| {domain} | {temp:g} | {_k(best)} | {_fmt(best['tokens_per_s'])} | "
                 f"**{_fmt(best['speedup_vs_k0'])}** | {_fmt(best.get('acceptance_rate'), 3)} | "
                 f"{_fmt(assisted and assisted['tokens_per_s'])} | "
                 f"{_fmt(assisted and assisted['specdec_speedup_vs_this'])} | "
@@ -51,13 +60,13 @@ def detail_table(records: list[dict]) -> str:
     lines = ["| domain | T | K | tokens/s | × vs K=0 | accept | mean acc. len | TTFT p50 s | "
              "ITL p50 / p95 / p99 ms | draft / verify / coord s | bytes/round | greedy = K=0 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(_specdec(records), key=lambda r: (r["domain"], r["temperature"], r["k"])):
+    for r in sorted(_specdec(records), key=lambda r: (r["domain"], r["temperature"], *_order(r))):
         itl = " / ".join(_fmt(r[f"itl_p{q}_s"] * 1e3, 0) for q in (50, 95, 99))
         phases = " / ".join(_fmt(r.get(k), 1) for k in ("draft_s", "verify_s", "coordinator_s"))
         same = ("" if r["temperature"] or not r["k"]
                 else "yes" if not r["greedy_mismatches"] else f"**NO ({r['greedy_mismatches']})**")
         lines.append(
-            f"| {r['domain']} | {r['temperature']:g} | {r['k']} | {_fmt(r['tokens_per_s'])} | "
+            f"| {r['domain']} | {r['temperature']:g} | {_k(r)} | {_fmt(r['tokens_per_s'])} | "
             f"{_fmt(r['speedup_vs_k0'])} | {_fmt(r.get('acceptance_rate'), 3)} | "
             f"{_fmt(r.get('mean_accepted_length'))} | {_fmt(r['ttft_p50_s'])} | {itl} | "
             f"{phases} | {_fmt(r.get('wire_bytes_per_round'), 0)} | {same} |")
@@ -71,12 +80,12 @@ def figures(records: list[dict], out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(domains), figsize=(4.2 * len(domains), 3.6), squeeze=False)
     for ax, domain in zip(axes[0], domains, strict=True):
         rows = [r for r in _specdec(records, domain) if r["k"] > 0]
-        ks = sorted({r["k"] for r in rows})
+        ks = sorted({_order(r) for r in rows})
         temps = sorted({r["temperature"] for r in rows})
-        grid = [[next((r["speedup_vs_k0"] for r in rows if r["k"] == k
+        grid = [[next((r["speedup_vs_k0"] for r in rows if _order(r) == k
                        and r["temperature"] == t), math.nan) for k in ks] for t in temps]
         im = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=2.0, aspect="auto")
-        ax.set_xticks(range(len(ks)), [str(k) for k in ks])
+        ax.set_xticks(range(len(ks)), [f"≤{k}a" if adaptive else str(k) for k, adaptive in ks])
         ax.set_yticks(range(len(temps)), [f"{t:g}" for t in temps])
         ax.set_xlabel("K (draft tokens per round)")
         if ax is axes[0][0]:
@@ -104,7 +113,7 @@ def figures(records: list[dict], out: Path) -> list[Path]:
                                           strict=True))
             if gaps:
                 ax.plot([g * 1e3 for g in gaps], [(i + 1) / len(gaps) for i in range(len(gaps))],
-                        style, color=f"C{n}", label=f"{domain} K={r['k']}")
+                        style, color=f"C{n}", label=f"{domain} K={_k(r)}")
     ax.set_xlabel("time between streamed tokens (ms)")
     ax.set_ylabel("fraction of tokens")
     ax.set_title("Inter-token latency CDF, greedy: K=0 (dashed) vs best K")
@@ -118,10 +127,10 @@ def figures(records: list[dict], out: Path) -> list[Path]:
         for temp in sorted({r["temperature"] for r in _specdec(records, domain)}):
             rows = [r for r in _specdec(records, domain, temp) if r["k"] > 0]
             if rows:
-                r = max(rows, key=lambda r: r["k"])
+                r = max(rows, key=_order)
                 rates = r["acceptance_by_position"]
                 ax.plot(range(1, len(rates) + 1), rates, marker="o",
-                        label=f"{domain} T={temp:g} (K={r['k']})")
+                        label=f"{domain} T={temp:g} (K={_k(r)})")
     ax.set_xlabel("draft position in the round")
     ax.set_ylabel("rounds accepting this position")
     ax.set_ylim(0, 1.02)

@@ -38,7 +38,7 @@ from specdec.v1 import generator_pb2, generator_pb2_grpc
 
 @dataclass(frozen=True)
 class Plan:
-    ks: list[int]
+    ks: list[str]  # "4": fixed K; "a8": adaptive K up to 8
     temps: list[float]
     domains: list[str]
     prompts: int
@@ -63,7 +63,10 @@ def parse_args(argv=None):
                    help="the target service's --quantization (weight-only)")
     p.add_argument("--draft-min-confidence", type=float, default=0.0,
                    help="the draft service's --min-confidence (early stop of a round)")
-    p.add_argument("--ks", default="1,2,3,4,6,8")
+    p.add_argument("--draft-proposer", default="model", choices=["model", "ngram", "ngram+model"],
+                   help="the draft service's --proposer")
+    p.add_argument("--ks", default="1,2,3,4,6,8,a8",
+                   help="K values: N = fixed K (adaptive_k=false); aN = adaptive K up to N")
     p.add_argument("--temps", default="0,0.7,1.0")
     p.add_argument("--top-p", type=float, default=1.0, help="top_p for sampled rows")
     p.add_argument("--domains", default=",".join(DOMAINS))
@@ -74,12 +77,19 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=Path("results/bench"))
     args = p.parse_args(argv)
     if args.quick:
-        plan = Plan([4], [0.0, 0.7], list(DOMAINS), 1, 32, not args.no_peer)
+        plan = Plan(["4"], [0.0, 0.7], list(DOMAINS), 1, 32, not args.no_peer)
     else:
-        plan = Plan([int(k) for k in args.ks.split(",")],
+        plan = Plan([parse_k(k) for k in args.ks.split(",")],
                     [float(t) for t in args.temps.split(",")], args.domains.split(","),
                     args.prompts, args.max_new_tokens, not args.no_peer, args.top_p)
     return args, plan
+
+
+def parse_k(text: str) -> str:
+    """A --ks entry: "N" (fixed) or "aN" (adaptive up to N)."""
+    if not text.removeprefix("a").isdigit() or text == "a0":
+        raise SystemExit(f"--ks: {text!r} is neither N (a fixed K) nor aN (adaptive up to N)")
+    return text
 
 
 def format_prompt(tokenizer, domain: str, text: str) -> str:
@@ -91,10 +101,12 @@ def format_prompt(tokenizer, domain: str, text: str) -> str:
                                          add_generation_prompt=True)
 
 
-def run_specdec(stub, prompt: str, k: int, temp: float, top_p: float, seed: int,
+def run_specdec(stub, prompt: str, k: str, temp: float, top_p: float, seed: int,
                 max_new: int) -> dict:
-    req = generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=max_new,
-                                        num_speculative_tokens=k, temperature=temp, seed=seed)
+    """k: "N" (fixed K) or "aN" (adaptive up to N)."""
+    req = generator_pb2.GenerateRequest(
+        prompt=prompt, max_new_tokens=max_new, num_speculative_tokens=int(k.removeprefix("a")),
+        adaptive_k=k.startswith("a"), temperature=temp, seed=seed)
     if temp > 0 and top_p < 1:
         req.top_p = top_p
     ids, times, stats = [], [], None
@@ -117,6 +129,7 @@ def record_base(args, plan: Plan, draft: str, target: str, dtype: str) -> dict:
             "draft_quantization": args.draft_quantization,
             "target_quantization": args.target_quantization,
             "draft_min_confidence": args.draft_min_confidence,
+            "draft_proposer": args.draft_proposer,
             "max_new_tokens": plan.max_new_tokens, "machine": platform.platform(),
             "cpu": platform.processor() or platform.machine(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -134,8 +147,9 @@ def sweep(addr: str, tokenizer, plan: Plan, base: dict, out) -> list[dict]:
         for domain, i, temp in work:
             prompt = format_prompt(tokenizer, domain, domain_prompts(domain)[i])
             seed = 1000 + i
-            base_run = run_specdec(stub, prompt, 0, temp, plan.top_p, seed, plan.max_new_tokens)
-            runs.setdefault((domain, temp, 0), []).append(base_run)
+            base_run = run_specdec(stub, prompt, "0", temp, plan.top_p, seed,
+                                   plan.max_new_tokens)
+            runs.setdefault((domain, temp, "0"), []).append(base_run)
             bar.update()
             for k in plan.ks:
                 r = run_specdec(stub, prompt, k, temp, plan.top_p, seed, plan.max_new_tokens)
@@ -149,10 +163,11 @@ def sweep(addr: str, tokenizer, plan: Plan, base: dict, out) -> list[dict]:
                 bar.update()
     records = []
     for (domain, temp, k), rs in runs.items():
-        rec = {**base, "system": "specdec", "domain": domain, "temperature": temp, "k": k,
+        rec = {**base, "system": "specdec", "domain": domain, "temperature": temp,
+               "k": int(k.removeprefix("a")), "adaptive": k.startswith("a"), "k_label": k,
                **summarize(rs), "runs": [{key: v for key, v in r.items() if key != "ids"}
                                          for r in rs]}
-        if temp == 0 and k > 0:
+        if temp == 0 and k != "0":
             rec["greedy_mismatches"] = sum(not r["matches_target_only"] for r in rs)
         records.append(rec)
     for rec in records:
@@ -184,7 +199,8 @@ def main(argv=None) -> int:
                               threads=args.threads,
                               draft_dtype=args.draft_dtype or pair.draft_dtype,
                               draft_args=("--quantization", args.draft_quantization,
-                                          "--min-confidence", str(args.draft_min_confidence)),
+                                          "--min-confidence", str(args.draft_min_confidence),
+                                          "--proposer", args.draft_proposer),
                               target_args=("--quantization", args.target_quantization))
     with (args.out / "bench.jsonl").open("w") as out:
         try:

@@ -37,6 +37,7 @@ class CoordinatorConfig:
     http_timeout_s: float = 600.0
     served_model_name: str = ""
     resolve_interval_s: float = 5.0
+    adaptive_k: bool = True
 
 
 def parser() -> EnvDefaultsParser:
@@ -63,7 +64,14 @@ def parser() -> EnvDefaultsParser:
                  help="largest num_speculative_tokens (K) a request may ask for (also capped by "
                       "the services' --max-proposal-tokens)")
     p.add_option("--default-k", default=4, type=int,
-                 help="K for requests that leave num_speculative_tokens unset")
+                 help="K for requests that leave num_speculative_tokens unset (with "
+                      "--adaptive-k: the most K may grow to)")
+    p.add_option("--adaptive-k", default=1, type=int, choices=[0, 1],
+                 help="1: each round picks the K (up to the request's) with the most "
+                      "expected tokens per second, from the session's acceptance and the "
+                      "measured draft and verify costs at the current load, down to 0 when "
+                      "speculation does not pay (docs/sampling.md); a request may opt out "
+                      "with adaptive_k=false. 0: K is fixed")
     p.add_option("--schedule", default="lockstep", choices=["lockstep", "pipelined"],
                  help="lockstep: all sessions move in rounds, one batched call at a time "
                       "(draft and target take turns; best when they share CPUs); pipelined: "

@@ -17,6 +17,7 @@ import structlog
 from specdec.errors import InvalidArgument, SpecdecError, Unavailable
 from specdec.sampling import GREEDY, SamplingParams
 
+from .adaptive import AdaptiveK
 from .decode import Params, Stats, Token, generate
 from .faults import Deadline, FaultPolicy
 from .metrics import CoordinatorMetrics
@@ -33,6 +34,7 @@ class Limits:
     default_k: int
     max_context: int  # the smaller of the draft's and target's contexts
     target_context: int
+    adaptive_k: bool = False  # the coordinator's --adaptive-k (and it has an AdaptiveK)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class GenerateArgs:
     top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    adaptive_k: bool | None = None
 
 
 def validate(args: GenerateArgs, limits: Limits) -> Params:
@@ -70,15 +73,20 @@ def validate(args: GenerateArgs, limits: Limits) -> Params:
     seed = secrets.randbits(63) if args.seed is None else args.seed
     sampling = SamplingParams(args.temperature, args.top_k,
                               1.0 if args.top_p is None else args.top_p, seed).validate()
+    adaptive = args.adaptive_k
+    if adaptive is None:  # a seeded sample reproduces its tokens only with a fixed K
+        adaptive = limits.adaptive_k and (sampling.greedy or args.seed is None)
     return Params(args.max_new_tokens, k, tuple(args.stop),
-                  GREEDY if sampling.greedy else sampling)
+                  GREEDY if sampling.greedy else sampling, adaptive and k > 0)
 
 
 class GenerationCore:
     def __init__(self, draft, target, tokenizer, eos_token_ids: set[int], limits: Limits,
                  scheduler=None, policy: FaultPolicy = FaultPolicy(),
-                 metrics: CoordinatorMetrics | None = None):
+                 metrics: CoordinatorMetrics | None = None, adaptive: AdaptiveK | None = None):
+        """adaptive: the coordinator's adaptive-K cost model (None = K is always fixed)."""
         self.draft, self.target = draft, target
+        self.adaptive = adaptive
         self.scheduler = scheduler
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
@@ -119,7 +127,8 @@ class GenerationCore:
                 last_token_at = None
                 events = generate(session_id, args.prompt_ids, params, self.draft, self.target,
                                   self.tokenizer, self.eos_token_ids, self.scheduler,
-                                  self.policy, deadline, stats)
+                                  self.policy, deadline, stats,
+                                  self.adaptive if params.adaptive else None)
                 async with contextlib.aclosing(events):
                     async for event in events:
                         if isinstance(event, Token):

@@ -18,6 +18,7 @@ import structlog
 
 from specdec.sampling import GREEDY, SamplingParams
 
+from .adaptive import AdaptiveK
 from .draft_leg import DraftLeg
 from .faults import Deadline, FaultPolicy
 from .stats import Finish, Stats
@@ -35,6 +36,7 @@ class Params:
     k: int
     stop: tuple[str, ...] = ()
     sampling: SamplingParams = GREEDY
+    adaptive: bool = False  # k is the most a round proposes (adaptive.SessionK picks)
 
 
 @dataclass
@@ -46,14 +48,15 @@ class Token:
 async def generate(session_id: str, prompt_ids: list[int], params: Params, draft, target,
                    tokenizer, eos_token_ids: set[int], scheduler=None,
                    policy: FaultPolicy = FaultPolicy(),
-                   deadline: Deadline | None = None,
-                   stats: Stats | None = None) -> AsyncIterator[Token | Stats]:
+                   deadline: Deadline | None = None, stats: Stats | None = None,
+                   adaptive: AdaptiveK | None = None) -> AsyncIterator[Token | Stats]:
     """Yield each accepted Token, then the Stats. Sessions are closed in every case.
 
     draft, target: each tier's replicas.ReplicaSet. scheduler: the batcher.Scheduler the
     clients' batchers use in lockstep mode, told when this generation starts and ends; None
     in pipelined mode. deadline: the request's.
-    stats: where to count (the caller keeps it to report a generation that failed)."""
+    stats: where to count (the caller keeps it to report a generation that failed).
+    adaptive: the coordinator's cost model when params.adaptive (None: K is fixed)."""
     if scheduler is not None:
         scheduler.begin()
     deadline = deadline or Deadline(None)
@@ -66,6 +69,7 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
     tgt = TargetLeg(target, session_id, params.sampling, max_tokens, deadline, stats, policy)
     dft = (DraftLeg(draft, session_id, params.sampling, max_tokens, deadline, stats, policy)
            if params.k > 0 else None)
+    chooser = adaptive.session() if adaptive is not None and params.adaptive else None
     finished = False
     try:
         # One after the other: on a shared CPU, two prefills at once slow each other down
@@ -82,9 +86,13 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
                 dft.move()
             # A round yields up to k + 1 tokens; never propose past max_new_tokens.
             k = min(params.k, params.max_new_tokens - stats.generated_tokens - 1)
+            if chooser is not None:
+                k = chooser.choose(k)
             proposals, probs = await dft.propose(history, k) if dft and k > 0 else ([], [])
             round_ = await tgt.verify(history, proposals, probs, dft)
             stats.record_round(round_.proposed, round_.accepted)
+            if chooser is not None:
+                chooser.record(round_.proposed, round_.accepted)
             new_tokens = [*proposals[:round_.accepted], round_.next_token]
             if dft is not None:
                 dft.commit(round_.proposed, round_.accepted, new_tokens)

@@ -105,6 +105,7 @@ class DraftLeg(Leg):
         self.stats.draft_time_s += batch.compute_time_us / 1e6
         self.stats.wire_bytes += nbytes
         self.position = proposal.position
+        self.keep, self.append = None, []  # the session has seen them (it may propose none)
         return list(proposal.token_ids), list(proposal.draft_probs)
 
     async def probs(self, query, index: int) -> bytes | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from specdec.rpc.metrics import CountsByLabel
+
 from .stats import Stats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -61,6 +63,12 @@ class CoordinatorMetrics:
             "specdec_upstream_replicas",
             "Replicas of the service by state (serving, draining, unavailable, mismatched)",
             ["service", "state"], registry=r)
+
+    def track_adaptive(self, adaptive) -> None:
+        """Rounds by the K the adaptive controller chose (adaptive.AdaptiveK.chosen)."""
+        self.registry.register(CountsByLabel(
+            "specdec_adaptive_k_rounds", "Rounds of adaptive-K requests, by the K chosen",
+            "k", lambda: adaptive.chosen))
 
     def upstream_error(self, service: str, code: str) -> None:
         self.upstream_errors.labels(service, code).inc()

@@ -90,7 +90,7 @@ class OpenAIFrontEnd:
         return GenerateArgs(
             prompt_ids, default_max if max_tokens is None else max_tokens,
             req.num_speculative_tokens, 1.0 if req.temperature is None else req.temperature,
-            req.top_k or 0, req.top_p, req.seed, stop)
+            req.top_k or 0, req.top_p, req.seed, stop, req.adaptive_k)
 
     def completion_args(self, req: CompletionRequest) -> GenerateArgs:
         prompt = req.prompt

@@ -30,6 +30,7 @@ class OpenAIRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int | None = None
     num_speculative_tokens: int | None = None  # (specdec's extension: K; unset = default)
+    adaptive_k: bool | None = None  # (specdec's extension: see GenerateRequest.adaptive_k)
     logprobs: bool | int | None = None
     top_logprobs: int | None = None
     presence_penalty: float | None = None

@@ -17,6 +17,7 @@ from specdec.rpc.server import RunningServer, start_server
 from specdec.rpc.tolerant import add_tolerant
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
+from .adaptive import AdaptiveK
 from .addresses import parse_entries
 from .batcher import Scheduler
 from .config import CoordinatorConfig
@@ -109,8 +110,13 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     scheduler = Scheduler([]) if cfg.schedule == "lockstep" else None
     metrics = CoordinatorMetrics(CollectorRegistry())
 
+    adaptive = AdaptiveK()
+    metrics.track_adaptive(adaptive)
+
     def added(client) -> None:
         client.on_error = metrics.upstream_error
+        client.on_cost = (adaptive.observe_propose if isinstance(client, DraftClient)
+                          else adaptive.observe_verify)
         if scheduler is not None:
             # The draft's opens and closes stay out of the lockstep rounds: a draft that hangs
             # must not hold up the target's calls for longer than one Propose budget.
@@ -150,10 +156,10 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
         max_new_tokens=cfg.max_new_tokens_limit, max_k=max_k, default_k=cfg.default_k,
         max_context=min(draft_info.model.max_context_length,
                         target_info.model.max_context_length),
-        target_context=target_info.model.max_context_length)
+        target_context=target_info.model.max_context_length, adaptive_k=cfg.adaptive_k)
     policy = FaultPolicy(target_retry_s=cfg.target_retry_s)
     core = GenerationCore(draft, target, tokenizer, set(target_info.model.eos_token_ids),
-                          limits, scheduler, policy, metrics)
+                          limits, scheduler, policy, metrics, adaptive)
     servicer = GeneratorServicer(core)
     server = await start_server(
         cfg.host, cfg.port,

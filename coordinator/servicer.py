@@ -30,7 +30,8 @@ def args_from_pb(req: generator_pb2.GenerateRequest, core: GenerationCore) -> Ge
         core.tokenize(req.prompt), req.max_new_tokens,
         req.num_speculative_tokens if req.HasField("num_speculative_tokens") else None,
         req.temperature, req.top_k, req.top_p if req.HasField("top_p") else None,
-        req.seed if req.HasField("seed") else None, tuple(req.stop))
+        req.seed if req.HasField("seed") else None, tuple(req.stop),
+        req.adaptive_k if req.HasField("adaptive_k") else None)
 
 
 def stats_to_pb(s: Stats) -> generator_pb2.GenerationStats:

@@ -70,6 +70,9 @@ class ServiceClient:
             addr, options=[*CHANNEL_OPTIONS, *RECONNECT_OPTIONS, *retry])
         # on_error(service role, status code name): every failed call or item (metrics)
         self.on_error: Callable[[str, str], None] = lambda role, code: None
+        # on_cost(sessions, size, seconds): the compute of each batched Propose / Verify
+        # (adaptive.AdaptiveK fits its cost model to these)
+        self.on_cost: Callable[[int, int, float], None] = lambda sessions, size, seconds: None
         self.stub = stub_cls(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._info_request = info_request
@@ -109,7 +112,11 @@ class ServiceClient:
             raise UpstreamError(code, f"{self.role} service at {self.addr}: {detail}") from None
         if budget is not None:
             budget.observe(time.monotonic() - start)
+        self._report_cost(method, request, reply)
         return reply
+
+    def _report_cost(self, method: str, request, reply) -> None:
+        """Pass a batched call's size and compute time to on_cost (per service)."""
 
     async def submit(self, batcher: Batcher, item):
         """Send one item through a batcher. Returns (its result, the batch's reply, this
@@ -246,6 +253,11 @@ class DraftClient(ServiceClient):
     def budget(self, method: str) -> LatencyBudget | None:
         return self._budgets.get(method)
 
+    def _report_cost(self, method: str, request, reply) -> None:
+        if method == "Propose":  # size: the most proposals an item asked for
+            self.on_cost(reply.batched_sessions, max(i.num_tokens for i in request.items),
+                         reply.compute_time_us / 1e6)
+
     async def propose(self, session_id: str, position: int, truncate_to: int | None,
                       append: list[int], k: int):
         """Propose for one session, batched with concurrent sessions' proposals.
@@ -273,6 +285,11 @@ class TargetClient(ServiceClient):
                          target_pb2.CloseTargetSessionRequest)
         self.verifies = self._batcher(
             "Verify", lambda items: target_pb2.VerifyRequest(items=items))
+
+    def _report_cost(self, method: str, request, reply) -> None:
+        if method == "Verify":  # size: rows verified (answers to a query need no pass)
+            rows = [len(i.draft_token_ids) + 1 for i in request.items if not i.draft_probs_answer]
+            self.on_cost(len(rows), sum(rows), reply.compute_time_us / 1e6)
 
     async def truncate(self, session_id: str, position: int, length: int) -> int:
         """Roll a session back to `length` tokens (unbatched; rare). Returns its position."""

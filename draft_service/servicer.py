@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from specdec.config import ModelServiceConfig
-from specdec.draft_engine import DraftEngine, ProposeItem, ProposeOutcome
+from specdec.draft_engine import DraftEngine, ProposeItem, ProposeOutcome, ProposerConfig
 from specdec.models import LoadedModel
+from specdec.rpc.metrics import track_draft
 from specdec.rpc.model_service import ModelServicer, start_model_service
 from specdec.rpc.status import item_status, rpc_method
 from specdec.rpc.tolerant import add_tolerant
@@ -31,9 +32,15 @@ class DraftServicer(ModelServicer, draft_pb2_grpc.DraftServiceServicer):
     close_response = draft_pb2.CloseDraftSessionResponse
 
     def build_engine(self, lm: LoadedModel) -> DraftEngine:
+        proposer = ProposerConfig(self.cfg.proposer, self.cfg.ngram_max, self.cfg.ngram_min,
+                                  self.cfg.min_confidence)
         return DraftEngine(lm, self.cfg.max_sessions, self.cfg.session_ttl_s,
                            self.cfg.max_proposal_tokens, self.cfg.max_batch_items,
-                           self.cfg.max_cache_mb, min_confidence=self.cfg.min_confidence)
+                           self.cfg.max_cache_mb, proposer=proposer)
+
+    def attach(self, engine: DraftEngine) -> None:
+        super().attach(engine)
+        track_draft(self.metrics.registry, engine)
 
     @rpc_method
     async def GetInfo(self, request, context):

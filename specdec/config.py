@@ -89,6 +89,9 @@ class ModelServiceConfig:
     metrics_port: int = -1
     quantization: str = "none"
     min_confidence: float = 0.0  # draft only
+    proposer: str = "model"  # draft only
+    ngram_max: int = 4  # draft only
+    ngram_min: int = 2  # draft only
 
 
 def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaultsParser:
@@ -124,6 +127,16 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
                           "token has probability below this (as Hugging Face's "
                           "assistant_confidence_threshold, llama.cpp's --draft-p-min); the "
                           "first proposal is always made; 0 = off")
+        p.add_option("--proposer", default="model", choices=["model", "ngram", "ngram+model"],
+                     help="how tokens are proposed: the draft model; prompt lookup alone "
+                          "(n-gram matches in the session's own tokens; the model is loaded "
+                          "but never run); or prompt lookup when it finds a match and the "
+                          "model otherwise")
+        p.add_option("--ngram-max", default=4, type=int,
+                     help="prompt lookup: longest suffix of the session's tokens looked up")
+        p.add_option("--ngram-min", default=2, type=int,
+                     help="prompt lookup: shortest suffix looked up (shorter matches "
+                          "propose more often, and worse)")
     p.add_option("--warmup", default=1, type=int, choices=[0, 1],
                  help="run warm-up passes before reporting SERVING")
     add_operations_options(p, drain="refuse new sessions (UNAVAILABLE), and serve the live "
@@ -142,4 +155,6 @@ def model_service_config(args: argparse.Namespace) -> ModelServiceConfig:
         shutdown_grace_s=args.shutdown_grace_s, metrics_port=args.metrics_port,
         quantization=args.quantization,
         min_confidence=getattr(args, "min_confidence", 0.0),
+        proposer=getattr(args, "proposer", "model"),
+        ngram_max=getattr(args, "ngram_max", 4), ngram_min=getattr(args, "ngram_min", 2),
     )

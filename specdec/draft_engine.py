@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import ngram
 from .engine import Engine
 from .errors import FailedPrecondition, InvalidArgument, SpecdecError
 from .sampling import sample, warp
@@ -40,17 +41,49 @@ class _Run:
     stopped: bool = False  # ended early by min_confidence
 
 
+PROPOSERS = ("model", "ngram", "ngram+model")
+
+
+@dataclass(frozen=True)
+class ProposerConfig:
+    """How proposals are made. kind: "model" (the draft model), "ngram" (prompt lookup
+    only: a round without a match proposes nothing) or "ngram+model" (prompt lookup when the
+    session's last tokens occurred before, the model otherwise). ngram_max / ngram_min: the
+    suffix lengths looked up (specdec.ngram.lookup). min_confidence: end a model proposal
+    early, before step j >= 2, when the draft's most likely next token has probability
+    below this (0 = always propose num_tokens)."""
+    kind: str = "model"
+    ngram_max: int = 4
+    ngram_min: int = 2
+    min_confidence: float = 0.0
+
+    def validate(self) -> ProposerConfig:
+        if self.kind not in PROPOSERS:
+            raise InvalidArgument(f"--proposer must be one of {', '.join(PROPOSERS)}, got "
+                                  f"{self.kind!r}")
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise InvalidArgument(f"need 1 <= --ngram-min ({self.ngram_min}) <= --ngram-max "
+                                  f"({self.ngram_max})")
+        if not 0 <= self.min_confidence < 1:
+            raise InvalidArgument(f"--min-confidence must be in [0, 1), got "
+                                  f"{self.min_confidence}")
+        return self
+
+    @property
+    def uses_model(self) -> bool:
+        return self.kind != "ngram"
+
+
 class DraftEngine(Engine):
     role = "draft"
 
-    def __init__(self, *args, min_confidence: float = 0.0, **kwargs):
-        """min_confidence: end a proposal early, before step j >= 2, when the draft's most
-        likely next token has probability below this (0 = always propose num_tokens)."""
+    def __init__(self, *args, proposer: ProposerConfig = ProposerConfig(), **kwargs):
         super().__init__(*args, **kwargs)
-        if not 0 <= min_confidence < 1:
-            raise InvalidArgument(f"--min-confidence must be in [0, 1), got {min_confidence}")
-        self.min_confidence = min_confidence
+        self.proposer = proposer.validate()
+        self.runs_model = proposer.uses_model  # ngram alone: no prefill, no warm-up
+        self.min_confidence = proposer.min_confidence
         self.early_stops = 0  # proposals ended early by min_confidence
+        self.proposed = {"model": 0, "ngram": 0}  # tokens proposed, by source
 
     def propose(self, items: list[ProposeItem]) -> tuple[list[ProposeOutcome], int]:
         """For each item: roll back to truncate_to, append tokens, propose num_tokens tokens
@@ -104,13 +137,16 @@ class DraftEngine(Engine):
 
     def _run(self, runs: list[tuple[int, _Run]]) -> int:
         passes = 0
+        active = []
         for _, r in runs:
             s = r.session
             s.draft_rows = None
             keep = r.item.position if r.item.truncate_to is None else r.item.truncate_to
             self._truncate(s, keep)
             s.tokens.extend(r.item.append_token_ids)
-        active = [r for _, r in runs]
+            looked_up = self.proposer.kind != "model" and self._look_up(r)
+            if not looked_up and self.proposer.uses_model:
+                active.append(r)
         while active:
             logits = self._forward([r.session for r in active], [1] * len(active))
             passes += 1
@@ -130,8 +166,26 @@ class DraftEngine(Engine):
                     r.rows.append(q)
                 r.tokens.append(token)
                 s.tokens.append(token)
+                self.proposed["model"] += 1
             active = [r for r in active if len(r.tokens) < r.item.num_tokens and not r.stopped]
         return passes
+
+    def _look_up(self, r: _Run) -> bool:
+        """Propose by prompt lookup; False when the session's last tokens never occurred
+        before. Sampling: q is a point mass on each proposed token (rows one-hot)."""
+        s = r.session
+        found = ngram.lookup(s.tokens, r.item.num_tokens, self.proposer.ngram_max,
+                             self.proposer.ngram_min)
+        if not found:
+            return False
+        r.tokens = found
+        s.tokens.extend(found)
+        if s.generator is not None:
+            rows = torch.zeros(len(found), self.lm.vocab_size, device=self.lm.device)
+            rows[torch.arange(len(found)), torch.tensor(found)] = 1.0
+            r.rows = list(rows)
+        self.proposed["ngram"] += len(found)
+        return True
 
     def _unsure(self, row: torch.Tensor, logits: bool) -> bool:
         """True when the draft's top probability at this step is below min_confidence.

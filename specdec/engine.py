@@ -49,6 +49,7 @@ class Engine:
     """Sessions and their caches on one model; the operations both services share."""
 
     role = "model"  # names the session generators' stream ("draft" / "target")
+    runs_model = True  # False: sessions are never fed to the model (prompt lookup alone)
 
     def __init__(self, lm: LoadedModel, max_sessions: int, session_ttl_s: float,
                  max_proposal_tokens: int, max_batch_items: int = 64, max_cache_mb: float = 0):
@@ -189,7 +190,7 @@ class Engine:
                 outcomes[i] = OpenOutcome(s.id, len(s.tokens))
             else:
                 fresh.append((i, s))
-        prefill = [s for _, s in fresh if len(s.tokens) > 1]
+        prefill = [s for _, s in fresh if len(s.tokens) > 1 and self.runs_model]
         if prefill:
             lasts = [s.tokens.pop() for s in prefill]
             self._guarded(prefill, lambda: self._forward(prefill, [1] * len(prefill)))
@@ -250,6 +251,8 @@ class Engine:
     def warmup(self, max_new: int = 9) -> None:
         """Run the shapes serving uses once, outside any session: first use of a shape is
         slow with some kernels (CPU bf16), and that must not land on a user's request."""
+        if not self.runs_model:
+            return
         n = max(2, min(16, self.lm.max_context_length - max_new - 1))
         s = Session("warmup", [0] * n, DynamicCache(config=self.lm.model.config))
         for extra in range(max_new):

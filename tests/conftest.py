@@ -46,13 +46,15 @@ def loop():
 
 @pytest.fixture(scope="session")
 def stacks(loop, lms):
-    """One running draft/target/coordinator stack per draft kind, started on first use."""
+    """One running draft/target/coordinator stack per draft kind and proposer (the draft
+    service's --proposer), started on first use."""
     started = {}
 
-    def get(draft: str):
-        if draft not in started:
-            started[draft] = start_stack(loop, lms[draft], lms["target"])
-        return started[draft]
+    def get(draft: str, proposer: str = "model"):
+        if (draft, proposer) not in started:
+            started[draft, proposer] = start_stack(loop, lms[draft], lms["target"],
+                                                   draft_cfg={"proposer": proposer})
+        return started[draft, proposer]
 
     yield get
     for stack in started.values():

@@ -4,6 +4,7 @@ event loop in a background thread, so tests can call them with ordinary blocking
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 import time
@@ -15,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import draft_service.servicer as draft_server
 import target_service.servicer as target_server
 from coordinator import server as coordinator_server
+from coordinator.adaptive import LinearFit
 from coordinator.config import CoordinatorConfig
 from specdec.config import ModelServiceConfig
 from specdec.v1 import draft_pb2_grpc, generator_pb2_grpc, target_pb2_grpc
@@ -128,6 +130,27 @@ async def generate_all(addr: str, requests, concurrency: int | None = None) -> l
             return ids, stats
 
         return await asyncio.gather(*(one(r) for r in requests))
+
+
+@contextlib.contextmanager
+def gpu_like_costs(stack: Stack, draft_step_s: float = 0.001):
+    """Give the stack's adaptive-K controller, for the duration, cost fits of a pair where
+    speculation pays (a verify pass 20 ms, rows nearly free, a draft step draft_step_s; by
+    default 5% of the verify), held fixed: the
+    tiny models' own costs (a draft step as dear as a verify pass) would rightly keep K at
+    0 and leave adaptive rounds untested."""
+    adaptive = stack.coordinator.core.adaptive
+    measured = adaptive.verify, adaptive.draft
+    verify, draft = LinearFit(decay=1.0), LinearFit(decay=1.0)
+    for i in range(20_000):
+        rows = 1 + i % 16
+        verify.observe(rows, 0.02 + 0.0002 * rows)
+        draft.observe(1 + i % 4, draft_step_s)
+    adaptive.verify, adaptive.draft = verify, draft
+    try:
+        yield
+    finally:
+        adaptive.verify, adaptive.draft = measured
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:

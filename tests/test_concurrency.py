@@ -16,8 +16,9 @@ def request(prompt: str, k: int, max_new: int, **sampling) -> generator_pb2.Gene
 
 
 def sixteen_requests():
+    """Fixed K from 0 to 8, and adaptive K (odd ones) up to the same caps."""
     ks = [0, 1, 2, 3, 4, 6, 8, 0, 1, 2, 3, 4, 5, 7, 8, 2]
-    return [request(PROMPTS[i], ks[i], 8 + 3 * i) for i in range(16)]
+    return [request(PROMPTS[i], ks[i], 8 + 3 * i, adaptive_k=bool(i % 2)) for i in range(16)]
 
 
 def test_sixteen_concurrent_generations_equal_their_lone_runs(stacks, loop):

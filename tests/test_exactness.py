@@ -1,10 +1,13 @@
 """Greedy speculative decoding through the real services equals the target alone, exactly."""
 
+import collections
+
 import pytest
 import torch
 
 from coordinator.client import generate as client_generate
 from specdec.v1 import generator_pb2
+from stack import gpu_like_costs
 from tiny_models import PROMPTS
 
 MAX_NEW = 24
@@ -25,9 +28,10 @@ def reference(lms):
     return out
 
 
-def run(stack, prompt, k):
+def run(stack, prompt, k, adaptive=False):
+    """Generate with exactly K proposals per round (or, adaptive, at most K)."""
     req = generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=MAX_NEW,
-                                        num_speculative_tokens=k)
+                                        num_speculative_tokens=k, adaptive_k=adaptive)
     return client_generate(stack.addr, req, timeout_s=60)
 
 
@@ -58,6 +62,39 @@ def test_speculative_equals_generate(stacks, reference, draft):
         assert rate < 0.5
     elif draft == "draft_perturbed":
         assert 0.3 < rate < 0.95
+    assert stack.live_sessions() == (0, 0)
+
+
+@pytest.mark.parametrize("draft", ["draft_perturbed", "draft_perturbed_int4"])
+def test_adaptive_k_equals_generate(stacks, reference, draft):
+    """Adaptive K (the coordinator's default): each round proposes up to K tokens, as many as
+    the costs and the session's acceptance make worth it; output token-identical."""
+    stack = stacks(draft)
+    proposed = collections.Counter()
+    with gpu_like_costs(stack):
+        for cap in (4, 8):
+            for prompt in PROMPTS:
+                ids, _, stats = run(stack, prompt, cap, adaptive=True)
+                assert ids == reference[prompt], (draft, cap, prompt)
+                proposed[stats["proposed_draft_tokens"] * 10 // stats["rounds"]] += 1
+    print(f"{draft}: requests by tenths of mean K {sorted(proposed.items())}")
+    assert len(proposed) >= 5  # K really varied between requests (and rounds)
+    assert stack.live_sessions() == (0, 0)
+
+
+@pytest.mark.parametrize("proposer", ["ngram", "ngram+model"])
+def test_prompt_lookup_equals_generate(stacks, reference, proposer):
+    """--proposer ngram / ngram+model: prompt-lookup proposals, alone or before the model's;
+    output token-identical for every K."""
+    stack = stacks("draft_perturbed", proposer)
+    engine = stack.draft[1].engine
+    for k in KS:
+        for prompt in PROMPTS:
+            ids, _, _ = run(stack, prompt, k)
+            assert ids == reference[prompt], (proposer, k, prompt)
+    print(f"{proposer}: proposed {engine.proposed}")
+    assert engine.proposed["ngram"] > 0  # lookups did propose
+    assert (engine.proposed["model"] == 0) == (proposer == "ngram")
     assert stack.live_sessions() == (0, 0)
 
 

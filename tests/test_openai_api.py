@@ -45,10 +45,11 @@ def test_models_lists_the_target_with_the_draft_as_metadata(api, lms):
 
 def test_completion_equals_the_grpc_api_token_for_token(api):
     stack, client, model = api
-    for k in (0, 3):
-        resp = client.completions.create(model=model, prompt="def add(a, b):", max_tokens=24,
-                                         temperature=0, extra_body={"num_speculative_tokens": k})
-        _, text, stats = grpc_text(stack, "def add(a, b):", 24, k)
+    for k in (0, 3):  # (a fixed K: the same proposals both ways, to compare the counts)
+        resp = client.completions.create(
+            model=model, prompt="def add(a, b):", max_tokens=24, temperature=0,
+            extra_body={"num_speculative_tokens": k, "adaptive_k": False})
+        _, text, stats = grpc_text(stack, "def add(a, b):", 24, k, adaptive_k=False)
         (choice,) = resp.choices
         assert choice.text == text and resp.object == "text_completion"
         assert resp.id.startswith("cmpl-") and resp.model == model

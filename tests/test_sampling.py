@@ -3,6 +3,7 @@ target's exact distribution (chi-square against its logits), and seeds reproduce
 
 
 import asyncio
+import collections
 import random
 import threading
 import time
@@ -13,10 +14,11 @@ import torch
 from bench.delayproxy import DelayProxy
 from chisq import chi_square_p_value
 from coordinator import server as coordinator_server
+from specdec.draft_engine import ProposerConfig
 from specdec.models import load_model
 from specdec.sampling import SamplingParams, warp
 from specdec.v1 import generator_pb2
-from stack import coordinator_config, generate_all, start_stack
+from stack import coordinator_config, generate_all, gpu_like_costs, start_stack
 from tiny_models import PROMPTS, make_small_vocab_dirs
 
 PROMPT = "ab"
@@ -46,8 +48,9 @@ def exact_joint(lm, prompt: str, params: SamplingParams) -> torch.Tensor:
     return first[:, None] * second
 
 
-def request(params: SamplingParams, k: int, seed: int, max_new_tokens: int):
-    req = generator_pb2.GenerateRequest(prompt=PROMPT, max_new_tokens=max_new_tokens,
+def request(params: SamplingParams, k: int, seed: int, max_new_tokens: int,
+            prompt: str = PROMPT):
+    req = generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=max_new_tokens,
                                         num_speculative_tokens=k, temperature=params.temperature,
                                         top_k=params.top_k, seed=seed)
     if params.top_p < 1:
@@ -92,6 +95,28 @@ def test_first_two_tokens_have_the_targets_exact_distribution(small, loop, setti
     assert chi_square_p_value(pooled, joint) > 0.01
 
 
+def test_adaptive_k_keeps_the_distribution(small, loop):
+    """Adaptive K with a seed (adaptive_k=true): each round's K is chosen from the rounds
+    before it, never from the round's own draws, so the law is unchanged."""
+    lms, stack = small
+    params = SETTINGS["t0.7_top_p0.9"]
+    joint = exact_joint(lms["small_target"], PROMPT, params)
+    reqs = [request(params, 3, seed, max_new_tokens=4) for seed in range(SAMPLES)]
+    for r in reqs:
+        r.adaptive_k = True
+    chosen = stack.coordinator.core.adaptive.chosen
+    before = collections.Counter(chosen)
+    with gpu_like_costs(stack, draft_step_s=0.006):  # K=1, 2 or 3 within a few percent
+        results = loop.run(generate_all(stack.addr, reqs, concurrency=96), timeout=600)
+    rounds = {k: n for k, n in (chosen - before).items() if n}
+    counts = joint_counts([tuple(ids) for ids, _ in results], joint.shape[0])
+    p_value = chi_square_p_value(counts, joint)
+    print(f"adaptive K (up to 3): rounds by K chosen {sorted(rounds.items())}; "
+          f"chi-square p = {p_value:.4f}")
+    assert len([k for k in rounds if k > 0]) >= 2  # K varied
+    assert p_value > 0.01
+
+
 def test_early_stop_by_draft_confidence_keeps_the_distribution(small, loop):
     """--min-confidence ends a round's proposals when the draft is unsure. The decision is
     made from q before drawing, so every proposal kept is still a draw from q."""
@@ -112,6 +137,31 @@ def test_early_stop_by_draft_confidence_keeps_the_distribution(small, loop):
     print(f"early stop (min confidence 0.3, K=3): {stops} of {rounds} rounds ended early; "
           f"chi-square p = {p_value:.4f}")
     assert 0 < stops < rounds  # the stop really happened, and not always
+    assert p_value > 0.01
+
+
+def test_prompt_lookup_keeps_the_distribution(small, loop):
+    """--proposer ngram: on "abab" the lookup proposes the tokens that followed the earlier
+    "ab" with q a point mass on them; the ratio rule accepts each with probability p and
+    otherwise draws from p without it. The first two tokens keep the target's law."""
+    lms, stack = small
+    params, prompt = SETTINGS["t1.0"], "abab"
+    joint = exact_joint(lms["small_target"], prompt, params)
+    engine = stack.draft[1].engine
+    before, engine.proposer = engine.proposer, ProposerConfig("ngram")
+    looked_up = engine.proposed["ngram"]
+    try:
+        reqs = [request(params, 2, seed, 3, prompt) for seed in range(SAMPLES)]
+        results = loop.run(generate_all(stack.addr, reqs, concurrency=96), timeout=600)
+    finally:
+        engine.proposer = before
+    accepted = sum(stats.accepted_draft_tokens for _, stats in results)
+    counts = joint_counts([tuple(ids) for ids, _ in results], joint.shape[0])
+    p_value = chi_square_p_value(counts, joint)
+    looked_up = engine.proposed["ngram"] - looked_up
+    print(f"prompt lookup (K=2): {looked_up} tokens proposed, {accepted} accepted; "
+          f"chi-square p = {p_value:.4f}")
+    assert looked_up >= SAMPLES and 0 < accepted < looked_up
     assert p_value > 0.01
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 # Forward-pass latencies from ~1 ms (tiny models, GPUs) to tens of seconds (long CPU prefills).
 FORWARD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -58,3 +59,28 @@ class ServiceMetrics:
         """Read session gauges from `engine` at scrape time."""
         self.sessions_active.set_function(lambda: len(engine.sessions))
         self.kv_cache_reserved_bytes.set_function(lambda: engine.reserved_bytes)
+
+
+class CountsByLabel:
+    """A counter family read at scrape time from a dict {label value: count} that some
+    transport-free object keeps (e.g. the draft engine's proposals by source)."""
+
+    def __init__(self, name: str, documentation: str, label: str, counts):
+        self.name, self.documentation, self.label = name, documentation, label
+        self.counts = counts  # () -> dict
+
+    def collect(self):
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, count in sorted(self.counts().items()):
+            family.add_metric([str(value)], count)
+        yield family
+
+
+def track_draft(registry: CollectorRegistry, engine) -> None:
+    """The draft engine's own counts, read at scrape time."""
+    registry.register(CountsByLabel("specdec_draft_proposed_tokens",
+                                    "Tokens the draft proposed, by source (model, ngram)",
+                                    "source", lambda: engine.proposed))
+    registry.register(CountsByLabel("specdec_draft_early_stops",
+                                    "Proposals ended early by --min-confidence, by reason",
+                                    "reason", lambda: {"min_confidence": engine.early_stops}))

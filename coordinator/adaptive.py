@@ -1,0 +1,184 @@
+"""Adaptive K: each round, the number of proposals that maximizes expected tokens per second.
+
+A round in which a session proposes K tokens yields
+
+    E(K) = 1 + sum_{j=1..K} prod_{i=1..j} alpha_i
+
+tokens (the accepted proposals and the target's own token), alpha_i being the session's
+acceptance rate at position i given that positions 1..i-1 were accepted. With n sessions
+sharing each batched call, the round costs
+
+    cost(K) = K * D(n) + T(n * (K + 1))
+
+D(n): the draft's cost per proposal step for a batch of n sessions; T(rows): the target's
+verify pass over `rows` rows. Both are fitted online from the services' own compute times
+(least squares of time on batch size, exponentially weighted). The load term is n: as more
+sessions share a verify pass, every extra row costs more compute and speculation pays less,
+down to K = 0. The controller assumes every session in the batch acts like this one (each
+picks K for its own acceptance), which is exact when they are alike and a fair estimate when
+not. A session held at K = 0 proposes one token every PROBE_EVERY rounds so that its
+acceptance estimate can recover.
+
+Pure arithmetic on numbers the coordinator already has: no transport, no tensors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+PROBE_EVERY = 16  # rounds between 1-token probes of a session held at K = 0
+MIN_OBSERVATIONS = 3  # calls of each service measured before the model is trusted
+
+
+class LinearFit:
+    """y ~ a + b * x by exponentially weighted least squares (memory ~1/(1 - decay) calls).
+
+    The slope is shrunk towards prior_slope(mean x, mean y) with the weight of `ridge` rows
+    of spread, so a run that has only seen one batch size still predicts sensibly."""
+
+    def __init__(self, decay: float = 0.97, ridge: float = 1.0, prior_rows: float = 16.0):
+        """prior_rows: before the data says otherwise, the cost doubles every this many rows
+        beyond the mean (a CPU-like slope; a GPU's flatter one is learnt from the data)."""
+        self.decay, self.ridge, self.prior_rows = decay, ridge, prior_rows
+        self.n = 0
+        self.w = self.sx = self.sy = self.sxx = self.sxy = 0.0
+
+    def observe(self, x: float, y: float) -> None:
+        d = self.decay
+        self.n += 1
+        self.w = d * self.w + 1
+        self.sx = d * self.sx + x
+        self.sy = d * self.sy + y
+        self.sxx = d * self.sxx + x * x
+        self.sxy = d * self.sxy + x * y
+
+    def coefficients(self) -> tuple[float, float]:
+        """(a, b); b >= 0 (more rows never cost less)."""
+        mx, my = self.sx / self.w, self.sy / self.w
+        vxx = self.sxx / self.w - mx * mx
+        vxy = self.sxy / self.w - mx * my
+        prior = my / (mx + self.prior_rows)
+        slope = max(0.0, (vxy + self.ridge * prior) / (max(vxx, 0.0) + self.ridge))
+        return my - slope * mx, slope
+
+    def __call__(self, x: float) -> float:
+        a, b = self.coefficients()
+        return max(a + b * x, 1e-6)
+
+    @property
+    def ready(self) -> bool:
+        return self.n >= MIN_OBSERVATIONS
+
+
+@dataclass
+class Acceptance:
+    """Per-position acceptance counts, exponentially decayed every round (so old rounds fade
+    even at positions no longer proposed). Position j (0 = the first proposal) is `reached`
+    in a round that proposed past j with positions < j accepted."""
+    decay: float = 0.9
+    reached: list[float] = field(default_factory=list)
+    accepted: list[float] = field(default_factory=list)
+
+    def record(self, proposed: int, accepted: int) -> None:
+        """A round verified `proposed` proposals and kept the first `accepted`."""
+        while len(self.reached) < proposed:
+            self.reached.append(0.0)
+            self.accepted.append(0.0)
+        for j in range(len(self.reached)):
+            reached = j < proposed and j <= accepted
+            self.reached[j] = self.decay * self.reached[j] + reached
+            self.accepted[j] = self.decay * self.accepted[j] + (j < accepted)
+
+    def pooled(self, prior: float, weight: float) -> float:
+        """The acceptance rate over every position, shrunk towards `prior` (weight rounds)."""
+        return (sum(self.accepted) + weight * prior) / (sum(self.reached) + weight)
+
+    def rates(self, n: int, prior: float, weight: float) -> list[float]:
+        """Acceptance rates at positions 0..n-1, each shrunk with `weight` rounds towards the
+        pooled rate: a position rarely proposed (beyond the recent K) takes the pooled rate
+        rather than a few stale rounds, which would otherwise hold K below it for good."""
+        pooled = self.pooled(prior, weight)
+        return [(self.accepted[j] + weight * pooled) / (self.reached[j] + weight)
+                if j < len(self.reached) else pooled for j in range(n)]
+
+
+BASE_ALPHA = 0.6  # acceptance assumed before anything was measured
+
+
+class AdaptiveK:
+    """One coordinator's cost model and population acceptance (shared by its sessions)."""
+
+    def __init__(self):
+        self.verify = LinearFit()  # seconds of one Verify call ~ its rows
+        self.draft = LinearFit()  # seconds per proposal step of one Propose ~ its sessions
+        self.load = 1.0  # sessions per Verify call, smoothed
+        self.population = Acceptance(decay=0.99)
+        self.chosen: Counter[int] = Counter()  # rounds by the K chosen (metrics)
+
+    def observe_verify(self, sessions: int, rows: int, seconds: float) -> None:
+        """A Verify call of `sessions` items verified `rows` rows (proposals + 1 each)."""
+        if rows:
+            self.verify.observe(rows, seconds)
+            self.load = 0.8 * self.load + 0.2 * sessions
+
+    def observe_propose(self, sessions: int, steps: int, seconds: float) -> None:
+        """A Propose call for `sessions` items that asked for up to `steps` proposals."""
+        if sessions and steps:
+            self.draft.observe(sessions, seconds / steps)
+
+    def session(self) -> SessionK:
+        return SessionK(self)
+
+
+class SessionK:
+    """One generation's K: its own acceptance over the population's (as the prior)."""
+
+    def __init__(self, controller: AdaptiveK, weight: float = 4.0):
+        self.controller, self.weight = controller, weight
+        self.acceptance = Acceptance()
+        self.rounds_at_zero = 0
+
+    def rates(self, n: int) -> list[float]:
+        """Acceptance at positions 0..n-1: this session's, shrunk towards the population's
+        pooled rate (what a new session starts from), plus one standard error of the
+        session's pooled rate. The optimism matters: rounds at a lower K measure less, so
+        an estimate that dipped by chance would otherwise hold K down (a session at K = 0
+        measures only its probes)."""
+        population = self.controller.population.pooled(BASE_ALPHA, 2.0)
+        a = self.acceptance
+        pooled = a.pooled(population, self.weight)
+        error = (pooled * (1 - pooled) / (sum(a.reached) + self.weight)) ** 0.5
+        return [min(1.0, r + error) for r in a.rates(n, population, self.weight)]
+
+    def choose(self, k_max: int) -> int:
+        """The K in [0, k_max] with the most expected tokens per second of round."""
+        k = self._best(k_max)
+        self.controller.chosen[k] += 1
+        return k
+
+    def _best(self, k_max: int) -> int:
+        c = self.controller
+        if k_max <= 0 or not (c.verify.ready and c.draft.ready):
+            return k_max  # nothing measured yet: speculate fully and measure
+        n = max(1.0, c.load)
+        best_k, best_rate = 0, 1.0 / c.verify(n)
+        survive, expected = 1.0, 1.0
+        for k, alpha in enumerate(self.rates(k_max), start=1):
+            survive *= alpha
+            expected += survive
+            rate = expected / (k * c.draft(n) + c.verify(n * (k + 1)))
+            if rate > best_rate:
+                best_k, best_rate = k, rate
+        if best_k == 0:
+            self.rounds_at_zero += 1
+            if self.rounds_at_zero % PROBE_EVERY == 0:
+                return 1
+        else:
+            self.rounds_at_zero = 0
+        return best_k
+
+    def record(self, proposed: int, accepted: int) -> None:
+        if proposed:
+            self.acceptance.record(proposed, accepted)
+            self.controller.population.record(proposed, accepted)

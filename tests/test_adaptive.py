@@ -1,0 +1,97 @@
+"""Adaptive K (coordinator.adaptive) on constructed costs and acceptance."""
+
+import random
+import statistics
+
+import pytest
+
+from coordinator.adaptive import PROBE_EVERY, Acceptance, AdaptiveK, LinearFit
+
+
+def test_linear_fit_recovers_a_line_and_never_slopes_down():
+    fit = LinearFit()
+    for x in (1, 5, 9, 2, 8, 4):
+        fit.observe(x, 0.15 + 0.01 * x)
+    a, b = fit.coefficients()
+    assert a == pytest.approx(0.15, abs=2e-3) and b == pytest.approx(0.01, abs=5e-4)
+    falling = LinearFit()
+    for x in (1, 5, 9):
+        falling.observe(x, 1.0 - 0.05 * x)
+    assert falling.coefficients()[1] == 0.0
+
+
+def test_one_batch_size_falls_back_to_the_prior_slope():
+    fit = LinearFit(prior_rows=16)
+    for _ in range(5):
+        fit.observe(4, 0.2)
+    assert fit(4) == pytest.approx(0.2)
+    assert fit(20) == pytest.approx(0.2 * 36 / 20)  # doubles every 16 rows beyond the mean
+
+
+def test_acceptance_counts_positions_reached():
+    acc = Acceptance(decay=1.0)
+    acc.record(4, 2)  # positions 0, 1 accepted; 2 rejected; 3 never reached
+    acc.record(4, 4)
+    assert acc.reached == [2, 2, 2, 1] and acc.accepted == [2, 2, 1, 1]
+    assert acc.rates(4, prior=0.5, weight=0) == [1, 1, 0.5, 1]
+    assert acc.pooled(prior=0.0, weight=3) == 6 / 10
+    # shrunk towards the pooled rate; beyond the last position proposed, the pooled rate
+    assert acc.rates(5, prior=0.0, weight=3) == pytest.approx([0.76, 0.76, 0.56, 0.7, 0.6])
+    acc.record(1, 0)  # every position fades, reached or not
+    assert acc.reached == [3, 2, 2, 1] and acc.accepted == [2, 2, 1, 1]
+    decayed = Acceptance(decay=0.5)
+    decayed.record(2, 2)
+    decayed.record(1, 1)
+    assert decayed.reached == [1.5, 0.5] and decayed.accepted == [1.5, 0.5]
+
+
+def controller(verify_base: float, per_row: float, draft_step: float, load: int) -> AdaptiveK:
+    c = AdaptiveK()
+    for rows in range(load, load * 9 + 1, load):  # every K from 0 to 8 was seen
+        c.observe_verify(load, rows, verify_base + per_row * rows)
+        c.observe_propose(load, 4, 4 * draft_step)
+    return c
+
+
+def settle(chooser, alpha: float, rounds: int = 200) -> int:
+    """Feed `rounds` rounds whose proposals are each accepted with probability alpha (seeded);
+    returns the most common K of the last 50 rounds."""
+    rng, ks = random.Random(0), []
+    for _ in range(rounds):
+        k = chooser.choose(8)
+        ks.append(k)
+        accepted = 0
+        while accepted < k and rng.random() < alpha:
+            accepted += 1
+        chooser.record(k, accepted)
+    return statistics.mode(ks[-50:])
+
+
+def test_nothing_measured_means_the_full_k():
+    assert AdaptiveK().session().choose(6) == 6
+
+
+def test_one_session_with_a_cheap_draft_speculates_deep():
+    # CPU-like: a verify costs about as much for 9 rows as for 1; a draft step ~8% of it
+    c = controller(0.17, 0.0005, 0.014, load=1)
+    assert settle(c.session(), alpha=0.9) >= 6
+
+
+def test_low_acceptance_proposes_little():
+    c = controller(0.17, 0.0005, 0.03, load=1)
+    assert 1 <= settle(c.session(), alpha=0.3) <= 2
+
+
+def test_a_loaded_verify_stops_speculation_and_probes():
+    # 16 sessions: each verify row costs as much as a fifth of the base pass
+    c = controller(0.17, 0.035, 0.06, load=16)
+    chooser = c.session()
+    assert settle(chooser, alpha=0.6) == 0
+    ks = [chooser.choose(8) for _ in range(2 * PROBE_EVERY)]
+    assert ks.count(1) == 2 and set(ks) == {0, 1}  # a 1-token probe every PROBE_EVERY rounds
+
+
+def test_load_shrinks_k():
+    light = settle(controller(0.17, 0.004, 0.02, load=1).session(), alpha=0.8)
+    heavy = settle(controller(0.17, 0.004, 0.02, load=8).session(), alpha=0.8)
+    assert light > heavy
