@@ -16,10 +16,11 @@ from specdec.config import default_cache_dir
 from specdec.models import load_model
 
 
-def best_run(records: list[dict], domain: str, temp: float) -> dict | None:
-    """specdec's fastest speculative configuration for a domain and temperature."""
+def best_run(records: list[dict], domain: str, temp: float, fixed: bool = False) -> dict | None:
+    """specdec's fastest speculative configuration for a domain and temperature (fixed:
+    among the fixed-K ones only)."""
     rows = [r for r in records if r["system"] == "specdec" and r["domain"] == domain
-            and r["temperature"] == temp and r["k"] > 0]
+            and r["temperature"] == temp and r["k"] > 0 and not (fixed and r.get("adaptive"))]
     return max(rows, key=lambda r: r["tokens_per_s"]) if rows else None
 
 
@@ -45,8 +46,8 @@ def timed_generate(model, ids, max_new: int, temp: float, top_p: float, seed: in
 def run_peer(draft: str, target: str, dtype: str, draft_dtype: str | None, tokenizer, plan,
              records: list[dict], base: dict, out) -> list[dict]:
     """For each domain and temperature in {0, 0.7} swept: HF target-only and HF assisted
-    generation with the K specdec did best with (an adaptive run: its largest K); one record
-    each."""
+    generation with the fixed K specdec did best with; one record each, compared with
+    specdec's fastest configuration (adaptive included)."""
     from bench.run import format_prompt
 
     cache = default_cache_dir()
@@ -57,7 +58,9 @@ def run_peer(draft: str, target: str, dtype: str, draft_dtype: str | None, token
     new = []
     for domain, temp in tqdm(work, desc="HF peer", unit="config"):
         ours = best_run(records, domain, temp)
-        k = ours["k"]  # (an adaptive run's largest K)
+        # HF runs a constant K: the best fixed K of the sweep (an adaptive run's cap would
+        # handicap it), or the cap when only adaptive runs were swept
+        k = (best_run(records, domain, temp, fixed=True) or ours)["k"]
         plain_runs, assisted_runs = [], []
         for i in range(plan.prompts):
             ids = tokenizer(format_prompt(tokenizer, domain, domain_prompts(domain)[i])).input_ids

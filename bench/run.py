@@ -65,6 +65,8 @@ def parse_args(argv=None):
                    help="the draft service's --min-confidence (early stop of a round)")
     p.add_argument("--draft-proposer", default="model", choices=["model", "ngram", "ngram+model"],
                    help="the draft service's --proposer")
+    p.add_argument("--draft-vocab", default="",
+                   help="the draft service's --draft-vocab (restricted head: N or a JSON file)")
     p.add_argument("--ks", default="1,2,3,4,6,8,a8",
                    help="K values: N = fixed K (adaptive_k=false); aN = adaptive K up to N")
     p.add_argument("--temps", default="0,0.7,1.0")
@@ -129,7 +131,7 @@ def record_base(args, plan: Plan, draft: str, target: str, dtype: str) -> dict:
             "draft_quantization": args.draft_quantization,
             "target_quantization": args.target_quantization,
             "draft_min_confidence": args.draft_min_confidence,
-            "draft_proposer": args.draft_proposer,
+            "draft_proposer": args.draft_proposer, "draft_vocab": args.draft_vocab,
             "max_new_tokens": plan.max_new_tokens, "machine": platform.platform(),
             "cpu": platform.processor() or platform.machine(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -200,7 +202,9 @@ def main(argv=None) -> int:
                               draft_dtype=args.draft_dtype or pair.draft_dtype,
                               draft_args=("--quantization", args.draft_quantization,
                                           "--min-confidence", str(args.draft_min_confidence),
-                                          "--proposer", args.draft_proposer),
+                                          "--proposer", args.draft_proposer,
+                                          *(("--draft-vocab", args.draft_vocab)
+                                            if args.draft_vocab else ())),
                               target_args=("--quantization", args.target_quantization))
     with (args.out / "bench.jsonl").open("w") as out:
         try:

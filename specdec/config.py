@@ -92,6 +92,7 @@ class ModelServiceConfig:
     proposer: str = "model"  # draft only
     ngram_max: int = 4  # draft only
     ngram_min: int = 2  # draft only
+    draft_vocab: str = ""  # draft only: specdec.token_map.resolve
 
 
 def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaultsParser:
@@ -132,6 +133,12 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
                           "(n-gram matches in the session's own tokens; the model is loaded "
                           "but never run); or prompt lookup when it finds a match and the "
                           "model otherwise")
+        p.add_option("--draft-vocab", default="",
+                     help="restrict the draft's output head to N frequent tokens (a number: "
+                          "the N most frequent in the Python standard library's sources, "
+                          "tokenized once and cached) or to the ids in a JSON file; it "
+                          "proposes among them only, the target still verifies over every "
+                          "token (exact, greedy and sampled); empty = the full vocabulary")
         p.add_option("--ngram-max", default=4, type=int,
                      help="prompt lookup: longest suffix of the session's tokens looked up")
         p.add_option("--ngram-min", default=2, type=int,
@@ -157,4 +164,5 @@ def model_service_config(args: argparse.Namespace) -> ModelServiceConfig:
         min_confidence=getattr(args, "min_confidence", 0.0),
         proposer=getattr(args, "proposer", "model"),
         ngram_max=getattr(args, "ngram_max", 4), ngram_min=getattr(args, "ngram_min", 2),
+        draft_vocab=getattr(args, "draft_vocab", ""),
     )

@@ -160,15 +160,27 @@ class DraftEngine(Engine):
                     self.early_stops += 1
                     continue
                 if q is None:
-                    token = int(row[-1].argmax())
+                    token = self._token(int(row[-1].argmax()))
                 else:
-                    token = sample(q, s.generator)
-                    r.rows.append(q)
+                    token = self._token(sample(q, s.generator))
+                    r.rows.append(self._widen(q))
                 r.tokens.append(token)
                 s.tokens.append(token)
                 self.proposed["model"] += 1
             active = [r for r in active if len(r.tokens) < r.item.num_tokens and not r.stopped]
         return passes
+
+    def _token(self, column: int) -> int:
+        """The token id of a logit column (the head may be restricted: specdec.token_map)."""
+        return column if self.lm.head_ids is None else int(self.lm.head_ids[column])
+
+    def _widen(self, q: torch.Tensor) -> torch.Tensor:
+        """q over the whole vocabulary [V] (0 outside a restricted head's tokens)."""
+        if self.lm.head_ids is None:
+            return q
+        full = q.new_zeros(self.lm.vocab_size)
+        full[self.lm.head_ids] = q
+        return full
 
     def _look_up(self, r: _Run) -> bool:
         """Propose by prompt lookup; False when the session's last tokens never occurred

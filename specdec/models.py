@@ -14,6 +14,7 @@ import structlog
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from . import token_map
 from .errors import InvalidArgument
 from .fetch import resolve_model_dir
 from .quantize import quantize
@@ -47,6 +48,8 @@ class LoadedModel:
     eos_token_ids: list[int]
     tokenizer_fingerprint: str
     quantization: str = "none"  # weight-only scheme of the linear layers (specdec.quantize)
+    # the token id of each logit column when the head is restricted (specdec.token_map)
+    head_ids: torch.Tensor | None = None
 
     @property
     def dtype_name(self) -> str:
@@ -108,9 +111,11 @@ def eos_token_ids(model: PreTrainedModel, tokenizer) -> list[int]:
 
 
 def load_model(spec: str, dtype: str = "auto", device: str = "auto",
-               cache_dir: str | None = None, quantization: str = "none") -> LoadedModel:
+               cache_dir: str | None = None, quantization: str = "none",
+               head_vocab: str = "") -> LoadedModel:
     """Load a model and its tokenizer; quantization: "none", "int8" or "int4" weight-only
-    linear layers (specdec.quantize), applied after loading."""
+    linear layers (specdec.quantize), applied after loading; head_vocab: restrict the output
+    head to these tokens (a draft's --draft-vocab, specdec.token_map), before quantizing."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if dt == torch.bfloat16 and dev.type == "cpu" and not cpu_bf16_usable():
@@ -121,6 +126,10 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
     tokenizer = AutoTokenizer.from_pretrained(path)
     config = model.config.get_text_config()
     vocab_size = model.get_output_embeddings().weight.shape[0]
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    eos = eos_token_ids(model, tokenizer)
+    ids = token_map.resolve(head_vocab, tokenizer, fingerprint, vocab_size, eos, cache_dir or ".")
+    head_ids = None if ids is None else token_map.restrict_head(model, ids)
     if quantization != "none":
         if dev.type != "cpu":
             raise InvalidArgument(f"--quantization {quantization} runs on CPU only for now "
@@ -136,6 +145,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
         vocab_size=vocab_size,
         quantization=quantization,
         max_context_length=int(getattr(config, "max_position_embeddings", 2048)),
-        eos_token_ids=eos_token_ids(model, tokenizer),
-        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        eos_token_ids=eos,
+        tokenizer_fingerprint=fingerprint,
+        head_ids=head_ids,
     )

@@ -1,3 +1,4 @@
+import json
 import sys
 from pathlib import Path
 
@@ -9,8 +10,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from specdec.logs import configure_logging  # noqa: E402
 from specdec.models import load_model  # noqa: E402
+from specdec.token_map import frequent_tokens  # noqa: E402
 from stack import LoopThread, start_stack  # noqa: E402
-from tiny_models import make_model_dirs  # noqa: E402
+from tiny_models import PROMPTS, make_model_dirs  # noqa: E402
 
 
 def pytest_configure(config):
@@ -34,6 +36,13 @@ def lms(model_dirs, tmp_path_factory):
     for scheme in ("int8", "int4"):  # weight-only quantized drafts (specdec.quantize)
         lms[f"draft_perturbed_{scheme}"] = load_model(str(model_dirs["draft_perturbed"]),
                                                       "float32", "cpu", cache, scheme)
+    # the draft's head restricted to the half of the vocabulary most frequent in the prompts
+    tokenizer = lms["target"].tokenizer
+    ids = frequent_tokens(tokenizer, PROMPTS, lms["target"].vocab_size // 2)
+    head = tmp_path_factory.mktemp("token-map") / "ids.json"
+    head.write_text(json.dumps(ids))
+    lms["draft_perturbed_top_half"] = load_model(str(model_dirs["draft_perturbed"]), "float32",
+                                                 "cpu", cache, head_vocab=str(head))
     return lms
 
 

@@ -44,7 +44,8 @@ def test_target_only_k0_equals_generate(stacks, reference):
 
 
 @pytest.mark.parametrize("draft", ["draft_unrelated", "draft_identical", "draft_perturbed",
-                                   "draft_perturbed_int8", "draft_perturbed_int4"])
+                                   "draft_perturbed_int8", "draft_perturbed_int4",
+                                   "draft_perturbed_top_half"])
 def test_speculative_equals_generate(stacks, reference, draft):
     stack = stacks(draft)
     proposed = accepted = 0

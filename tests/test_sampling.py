@@ -4,6 +4,7 @@ target's exact distribution (chi-square against its logits), and seeds reproduce
 
 import asyncio
 import collections
+import json
 import random
 import threading
 import time
@@ -27,10 +28,15 @@ SETTINGS = {"t1.0": SamplingParams(1.0), "t0.7_top_p0.9": SamplingParams(0.7, to
 
 
 @pytest.fixture(scope="module")
-def small(loop, tmp_path_factory):
-    dirs = make_small_vocab_dirs(tmp_path_factory.mktemp("small"))
+def small_dirs(tmp_path_factory):
+    return make_small_vocab_dirs(tmp_path_factory.mktemp("small"))
+
+
+@pytest.fixture(scope="module")
+def small(loop, small_dirs, tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("cache"))
-    lms = {name: load_model(str(path), "float32", "cpu", cache) for name, path in dirs.items()}
+    lms = {name: load_model(str(path), "float32", "cpu", cache)
+           for name, path in small_dirs.items()}
     limits = {"max_sessions": 128}
     stack = start_stack(loop, lms["small_draft"], lms["small_target"], limits, limits)
     yield lms, stack
@@ -114,6 +120,34 @@ def test_adaptive_k_keeps_the_distribution(small, loop):
     print(f"adaptive K (up to 3): rounds by K chosen {sorted(rounds.items())}; "
           f"chi-square p = {p_value:.4f}")
     assert len([k for k in rounds if k > 0]) >= 2  # K varied
+    assert p_value > 0.01
+
+
+def test_restricted_draft_head_keeps_the_distribution(small, small_dirs, loop, tmp_path):
+    """--draft-vocab: the draft proposes among 8 of the 16 tokens (q = 0 on the others);
+    the target draws the rest from its residual. The first two tokens keep its law."""
+    lms, _ = small
+    ids = tmp_path / "ids.json"
+    ids.write_text(json.dumps(list(range(0, 16, 2))))  # every other token
+    draft = load_model(str(small_dirs["small_draft"]), "float32", "cpu", str(tmp_path),
+                       head_vocab=str(ids))
+    limits = {"max_sessions": 128}
+    stack = start_stack(loop, draft, lms["small_target"], limits, limits)
+    params = SETTINGS["t1.0"]
+    joint = exact_joint(lms["small_target"], PROMPT, params)
+    try:
+        reqs = [request(params, 3, seed, max_new_tokens=4) for seed in range(SAMPLES)]
+        results = loop.run(generate_all(stack.addr, reqs, concurrency=96), timeout=600)
+    finally:
+        stack.stop()
+    outputs = [tuple(ids) for ids, _ in results]
+    accepted = sum(stats.accepted_draft_tokens for _, stats in results)
+    counts = joint_counts(outputs, joint.shape[0])
+    p_value = chi_square_p_value(counts, joint)
+    odd = sum(out[0] % 2 for out in outputs)  # first tokens the draft could never propose
+    print(f"restricted head (8 of 16 tokens, K=3): {accepted} proposals accepted, {odd} first "
+          f"tokens outside the head; chi-square p = {p_value:.4f}")
+    assert accepted > 0 and odd > 0
     assert p_value > 0.01
 
 

@@ -147,7 +147,7 @@ async def start_model_service(cfg: ModelServiceConfig, servicer: ModelServicer,
     log.info("listening; loading model", port=server.port, model=cfg.model)
     if lm is None:
         lm = await servicer.worker.run(load_model, cfg.model, cfg.dtype, cfg.device,
-                                       cfg.cache_dir, cfg.quantization)
+                                       cfg.cache_dir, cfg.quantization, cfg.draft_vocab)
     engine = build_engine(lm)
     if cfg.warmup:
         await servicer.worker.run(engine.warmup)
@@ -158,6 +158,7 @@ async def start_model_service(cfg: ModelServiceConfig, servicer: ModelServicer,
     log.info("serving", port=server.port, model=lm.name, dtype=lm.dtype_name,
              quantization=lm.quantization,
              device=str(lm.device), vocab_size=lm.vocab_size,
+             head_tokens=lm.vocab_size if lm.head_ids is None else len(lm.head_ids),
              metrics_port=servicer.metrics_server.port if servicer.metrics_server else None)
     return server
 
