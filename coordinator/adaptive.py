@@ -11,8 +11,8 @@ sharing each batched call, the round costs
     cost(K) = K * D(n) + T(n * (K + 1))
 
 D(n): the draft's cost per proposal step for a batch of n sessions; T(rows): the target's
-verify pass over `rows` rows. Both are fitted online from the services' own compute times
-(least squares of time on batch size, exponentially weighted). The load term is n: as more
+verify pass over `rows` rows. Both are learnt online from the services' own compute times,
+per batch-size bucket (CostCurve). The load term is n: as more
 sessions share a verify pass, every extra row costs more compute and speculation pays less,
 down to K = 0. The controller assumes every session in the batch acts like this one (each
 picks K for its own acceptance), which is exact when they are alike and a fair estimate when
@@ -31,40 +31,51 @@ PROBE_EVERY = 16  # rounds between 1-token probes of a session held at K = 0
 MIN_OBSERVATIONS = 3  # calls of each service measured before the model is trusted
 
 
-class LinearFit:
-    """y ~ a + b * x by exponentially weighted least squares (memory ~1/(1 - decay) calls).
+class CostCurve:
+    """A cost (seconds) as a function of a size x (rows, sessions), learnt per size bucket.
 
-    The slope is shrunk towards prior_slope(mean x, mean y) with the weight of `ridge` rows
-    of spread, so a run that has only seen one batch size still predicts sensibly."""
+    Bucket b holds sizes in [2**b, 2**(b+1)), with exponentially weighted means of x and y.
+    A bucket forgets only through its own observations, so what a high load cost is
+    remembered through a quiet spell (one linear fit over recent calls forgot it within a
+    few dozen single-session rounds, and the first rounds at load then speculated deep).
+    Between buckets: linear interpolation; above the largest seen: the steeper of its last
+    slope and the prior (cost doubling every prior_rows); below the smallest: its cost.
+    Never decreasing in x."""
 
-    def __init__(self, decay: float = 0.97, ridge: float = 1.0, prior_rows: float = 16.0):
-        """prior_rows: before the data says otherwise, the cost doubles every this many rows
-        beyond the mean (a CPU-like slope; a GPU's flatter one is learnt from the data)."""
-        self.decay, self.ridge, self.prior_rows = decay, ridge, prior_rows
+    def __init__(self, decay: float = 0.8, prior_rows: float = 16.0):
+        self.decay, self.prior_rows = decay, prior_rows
         self.n = 0
-        self.w = self.sx = self.sy = self.sxx = self.sxy = 0.0
+        self._buckets: dict[int, tuple[float, float, float]] = {}  # b -> (weight, sum x, sum y)
 
     def observe(self, x: float, y: float) -> None:
+        b = max(0, int(x).bit_length() - 1)
+        w, sx, sy = self._buckets.get(b, (0.0, 0.0, 0.0))
         d = self.decay
+        self._buckets[b] = (d * w + 1, d * sx + x, d * sy + y)
         self.n += 1
-        self.w = d * self.w + 1
-        self.sx = d * self.sx + x
-        self.sy = d * self.sy + y
-        self.sxx = d * self.sxx + x * x
-        self.sxy = d * self.sxy + x * y
 
-    def coefficients(self) -> tuple[float, float]:
-        """(a, b); b >= 0 (more rows never cost less)."""
-        mx, my = self.sx / self.w, self.sy / self.w
-        vxx = self.sxx / self.w - mx * mx
-        vxy = self.sxy / self.w - mx * my
-        prior = my / (mx + self.prior_rows)
-        slope = max(0.0, (vxy + self.ridge * prior) / (max(vxx, 0.0) + self.ridge))
-        return my - slope * mx, slope
+    def points(self) -> list[tuple[float, float]]:
+        """(mean x, mean y) per bucket, by size, y made non-decreasing."""
+        points, top = [], 0.0
+        for _, (w, sx, sy) in sorted(self._buckets.items()):
+            top = max(top, sy / w)
+            points.append((sx / w, top))
+        return points
 
     def __call__(self, x: float) -> float:
-        a, b = self.coefficients()
-        return max(a + b * x, 1e-6)
+        points = self.points()
+        x0, y0 = points[0]
+        if x <= x0:
+            return y0
+        for (xa, ya), (xb, yb) in zip(points, points[1:], strict=False):
+            if x <= xb:
+                return ya + (yb - ya) * (x - xa) / (xb - xa)
+        xl, yl = points[-1]
+        slope = yl / (xl + self.prior_rows)
+        if len(points) > 1:
+            xa, ya = points[-2]
+            slope = max(slope, (yl - ya) / (xl - xa))
+        return yl + slope * (x - xl)
 
     @property
     def ready(self) -> bool:
@@ -110,8 +121,8 @@ class AdaptiveK:
     """One coordinator's cost model and population acceptance (shared by its sessions)."""
 
     def __init__(self):
-        self.verify = LinearFit()  # seconds of one Verify call ~ its rows
-        self.draft = LinearFit()  # seconds per proposal step of one Propose ~ its sessions
+        self.verify = CostCurve()  # seconds of one Verify call ~ its rows
+        self.draft = CostCurve()  # seconds per proposal step of one Propose ~ its sessions
         self.load = 1.0  # sessions per Verify call, smoothed
         self.population = Acceptance(decay=0.99)
         self.chosen: Counter[int] = Counter()  # rounds by the K chosen (metrics)
