@@ -64,7 +64,7 @@ bench-quick: install
 bench-rtt: install
 	$(PY) -m bench.rtt $(BENCH_ARGS)
 
-# Aggregate tokens/s and latency for 1..16 concurrent sessions, K=0 and K=4 (README table).
+# Aggregate tokens/s and latency for 1..16 concurrent sessions, K=0, K=4 and adaptive K <= 8.
 bench-concurrency: install
 	for pair in $(PAIRS); do $(PY) -m bench.concurrency --pair $$pair || exit 1; done
 

@@ -28,6 +28,7 @@ from .errors import InvalidArgument
 log = structlog.get_logger(__name__)
 
 CORPUS_BYTES = 6_000_000  # of the standard library's sources, in sorted path order
+ROWS_MULTIPLE = 64  # head rows are padded to this (the int4/int8 kernels need multiples of 8)
 
 
 def corpus_texts(limit: int = CORPUS_BYTES) -> list[str]:
@@ -48,13 +49,32 @@ def corpus_texts(limit: int = CORPUS_BYTES) -> list[str]:
     return texts
 
 
-def frequent_tokens(tokenizer, texts: list[str], n: int, always: list[int] = ()) -> list[int]:
-    """The n most frequent token ids of `texts` (ties by id), plus `always`; sorted."""
+def frequent_tokens(tokenizer, texts: list[str], n: int, always: list[int] = (),
+                    vocab_size: int | None = None) -> list[int]:
+    """The n most frequent token ids of `texts` (ties by id), plus `always`, padded with the
+    next most frequent to a multiple of ROWS_MULTIPLE (see padded); sorted."""
     counts: Counter[int] = Counter()
     for text in texts:
         counts.update(tokenizer(text, add_special_tokens=False).input_ids)
-    top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]
-    return sorted({t for t, _ in top} | set(always))
+    ranked = [t for t, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    return padded(set(ranked[:n]) | set(always), ranked,
+                  vocab_size or len(tokenizer))
+
+
+def padded(ids: set[int], ranked: list[int], vocab_size: int) -> list[int]:
+    """ids plus the first of `ranked`, then the smallest ids, not already in, up to a
+    multiple of ROWS_MULTIPLE (so the low-bit kernels take the head); unchanged when the
+    vocabulary is too small for that. Sorted."""
+    ids = set(ids)
+    want = -(-len(ids) // ROWS_MULTIPLE) * ROWS_MULTIPLE
+    if want > vocab_size:
+        return sorted(ids)
+    for t in [*ranked, *range(vocab_size)]:
+        if len(ids) == want:
+            break
+        if t < vocab_size:
+            ids.add(t)
+    return sorted(ids)
 
 
 def resolve(spec: str, tokenizer, fingerprint: str, vocab_size: int, always: list[int],
@@ -67,11 +87,12 @@ def resolve(spec: str, tokenizer, fingerprint: str, vocab_size: int, always: lis
     always = [t for t in always if t < vocab_size]  # (a tokenizer may name one beyond)
     if spec.isdigit():
         n = int(spec)
-        cached = Path(cache_dir) / "token-maps" / f"{fingerprint[:16]}-stdlib-top{n}.json"
+        name = f"{fingerprint[:16]}-stdlib-top{n}-pad{ROWS_MULTIPLE}.json"
+        cached = Path(cache_dir) / "token-maps" / name
         if cached.exists():
             ids = json.loads(cached.read_text())["ids"]
         else:
-            ids = frequent_tokens(tokenizer, corpus_texts(), n, always)
+            ids = frequent_tokens(tokenizer, corpus_texts(), n, always, vocab_size)
             cached.parent.mkdir(parents=True, exist_ok=True)
             cached.write_text(json.dumps({"source": "python standard library", "n": n,
                                           "ids": ids}))
@@ -84,7 +105,7 @@ def resolve(spec: str, tokenizer, fingerprint: str, vocab_size: int, always: lis
                                   f"JSON list of token ids ({e})") from None
         if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
             raise InvalidArgument(f"--draft-vocab {spec}: expected a JSON list of token ids")
-        ids = sorted(set(ids) | set(always))
+        ids = padded(set(ids) | set(always), [], vocab_size)
     if not ids or ids[0] < 0 or ids[-1] >= vocab_size:
         raise InvalidArgument(f"--draft-vocab: token ids must be in [0, {vocab_size})")
     return ids

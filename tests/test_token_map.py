@@ -1,5 +1,6 @@
 """The draft's restricted output head (specdec.token_map): the token list and the head."""
 
+import collections
 import json
 
 import pytest
@@ -11,14 +12,17 @@ from specdec.token_map import frequent_tokens, resolve
 from tiny_models import PROMPTS
 
 
-def test_frequent_tokens_ranks_by_count_and_keeps_the_always_ids(lms):
+def test_frequent_tokens_ranks_by_count_keeps_the_always_ids_and_pads(lms):
     tok = lms["target"].tokenizer
-    ids = frequent_tokens(tok, ["x x x y y z"], 2, always=[0])
-    count = {t: sum(1 for u in tok("x x x y y z", add_special_tokens=False).input_ids if u == t)
-             for t in ids}
-    assert len(ids) == 3 and 0 in ids and ids == sorted(ids)
-    dropped = set(tok("x x x y y z", add_special_tokens=False).input_ids) - set(ids)
-    assert all(count[t] >= 1 for t in ids if t != 0) and dropped  # the rarest id went
+    text = "x x x x y y y z z w"
+    ranked = [t for t, _ in collections.Counter(
+        tok(text, add_special_tokens=False).input_ids).most_common()]
+    ids = frequent_tokens(tok, [text], 2, always=[0])
+    assert set(ranked[:2]) | {0} <= set(ids) and ids == sorted(ids)
+    assert len(ids) == 64  # padded with the next most frequent, then the smallest ids
+    assert set(ranked) <= set(ids)
+    small = frequent_tokens(tok, [text], 2, always=[0], vocab_size=40)
+    assert len(small) == 3  # a vocabulary too small to pad: left as it is
 
 
 def test_resolve_reads_a_json_list_and_refuses_bad_ones(tmp_path):
@@ -39,7 +43,7 @@ def test_resolve_reads_a_json_list_and_refuses_bad_ones(tmp_path):
 def test_a_number_builds_the_list_from_the_corpus_once(lms, tmp_path):
     tok = lms["target"].tokenizer
     ids = resolve("40", tok, "abc", lms["target"].vocab_size, [0], str(tmp_path))
-    assert len(ids) in (40, 41) and 0 in ids
+    assert len(ids) == 64 and 0 in ids
     (cached,) = (tmp_path / "token-maps").iterdir()
     assert json.loads(cached.read_text())["ids"] == ids
 
@@ -52,8 +56,8 @@ def test_restricted_head_computes_the_same_logits_for_its_tokens(lms, model_dirs
     small = load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", str(tmp_path),
                        head_vocab=str(path))
     assert small.vocab_size == full.vocab_size  # what GetInfo reports: the full vocabulary
-    kept = small.head_ids.tolist()  # the list, plus EOS (always proposable)
-    assert kept == sorted(set(ids) | set(full.eos_token_ids))
+    kept = small.head_ids.tolist()  # the list, EOS (always proposable), padding to 64 rows
+    assert set(ids) | set(full.eos_token_ids) <= set(kept) and len(kept) % 64 == 0
     x = torch.tensor([full.tokenizer("def add(a, b):").input_ids])
     with torch.inference_mode():
         expected = full.model(x).logits[0, :, kept]
