@@ -8,12 +8,13 @@ tokens (the accepted proposals and the target's own token), alpha_i being the se
 acceptance rate at position i given that positions 1..i-1 were accepted. With n sessions
 sharing each batched call, the round costs
 
-    cost(K) = K * D(n) + T(n * (K + 1))
+    cost(K) = K * D(n) + T(n, n * (K + 1))
 
-D(n): the draft's cost per proposal step for a batch of n sessions; T(rows): the target's
-verify pass over `rows` rows. Both are learnt online from the services' own compute times,
-per batch-size bucket (CostCurve). The load term is n: as more
-sessions share a verify pass, every extra row costs more compute and speculation pays less,
+D(n): the draft's cost per proposal step for a batch of n sessions; T(n, rows): the
+target's verify pass over n sessions and `rows` rows. Both are learnt online from the
+services' own compute times, per batch-size bucket (CostCurve, VerifyCost). The load term
+is n: as more sessions share a verify pass, every extra row costs more compute and
+speculation pays less,
 down to K = 0. The controller assumes every session in the batch acts like this one (each
 picks K for its own acceptance), which is exact when they are alike and a fair estimate when
 not. A session held at K = 0 proposes one token every PROBE_EVERY rounds so that its
@@ -117,11 +118,51 @@ class Acceptance:
 BASE_ALPHA = 0.6  # acceptance assumed before anything was measured
 
 
+def size_bucket(x: float) -> int:
+    """Bucket b holds sizes in [2**b, 2**(b+1))."""
+    return max(0, int(x).bit_length() - 1)
+
+
+class VerifyCost:
+    """T(sessions, rows): a CostCurve over rows per bucket of sessions. A batched verify
+    costs per session as well as per row (each session's cache is stacked into the batch and
+    attended over), so 16 sessions of 1 row cost far more than 1 session of 16 rows: one
+    curve over rows alone mispredicted loads it had not seen by 2x. A bucket of sessions
+    not measured yet borrows the nearest measured one, scaled by the ratio of sessions
+    (pessimistic where per-session costs are small, as on a GPU, until measured)."""
+
+    def __init__(self, decay: float = 0.8):
+        self.decay = decay
+        self._curves: dict[int, CostCurve] = {}
+        self._sessions: dict[int, list[float]] = {}  # bucket -> [count, sum of sessions]
+
+    def observe(self, sessions: int, rows: int, seconds: float) -> None:
+        b = size_bucket(sessions)
+        self._curves.setdefault(b, CostCurve(self.decay)).observe(rows, seconds)
+        count = self._sessions.setdefault(b, [0.0, 0.0])
+        count[0] += 1
+        count[1] += sessions
+
+    @property
+    def ready(self) -> bool:
+        return any(c.ready for c in self._curves.values())
+
+    def __call__(self, sessions: float, rows: float) -> float:
+        b = size_bucket(sessions)
+        curve = self._curves.get(b)
+        if curve is not None and curve.ready:
+            return curve(rows)
+        known = min((k for k, c in self._curves.items() if c.ready), key=lambda k: abs(k - b))
+        count, total = self._sessions[known]
+        scale = sessions / (total / count)
+        return self._curves[known](rows / scale) * scale
+
+
 class AdaptiveK:
     """One coordinator's cost model and population acceptance (shared by its sessions)."""
 
     def __init__(self):
-        self.verify = CostCurve()  # seconds of one Verify call ~ its rows
+        self.verify = VerifyCost()  # seconds of one Verify call ~ its sessions and rows
         self.draft = CostCurve()  # seconds per proposal step of one Propose ~ its sessions
         self.load = 1.0  # sessions per Verify call, smoothed
         self.population = Acceptance(decay=0.99)
@@ -130,7 +171,7 @@ class AdaptiveK:
     def observe_verify(self, sessions: int, rows: int, seconds: float) -> None:
         """A Verify call of `sessions` items verified `rows` rows (proposals + 1 each)."""
         if rows:
-            self.verify.observe(rows, seconds)
+            self.verify.observe(sessions, rows, seconds)
             self.load = 0.8 * self.load + 0.2 * sessions
 
     def observe_propose(self, sessions: int, steps: int, seconds: float) -> None:
@@ -173,12 +214,12 @@ class SessionK:
         if k_max <= 0 or not (c.verify.ready and c.draft.ready):
             return k_max  # nothing measured yet: speculate fully and measure
         n = max(1.0, c.load)
-        best_k, best_rate = 0, 1.0 / c.verify(n)
+        best_k, best_rate = 0, 1.0 / c.verify(n, n)
         survive, expected = 1.0, 1.0
         for k, alpha in enumerate(self.rates(k_max), start=1):
             survive *= alpha
             expected += survive
-            rate = expected / (k * c.draft(n) + c.verify(n * (k + 1)))
+            rate = expected / (k * c.draft(n) + c.verify(n, n * (k + 1)))
             if rate > best_rate:
                 best_k, best_rate = k, rate
         if best_k == 0:

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import draft_service.servicer as draft_server
 import target_service.servicer as target_server
 from coordinator import server as coordinator_server
-from coordinator.adaptive import CostCurve
+from coordinator.adaptive import CostCurve, VerifyCost
 from coordinator.config import CoordinatorConfig
 from specdec.config import ModelServiceConfig
 from specdec.v1 import draft_pb2_grpc, generator_pb2_grpc, target_pb2_grpc
@@ -141,11 +141,12 @@ def gpu_like_costs(stack: Stack, draft_step_s: float = 0.001):
     0 and leave adaptive rounds untested."""
     adaptive = stack.coordinator.core.adaptive
     measured = adaptive.verify, adaptive.draft
-    verify, draft = CostCurve(decay=1.0), CostCurve(decay=1.0)
+    verify, draft = VerifyCost(decay=1.0), CostCurve(decay=1.0)
     for i in range(20_000):
-        rows = 1 + i % 16
-        verify.observe(rows, 0.02 + 0.0002 * rows)
-        draft.observe(1 + i % 4, draft_step_s)
+        sessions = 2 ** (i % 8)  # 1 ... 128
+        rows = sessions * (1 + i // 8 % 9)
+        verify.observe(sessions, rows, 0.02 + 0.0002 * rows)
+        draft.observe(sessions, draft_step_s)
     adaptive.verify, adaptive.draft = verify, draft
     try:
         yield

@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from coordinator.adaptive import PROBE_EVERY, Acceptance, AdaptiveK, CostCurve
+from coordinator.adaptive import PROBE_EVERY, Acceptance, AdaptiveK, CostCurve, VerifyCost
 
 
 def test_cost_curve_interpolates_between_sizes_and_never_falls():
@@ -33,6 +33,19 @@ def test_one_size_extrapolates_with_the_prior_slope():
         curve.observe(4, 0.2)
     assert curve(4) == pytest.approx(0.2)
     assert curve(20) == pytest.approx(0.2 * 36 / 20)  # doubles every 16 rows beyond
+
+
+def test_verify_cost_depends_on_sessions_and_borrows_for_unseen_loads():
+    cost = VerifyCost()
+    for rows in (1, 5, 9):
+        cost.observe(1, rows, 0.15 + 0.001 * rows)
+    for k in range(9):
+        cost.observe(8, 8 * (k + 1), 0.27 + 0.012 * 8 * k)
+    assert cost(1, 5) == pytest.approx(0.155)
+    assert cost(8, 8) == pytest.approx(0.27)  # 8 rows of 8 sessions: dearer than of one
+    assert cost(1, 8) < 0.16
+    # 16 sessions, never seen: the 8-session curve, twice the sessions, twice the cost
+    assert cost(16, 16) == pytest.approx(2 * 0.27)
 
 
 def test_acceptance_counts_positions_reached():
