@@ -14,11 +14,10 @@ D(n): the draft's cost per proposal step for a batch of n sessions; T(n, rows): 
 target's verify pass over n sessions and `rows` rows. Both are learnt online from the
 services' own compute times, per batch-size bucket (CostCurve, VerifyCost). The load term
 is n: as more sessions share a verify pass, every extra row costs more compute and
-speculation pays less,
-down to K = 0. The controller assumes every session in the batch acts like this one (each
-picks K for its own acceptance), which is exact when they are alike and a fair estimate when
-not. A session held at K = 0 proposes one token every PROBE_EVERY rounds so that its
-acceptance estimate can recover.
+speculation pays less, down to K = 0. The controller assumes every session in the batch acts
+like this one (each picks K for its own acceptance), which is exact when they are alike and
+a fair estimate when not. A session held at K = 0 proposes one token every PROBE_EVERY
+rounds so that its acceptance estimate can recover.
 
 Pure arithmetic on numbers the coordinator already has: no transport, no tensors.
 """
