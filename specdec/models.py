@@ -110,6 +110,19 @@ def eos_token_ids(model: PreTrainedModel, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def quantized_cache_file(path, cache_dir: str | None, scheme: str, dtype: torch.dtype,
+                         head_ids: torch.Tensor | None) -> Path | None:
+    """Where the packed low-bit layers of this model are cached: keyed by the weight files
+    (path, size, modification time), scheme, dtype, restricted head and torch version."""
+    if not cache_dir:
+        return None
+    files = sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin"))
+    key = json.dumps([str(Path(path).resolve()), scheme, str(dtype), torch.__version__,
+                      [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+                      None if head_ids is None else head_ids.tolist()])
+    return Path(cache_dir) / "quantized" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+
+
 def load_model(spec: str, dtype: str = "auto", device: str = "auto",
                cache_dir: str | None = None, quantization: str = "none",
                head_vocab: str = "") -> LoadedModel:
@@ -134,8 +147,9 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
         if dev.type != "cpu":
             raise InvalidArgument(f"--quantization {quantization} runs on CPU only for now "
                                   f"(device {dev})")
-        counts = quantize(model, quantization)
-        log.info("quantized", model=spec, scheme=quantization, **counts)
+        cache = quantized_cache_file(path, cache_dir, quantization, dt, head_ids)
+        counts = quantize(model, quantization, cache)
+        log.info("quantized", model=spec, scheme=quantization, cache=str(cache), **counts)
     return LoadedModel(
         name=spec,
         model=model,

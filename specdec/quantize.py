@@ -15,12 +15,21 @@ slower than a plain matrix product (measured crossover: 4-5 rows), and a 150-tok
 would cost ~150 single steps. So quantization speeds up small passes and costs memory (the
 low-bit copy on top of the original). Layers whose shapes a kernel does not take stay as they
 are (counted in the returned summary). CPU only for now.
+
+Quantizing a 0.5B model takes tens of seconds on a small CPU, so the packed weights can be
+cached (`cache_file`): a later start with the same weights, scheme and torch version loads
+them instead.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import structlog
 import torch
 from torch import nn
+
+log = structlog.get_logger(__name__)
 
 SCHEMES = ("none", "int8", "int4")
 INT4_GROUP_SIZES = (128, 64, 32)
@@ -45,6 +54,23 @@ class _LowBit(nn.Module):
 
     def low_bit(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def packed(self) -> dict:
+        """What restore() needs to rebuild this layer without quantizing again."""
+        return {"kind": type(self).__name__, "group_size": getattr(self, "group_size", 0),
+                **{name: buf for name, buf in self.named_buffers() if "." not in name}}
+
+    @staticmethod
+    def restore(linear: nn.Linear, packed: dict) -> _LowBit:
+        cls = {"Int8Linear": Int8Linear, "Int4Linear": Int4Linear}[packed["kind"]]
+        layer = cls.__new__(cls)
+        _LowBit.__init__(layer, linear)
+        for name, value in packed.items():
+            if isinstance(value, torch.Tensor):
+                layer.register_buffer(name, value)
+        if packed["group_size"]:
+            layer.group_size = packed["group_size"]
+        return layer
 
 
 class Int8Linear(_LowBit):
@@ -87,18 +113,29 @@ class Int4Linear(_LowBit):
             rows, self.qweight, self.group_size, self.scales_and_zeros)
 
 
-def quantize(model: nn.Module, scheme: str) -> dict[str, int]:
-    """Replace the model's nn.Linear layers (the output head included) in place.
-    Returns {"quantized": n, "kept": m}."""
+def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> dict[str, int]:
+    """Replace the model's nn.Linear layers (the output head included) in place; with
+    cache_file, load the packed layers from it if it exists, else save them there.
+    Returns {"quantized": n, "kept": m, "cached": 0 or 1}."""
     if scheme not in SCHEMES:
         raise ValueError(f"quantization {scheme!r}: expected one of {', '.join(SCHEMES)}")
-    counts = {"quantized": 0, "kept": 0}
+    counts = {"quantized": 0, "kept": 0, "cached": 0}
     if scheme == "none":
         return counts
+    saved = None
+    if cache_file is not None and cache_file.exists():
+        try:
+            saved = torch.load(cache_file, weights_only=True)
+            counts["cached"] = 1
+        except Exception as e:  # a torn or foreign file: quantize again and rewrite it
+            log.warning("ignoring an unreadable quantization cache", path=str(cache_file),
+                        error=str(e))
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, linear in targets:
         new = None
-        if linear.weight.device.type == "cpu":
+        if saved is not None:
+            new = _LowBit.restore(linear, saved[name]) if name in saved else None
+        elif linear.weight.device.type == "cpu":
             if scheme == "int8":
                 new = Int8Linear(linear)
             elif (g := int4_group_size(linear.in_features)) is not None and \
@@ -110,4 +147,11 @@ def quantize(model: nn.Module, scheme: str) -> dict[str, int]:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         counts["quantized"] += 1
+    if cache_file is not None and saved is None:
+        packed = {name: m.packed() for name, m in model.named_modules()
+                  if isinstance(m, _LowBit)}
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(".partial")
+        torch.save(packed, partial)
+        partial.replace(cache_file)  # atomic: a reader never sees half a file
     return counts

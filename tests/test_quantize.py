@@ -61,7 +61,7 @@ def test_passes_of_many_rows_use_the_original_weights(make):
 def test_quantize_replaces_linear_layers_and_keeps_what_the_kernels_do_not_take():
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 13))  # 13 % 8 != 0
     counts = quantize(model, "int4")
-    assert counts == {"quantized": 1, "kept": 1}
+    assert counts == {"quantized": 1, "kept": 1, "cached": 0}
     assert isinstance(model[0], Int4Linear) and isinstance(model[2], nn.Linear)
     with pytest.raises(ValueError, match="expected one of"):
         quantize(model, "int3")
@@ -81,3 +81,35 @@ def test_quantized_model_loads_and_approximates_the_original(model_dirs, tmp_pat
     assert any(isinstance(m, (Int8Linear, Int4Linear)) for m in lm.model.modules())
     got = lm.model(ids).logits[0]
     assert nn.functional.cosine_similarity(got, ref, dim=-1).min() >= min_cosine
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_layers_are_cached_and_restored_identically(model_dirs, tmp_path, scheme):
+    """The first load quantizes and writes the packed layers under the cache directory; the
+    second loads them instead, with the same buffers and the same logits."""
+    cache = str(tmp_path)
+    first = load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", cache, scheme)
+    (cached,) = (tmp_path / "quantized").iterdir()
+    second = load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", cache, scheme)
+    assert list((tmp_path / "quantized").iterdir()) == [cached]  # read, not rewritten
+    a, b = dict(first.model.named_buffers()), dict(second.model.named_buffers())
+    assert a.keys() == b.keys() and any("qweight" in name for name in a)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    x = torch.tensor([first.tokenizer("def add(a, b):").input_ids])
+    with torch.inference_mode():
+        torch.testing.assert_close(first.model(x[:, :3]).logits, second.model(x[:, :3]).logits,
+                                   rtol=0, atol=0)
+    other = load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", cache,
+                       "int8" if scheme == "int4" else "int4")
+    assert other.quantization != first.quantization
+    assert len(list((tmp_path / "quantized").iterdir())) == 2  # a key per scheme
+
+
+def test_an_unreadable_cache_is_quantized_again(model_dirs, tmp_path):
+    cache = str(tmp_path)
+    load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", cache, "int8")
+    (cached,) = (tmp_path / "quantized").iterdir()
+    cached.write_bytes(b"torn")
+    lm = load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", cache, "int8")
+    assert any(isinstance(m, Int8Linear) for m in lm.model.modules())
+    assert torch.load(cached, weights_only=True)  # rewritten whole
