@@ -143,7 +143,7 @@ def gpu_like_costs(stack: Stack, draft_step_s: float = 0.001):
     measured = adaptive.verify, adaptive.draft
     verify, draft = VerifyCost(decay=1.0), CostCurve(decay=1.0)
     for i in range(20_000):
-        sessions = 2 ** (i % 8)  # 1 ... 128
+        sessions = 1 + i % 128
         rows = sessions * (1 + i // 8 % 9)
         verify.observe(sessions, rows, 0.02 + 0.0002 * rows)
         draft.observe(sessions, draft_step_s)
