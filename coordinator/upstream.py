@@ -106,6 +106,9 @@ class ServiceClient:
             code = e.code().name
             if budget is not None and code == "DEADLINE_EXCEEDED":
                 budget.observe(timeout)
+                # what the call cost is at least its timeout: a draft that times out at
+                # some load must not look free at that load (adaptive K would ask again)
+                self._report_cost(method, request, None, timeout)
             self.on_error(self.role, code)
             detail = (f"no answer within {timeout:.3g}s" if code == "DEADLINE_EXCEEDED"
                       else e.details())
@@ -115,8 +118,9 @@ class ServiceClient:
         self._report_cost(method, request, reply)
         return reply
 
-    def _report_cost(self, method: str, request, reply) -> None:
-        """Pass a batched call's size and compute time to on_cost (per service)."""
+    def _report_cost(self, method: str, request, reply, timed_out_s: float = 0.0) -> None:
+        """Pass a batched call's size and compute time to on_cost (per service); reply None:
+        the call timed out after timed_out_s."""
 
     async def submit(self, batcher: Batcher, item):
         """Send one item through a batcher. Returns (its result, the batch's reply, this
@@ -253,10 +257,11 @@ class DraftClient(ServiceClient):
     def budget(self, method: str) -> LatencyBudget | None:
         return self._budgets.get(method)
 
-    def _report_cost(self, method: str, request, reply) -> None:
+    def _report_cost(self, method: str, request, reply, timed_out_s: float = 0.0) -> None:
         if method == "Propose":  # size: the most proposals an item asked for
-            self.on_cost(reply.batched_sessions, max(i.num_tokens for i in request.items),
-                         reply.compute_time_us / 1e6)
+            sessions = len(request.items) if reply is None else reply.batched_sessions
+            seconds = timed_out_s if reply is None else reply.compute_time_us / 1e6
+            self.on_cost(sessions, max(i.num_tokens for i in request.items), seconds)
 
     async def propose(self, session_id: str, position: int, truncate_to: int | None,
                       append: list[int], k: int):
@@ -286,8 +291,8 @@ class TargetClient(ServiceClient):
         self.verifies = self._batcher(
             "Verify", lambda items: target_pb2.VerifyRequest(items=items))
 
-    def _report_cost(self, method: str, request, reply) -> None:
-        if method == "Verify":  # size: rows verified (answers to a query need no pass)
+    def _report_cost(self, method: str, request, reply, timed_out_s: float = 0.0) -> None:
+        if method == "Verify" and reply is not None:  # size: rows (answers need no pass)
             rows = [len(i.draft_token_ids) + 1 for i in request.items if not i.draft_probs_answer]
             self.on_cost(len(rows), sum(rows), reply.compute_time_us / 1e6)
 
