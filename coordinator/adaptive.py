@@ -16,8 +16,11 @@ services' own compute times, per batch-size bucket (CostCurve, VerifyCost). The 
 is n: as more sessions share a verify pass, every extra row costs more compute and
 speculation pays less, down to K = 0. The controller assumes every session in the batch acts
 like this one (each picks K for its own acceptance), which is exact when they are alike and
-a fair estimate when not. A session held at K = 0 proposes one token every PROBE_EVERY
-rounds so that its acceptance estimate can recover.
+a fair estimate when not. A session at K = 0 does not probe: every round at K = 0 leaves the
+draft session behind, and catching up many sessions at once in one Propose (a prefill of
+their missed tokens) timed out under load and cost more than the probe could find; the
+decision moves with the load instead (costs are remembered per load) and a new session
+starts from the coordinator's acceptance.
 
 Pure arithmetic on numbers the coordinator already has: no transport, no tensors.
 """
@@ -28,7 +31,6 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-PROBE_EVERY = 16  # rounds between 1-token probes of a session held at K = 0
 MIN_OBSERVATIONS = 3  # calls of each service measured before the model is trusted
 
 
@@ -201,7 +203,6 @@ class SessionK:
     def __init__(self, controller: AdaptiveK, weight: float = 4.0):
         self.controller, self.weight = controller, weight
         self.acceptance = Acceptance()
-        self.rounds_at_zero = 0
 
     def rates(self, n: int) -> list[float]:
         """Acceptance at positions 0..n-1: this session's, shrunk towards the population's
@@ -240,12 +241,6 @@ class SessionK:
             rate = expected / (k * c.draft(n) + c.verify(n, n * (k + 1)))
             if rate > best_rate:
                 best_k, best_rate = k, rate
-        if best_k == 0:
-            self.rounds_at_zero += 1
-            if self.rounds_at_zero % PROBE_EVERY == 0:
-                return 1
-        else:
-            self.rounds_at_zero = 0
         return best_k
 
     def record(self, proposed: int, accepted: int) -> None:
