@@ -68,7 +68,7 @@ def test_speculative_equals_generate(stacks, reference, draft):
 
 @pytest.mark.parametrize("draft", ["draft_perturbed", "draft_perturbed_int4"])
 def test_adaptive_k_equals_generate(stacks, reference, draft):
-    """Adaptive K (the coordinator's default): each round proposes up to K tokens, as many as
+    """Adaptive K (adaptive_k=true): each round proposes up to K tokens, as many as
     the costs and the session's acceptance make worth it; output token-identical."""
     stack = stacks(draft)
     proposed = collections.Counter()
