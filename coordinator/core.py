@@ -127,8 +127,7 @@ class GenerationCore:
                 last_token_at = None
                 events = generate(session_id, args.prompt_ids, params, self.draft, self.target,
                                   self.tokenizer, self.eos_token_ids, self.scheduler,
-                                  self.policy, deadline, stats,
-                                  self.adaptive if params.adaptive else None)
+                                  self.policy, deadline, stats, self.adaptive)
                 async with contextlib.aclosing(events):
                     async for event in events:
                         if isinstance(event, Token):

@@ -56,7 +56,7 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
     clients' batchers use in lockstep mode, told when this generation starts and ends; None
     in pipelined mode. deadline: the request's.
     stats: where to count (the caller keeps it to report a generation that failed).
-    adaptive: the coordinator's cost model when params.adaptive (None: K is fixed)."""
+    adaptive: the coordinator's cost model, used when params.adaptive (None: K is fixed)."""
     if scheduler is not None:
         scheduler.begin()
     deadline = deadline or Deadline(None)
