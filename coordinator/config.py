@@ -38,6 +38,7 @@ class CoordinatorConfig:
     served_model_name: str = ""
     resolve_interval_s: float = 5.0
     adaptive_k: bool = False
+    draft_ahead: bool = False
 
 
 def parser() -> EnvDefaultsParser:
@@ -77,6 +78,12 @@ def parser() -> EnvDefaultsParser:
                  help="lockstep: all sessions move in rounds, one batched call at a time "
                       "(draft and target take turns; best when they share CPUs); pipelined: "
                       "each service's calls go out independently (overlap on separate GPUs)")
+    p.add_option("--draft-ahead", default=0, type=int, choices=[0, 1],
+                 help="1 (needs --schedule pipelined): while the target verifies a round, "
+                      "the draft already proposes the next one, guessing that every proposal "
+                      "is accepted; a wrong guess is rolled back (greedy requests only; "
+                      "pays where draft and target have their own devices: "
+                      "docs/sampling.md#drafting-ahead)")
     p.add_option("--rpc-timeout-s", default=120.0, type=float,
                  help="deadline of each call to the draft and target services")
     p.add_option("--connect-timeout-s", default=900.0, type=float,

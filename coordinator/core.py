@@ -35,6 +35,7 @@ class Limits:
     max_context: int  # the smaller of the draft's and target's contexts
     target_context: int
     adaptive_k: bool = False  # the coordinator's --adaptive-k (and it has an AdaptiveK)
+    draft_ahead: bool = False  # the coordinator's --draft-ahead
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,11 @@ def validate(args: GenerateArgs, limits: Limits) -> Params:
     adaptive = args.adaptive_k
     if adaptive is None:  # a seeded sample reproduces its tokens only with a fixed K
         adaptive = limits.adaptive_k and (sampling.greedy or args.seed is None)
+    # Drafting ahead is greedy-only: a sampled rejection reads the draft's rows of the block
+    # under verification, which the block proposed ahead would have replaced.
     return Params(args.max_new_tokens, k, tuple(args.stop),
-                  GREEDY if sampling.greedy else sampling, adaptive and k > 0)
+                  GREEDY if sampling.greedy else sampling, adaptive and k > 0,
+                  ahead=limits.draft_ahead and sampling.greedy and k > 0)
 
 
 class GenerationCore:

@@ -37,6 +37,7 @@ class Params:
     stop: tuple[str, ...] = ()
     sampling: SamplingParams = GREEDY
     adaptive: bool = False  # k is the most a round proposes (adaptive.SessionK picks)
+    ahead: bool = False  # draft the next round during each verify (greedy only; --draft-ahead)
 
 
 @dataclass
@@ -71,6 +72,7 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
            if params.k > 0 else None)
     chooser = adaptive.session() if adaptive is not None and params.adaptive else None
     finished = False
+    ready: list[int] = []  # the next round's proposals, when a block drafted ahead holds
     try:
         # One after the other: on a shared CPU, two prefills at once slow each other down
         # more than they gain (the services take turns everywhere else too).
@@ -84,18 +86,33 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
                 await tgt.move(history)
             if dft is not None and dft.should_move:
                 dft.move()
+                ready = []
             # A round yields up to k + 1 tokens; never propose past max_new_tokens.
             k = min(params.k, params.max_new_tokens - stats.generated_tokens - 1)
             if chooser is not None:
                 k = chooser.choose(k)
-            proposals, probs = await dft.propose(history, k) if dft and k > 0 else ([], [])
-            round_ = await tgt.verify(history, proposals, probs, dft)
+            if ready:  # proposed during the last verify
+                proposals, probs = dft.take(ready, k), []
+            else:
+                proposals, probs = await dft.propose(history, k) if dft and k > 0 else ([], [])
+            ahead = None
+            if (params.ahead and dft is not None and k > 0
+                    and stats.generated_tokens + len(proposals) + 1 < params.max_new_tokens):
+                # the next round's block: a guess of this round's last token, then k more
+                ahead = asyncio.ensure_future(dft.propose(history, k + 1, ahead=True))
+            try:
+                round_ = await tgt.verify(history, proposals, probs, dft)
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                raise
+            block = None if ahead is None else (await ahead)[0]
             stats.record_round(round_.proposed, round_.accepted)
             if chooser is not None:
                 chooser.record(round_.proposed, round_.accepted)
             new_tokens = [*proposals[:round_.accepted], round_.next_token]
             if dft is not None:
-                dft.commit(round_.proposed, round_.accepted, new_tokens)
+                ready = dft.commit(round_.proposed, round_.accepted, new_tokens, block)
             history.extend(new_tokens)
 
             for token_id in new_tokens:

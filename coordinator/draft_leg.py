@@ -85,22 +85,27 @@ class DraftLeg(Leg):
         self._abandon()
         self.backoff.reset()
 
-    async def propose(self, history: list[int], k: int) -> tuple[list[int], list[float]]:
-        """K proposals and q of each; ([], []) when the draft is missing (a fallback round)."""
+    async def propose(self, history: list[int], k: int, ahead: bool = False
+                      ) -> tuple[list[int], list[float]]:
+        """K proposals and q of each; ([], []) when the draft is missing (a fallback round).
+        ahead: the block is proposed during the round's verify, for the next round (see
+        commit); its failure costs the next round, which counts the fallback."""
         if self.session_id is None:
             if self._reopening is None and self.backoff.ready():
                 self._start_reopen(history)
             if self._reopening is not None and self._reopening.done():
                 self._adopt_reopened(history)
             if self.session_id is None:
-                self.stats.record_fallback(self.reason)
+                if not ahead:
+                    self.stats.record_fallback(self.reason)
                 return [], []
         try:
             proposal, batch, nbytes = await self.deadline.bound(self.client.propose(
                 self.session_id, self.position, self.keep, self.append, k))
         except UpstreamError as e:
             self._lost(e)
-            self.stats.record_fallback(self.reason)
+            if not ahead:
+                self.stats.record_fallback(self.reason)
             return [], []
         self.stats.draft_time_s += batch.compute_time_us / 1e6
         self.stats.wire_bytes += nbytes
@@ -153,15 +158,36 @@ class DraftLeg(Leg):
                 client.close_later(sid)
         return None
 
-    def commit(self, proposed: int, accepted: int, new_tokens: list[int]) -> None:
-        """A round ended: `proposed` proposals, `accepted` of them kept, `new_tokens` final."""
+    def commit(self, proposed: int, accepted: int, new_tokens: list[int],
+               ahead: list[int] | None = None) -> list[int]:
+        """A round ended: `proposed` proposals, `accepted` of them kept, `new_tokens` final.
+        ahead: the block a Propose made during the round's verify (None: none was sent),
+        i.e. a guess of the round's last token, then proposals after it. Returns the next
+        round's proposals when the guess was right (every proposal accepted, and the guess is
+        the target's token), else [] with the block rolled back."""
         if self.session_id is None:
-            return
-        if proposed:
-            self.keep = self.position - proposed + accepted
+            return []
+        if ahead is not None:
+            if ahead and accepted == proposed and ahead[0] == new_tokens[-1]:
+                return ahead[1:]
+            self.stats.ahead_discarded += bool(ahead)
+            end = self.position - len(ahead)  # where the round's proposals end
+        else:
+            end = self.position if self.keep is None else self.keep
+        if proposed or ahead is not None:
+            self.keep = end - proposed + accepted
             self.append = [new_tokens[-1]]
         else:
             self.append.extend(new_tokens)
+        return []
+
+    def take(self, ready: list[int], k: int) -> list[int]:
+        """The round's proposals from a block drafted ahead (commit's return): its first k;
+        the rest are rolled back on the next Propose."""
+        if len(ready) > k:
+            self.keep = self.position - (len(ready) - k)
+        self.stats.ahead_used += k > 0
+        return ready[:k]
 
     async def close(self) -> None:
         if self._reopening is not None:

@@ -52,6 +52,11 @@ class CoordinatorMetrics:
         self.reopens = Counter("specdec_session_reopens",
                                "Sessions re-opened from the token history after a fault",
                                ["service"], registry=r)
+        self.ahead_blocks = Counter(
+            "specdec_draft_ahead_blocks",
+            "Blocks drafted during a verify (--draft-ahead), by outcome: used (the next "
+            "round's proposals) or discarded (rolled back after a rejection)", ["outcome"],
+            registry=r)
         self.upstream_errors = Counter(
             "specdec_upstream_errors", "Failed calls or items of the draft/target services",
             ["service", "code"], registry=r)
@@ -88,6 +93,8 @@ class CoordinatorMetrics:
             self.fallback_rounds.labels(reason).inc(rounds)
         self.reopens.labels("draft").inc(stats.draft_reopens)
         self.reopens.labels("target").inc(stats.target_reopens)
+        self.ahead_blocks.labels("used").inc(stats.ahead_used)
+        self.ahead_blocks.labels("discarded").inc(stats.ahead_discarded)
         if status == "OK":
             self.e2e.observe(stats.total_time_s)
             self.generated.observe(stats.generated_tokens)

@@ -106,7 +106,10 @@ async def watch_upstreams(server: RunningServer, core: GenerationCore,
 async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     """Wait for a replica of each tier, check they are compatible, then serve. Raises
     SpecdecError (FailedPrecondition for an incompatible pair, Unavailable for a tier without
-    a serving replica, InvalidArgument for a malformed address)."""
+    a serving replica, InvalidArgument for a malformed address or flags)."""
+    if cfg.draft_ahead and cfg.schedule != "pipelined":
+        raise InvalidArgument("--draft-ahead 1 needs --schedule pipelined (lockstep sends one "
+                              "call at a time, so the draft could not work during a verify)")
     scheduler = Scheduler([]) if cfg.schedule == "lockstep" else None
     metrics = CoordinatorMetrics(CollectorRegistry())
 
@@ -156,7 +159,8 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
         max_new_tokens=cfg.max_new_tokens_limit, max_k=max_k, default_k=cfg.default_k,
         max_context=min(draft_info.model.max_context_length,
                         target_info.model.max_context_length),
-        target_context=target_info.model.max_context_length, adaptive_k=cfg.adaptive_k)
+        target_context=target_info.model.max_context_length, adaptive_k=cfg.adaptive_k,
+        draft_ahead=cfg.draft_ahead)
     policy = FaultPolicy(target_retry_s=cfg.target_retry_s)
     core = GenerationCore(draft, target, tokenizer, set(target_info.model.eos_token_ids),
                           limits, scheduler, policy, metrics, adaptive)
@@ -176,7 +180,7 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     watcher = asyncio.create_task(watch_upstreams(server, core, metrics))
     log.info("serving", port=server.port, draft=draft.addrs, target=target.addrs,
              draft_model=draft_info.model.model_name, target_model=target_info.model.model_name,
-             max_k=limits.max_k, schedule=cfg.schedule,
+             max_k=limits.max_k, schedule=cfg.schedule, draft_ahead=cfg.draft_ahead,
              metrics_port=metrics_server.port if metrics_server else None,
              http_port=http.port if http else None)
     return Coordinator(server, draft, target, core, watcher, metrics_server, http)

@@ -47,7 +47,8 @@ def stats_to_pb(s: Stats) -> generator_pb2.GenerationStats:
         proposed_at_position=s.proposed_at, accepted_at_position=s.accepted_at,
         draft_fallback_rounds=s.draft_fallback_rounds,
         draft_fallback_reason=s.draft_fallback_reason, draft_reopens=s.draft_reopens,
-        target_reopens=s.target_reopens)
+        target_reopens=s.target_reopens, ahead_used_blocks=s.ahead_used,
+        ahead_discarded_blocks=s.ahead_discarded)
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):

@@ -34,6 +34,8 @@ class Stats:
     fallback_reasons: dict[str, int] = field(default_factory=dict)
     draft_reopens: int = 0  # draft sessions re-opened from the token history after a fault
     target_reopens: int = 0  # target sessions re-opened from the token history after a fault
+    ahead_used: int = 0  # --draft-ahead blocks that became the next round's proposals
+    ahead_discarded: int = 0  # --draft-ahead blocks rolled back (a proposal was rejected)
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
@@ -105,4 +107,5 @@ class Stats:
             "draft_fallback_rounds": self.draft_fallback_rounds,
             "draft_fallback_reason": self.draft_fallback_reason,
             "draft_reopens": self.draft_reopens, "target_reopens": self.target_reopens,
+            "ahead_used": self.ahead_used, "ahead_discarded": self.ahead_discarded,
         }

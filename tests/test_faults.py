@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.client import generate as client_generate
 from processes import scrape, start_services
+from specdec.launch import spawn, wait_serving
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 from stack import wait_until
 from tiny_models import PROMPTS
@@ -51,9 +52,10 @@ def health(addr: str, service: str = "") -> int:
             health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
-def stream_with_fault(services, req, fault, after_tokens=3, timeout_s=90):
-    """Start a stream, read a few tokens, inject `fault()`, read the rest."""
-    with grpc.insecure_channel(services.addr) as ch:
+def stream_with_fault(addr, req, fault, after_tokens=3, timeout_s=90):
+    """Start a stream to the coordinator at addr, read a few tokens, inject `fault()`, read
+    the rest."""
+    with grpc.insecure_channel(addr) as ch:
         call = generator_pb2_grpc.GeneratorStub(ch).Generate(req, timeout=timeout_s)
         ids, stats = [], None
         for msg in call:
@@ -74,7 +76,7 @@ def slow_target(services, delay_s=0.01):
 def test_draft_killed_mid_stream_completes_target_only_and_identical(services, reference):
     slow_target(services)
     try:
-        ids, stats = stream_with_fault(services, request("def"),
+        ids, stats = stream_with_fault(services.addr, request("def"),
                                        lambda: services.processes["draft"].proc.kill())
     finally:
         slow_target(services, 0)
@@ -106,7 +108,7 @@ def test_target_killed_and_restarted_on_the_same_port_completes_identical(servic
 
     slow_target(services)
     try:
-        ids, stats = stream_with_fault(services, request("class"), kill_and_restart)
+        ids, stats = stream_with_fault(services.addr, request("class"), kill_and_restart)
     finally:
         slow_target(services, 0)
     assert restarted.wait(60)
@@ -161,6 +163,50 @@ def test_slow_draft_costs_rounds_not_waiting(services, reference):
     # --draft-timeout-ms 300: no token waited much longer than one Propose budget
     assert max(gaps) < 1.0, max(gaps)
     draft_proxy.cut()  # drop the connections still holding the slow calls
+
+
+def test_drafting_ahead_survives_a_killed_and_a_slow_draft(services, reference):
+    """A second coordinator with --schedule pipelined --draft-ahead 1 on the same services:
+    the draft killed while blocks are drafted ahead, then answering slower than its budget;
+    the output stays the target's and the blocks show in the metrics."""
+    proc = spawn("coordinator-ahead", "coordinator",
+                 ["--draft", services.proxies["draft"].addr,
+                  "--target", services.proxies["target"].addr, "--port", "0",
+                  "--metrics-port", "0", "--schedule", "pipelined", "--draft-ahead", "1",
+                  "--draft-timeout-ms", "300"], services.logs, services.env)
+    try:
+        wait_serving(proc, 120)
+        addr = f"127.0.0.1:{proc.port}"
+        ids, _, stats = client_generate(addr, request("def"), timeout_s=60)
+        assert ids == reference["def"] and stats["ahead_used_blocks"] > 0
+        slow_target(services)
+        try:
+            ids, stats = stream_with_fault(
+                addr, request("def"), lambda: services.processes["draft"].proc.kill(), 5)
+        finally:
+            slow_target(services, 0)
+        assert ids == reference["def"]
+        assert stats.draft_fallback_reason == "unavailable"
+        assert stats.ahead_used_blocks + stats.ahead_discarded_blocks > 0  # before the kill
+        services.proxies["draft"].upstream_port = services.start_model("draft").port
+        assert wait_until(lambda: client_generate(addr, request("def", max_new=20),
+                                                  timeout_s=60)[2]["ahead_used_blocks"] > 0,
+                          timeout=15)
+        services.proxies["draft"].delay_s = 2.0  # every draft call now outlasts its budget
+        try:
+            ids, _, stats = client_generate(addr, request("def"), timeout_s=60)
+        finally:
+            services.proxies["draft"].delay_s = 0
+            services.proxies["draft"].cut()
+        assert ids == reference["def"] and stats["draft_fallback_reason"] == "timeout"
+        metrics = scrape(proc.metrics_port)
+        assert metrics['specdec_draft_ahead_blocks_total{outcome="used"}'] > 0
+        assert metrics['specdec_draft_ahead_blocks_total{outcome="discarded"}'] > 0
+        # the sessions the slow calls left are closed (retried in the background)
+        assert wait_until(lambda: services.live_sessions("draft") == 0, timeout=20)
+    finally:
+        proc.proc.terminate()
+        proc.proc.wait(30)
 
 
 def test_fifty_cancelled_streams_leave_no_session(services):
