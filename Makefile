@@ -19,7 +19,7 @@ CPU ?=
 COMPOSE = docker compose -f compose.yaml $(if $(CPU),-f compose.cpu.yaml)
 PROTOS := $(wildcard protos/specdec/v1/*.proto)
 
-.PHONY: install proto test run demo models lint clean bench bench-quick bench-rtt bench-concurrency up down
+.PHONY: install proto test run demo models lint clean bench bench-quick bench-rtt bench-concurrency bench-pipeline llama-cpp up down
 
 install: $(VENV)/.installed
 
@@ -67,6 +67,15 @@ bench-rtt: install
 # Aggregate tokens/s and latency for 1..16 concurrent sessions, K=0, K=4 and adaptive K <= 8.
 bench-concurrency: install
 	for pair in $(PAIRS); do $(PY) -m bench.concurrency --pair $$pair || exit 1; done
+
+# Drafting in turns vs drafting ahead (--draft-ahead), shared CPUs vs pinned one core each,
+# side by side (~8 min here).
+bench-pipeline: install
+	$(PY) -m bench.pipeline $(BENCH_ARGS)
+
+# llama.cpp's binaries for `python -m bench.run --llama-cpp` (~15 min build; not for CI).
+llama-cpp: install
+	PYTHON=$(PY) bench/get-llama-cpp.sh
 
 # The containerised stack (compose.yaml: draft on GPU 0, target on GPU 1); CPU=1 for the
 # CPU override. Needs a Docker engine with Compose v2.24+.

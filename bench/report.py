@@ -56,6 +56,26 @@ def best_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def llamacpp_table(records: list[dict]) -> str:
+    """llama.cpp's runs (same GGUF pair, Q4_K_M as is) next to specdec's, greedy; "" when the
+    llama.cpp peer did not run."""
+    rows = [r for r in records if r["system"].startswith("llamacpp_")]
+    if not rows:
+        return ""
+    lines = ["| domain | system | tokens/s | acceptance | specdec best × vs this | "
+             "specdec K=0 × vs this |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        accept = [run["acceptance_rate"] for run in r["runs"] if run.get("acceptance_rate")]
+        lines.append(
+            f"| {r['domain']} | {r['system'].removeprefix('llamacpp_')} (llama.cpp"
+            + (f", draft-max {r['k']}, p-min {r['draft_p_min']:g}" if r["k"] else "") + ") | "
+            f"{_fmt(r['tokens_per_s'])} | "
+            f"{_fmt(sum(accept) / len(accept) if accept else None, 3)} | "
+            f"{_fmt(r.get('specdec_speedup_vs_this'))} | "
+            f"{_fmt(r.get('specdec_target_only_vs_this'))} |")
+    return "\n## llama.cpp on the same GGUF pair (greedy)\n\n" + "\n".join(lines) + "\n"
+
+
 def detail_table(records: list[dict]) -> str:
     lines = ["| domain | T | K | tokens/s | × vs K=0 | accept | mean acc. len | TTFT p50 s | "
              "ITL p50 / p95 / p99 ms | draft / verify / coord s | bytes/round | greedy = K=0 |",
@@ -150,7 +170,7 @@ def write_report(records: list[dict], out: Path, command: str) -> None:
             f"({first['cpu']}); torch {first['versions']['torch']}, transformers "
             f"{first['versions']['transformers']}.\n\n")
     body = ("## Best K per domain and temperature\n\n" + best_table(records) +
-            "\n## All configurations\n\n" + detail_table(records))
+            "\n## All configurations\n\n" + detail_table(records) + llamacpp_table(records))
     paths = figures(records, out)
     pics = "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in paths) + "\n"
     (out / "bench.md").write_text(head + body + pics)

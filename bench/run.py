@@ -4,6 +4,7 @@ Hugging Face assisted generation, over K x temperature x prompt domain.
 python -m bench.run [--quick] [--pair NAME | --draft M --target M] [--dtype bfloat16]
                     [--ks 1,2,3,4,6,8] [--temps 0,0.7,1.0] [--domains code,chat,summarization]
                     [--prompts 1] [--max-new-tokens 128] [--threads 2] [--no-peer]
+                    [--llama-cpp [DIR]] [--schedule pipelined] [--draft-ahead]
 
 For every (domain, prompt, temperature) the K=0 baseline runs first and each K right after,
 on the same running services, so ratios are measured side by side. Greedy K>0 outputs are
@@ -76,6 +77,15 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch threads per service and peer")
     p.add_argument("--no-peer", action="store_true", help="skip Hugging Face assisted generation")
+    p.add_argument("--llama-cpp", nargs="?", const="", default=None, metavar="DIR",
+                   help="also run llama.cpp on the pair's GGUF files, greedy: its binaries in "
+                        "DIR, else $LLAMA_CPP_DIR or the PATH (bench/get-llama-cpp.sh builds "
+                        "them); skipped with a message when not found")
+    p.add_argument("--schedule", default="lockstep", choices=["lockstep", "pipelined"],
+                   help="the coordinator's --schedule")
+    p.add_argument("--draft-ahead", action="store_true",
+                   help="the coordinator drafts the next round during each verify (implies "
+                        "--schedule pipelined)")
     p.add_argument("--out", type=Path, default=Path("results/bench"))
     args = p.parse_args(argv)
     if args.quick:
@@ -132,6 +142,8 @@ def record_base(args, plan: Plan, draft: str, target: str, dtype: str) -> dict:
             "target_quantization": args.target_quantization,
             "draft_min_confidence": args.draft_min_confidence,
             "draft_proposer": args.draft_proposer, "draft_vocab": args.draft_vocab,
+            "schedule": "pipelined" if args.draft_ahead else args.schedule,
+            "draft_ahead": args.draft_ahead,
             "max_new_tokens": plan.max_new_tokens, "machine": platform.platform(),
             "cpu": platform.processor() or platform.machine(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -182,6 +194,30 @@ def sweep(addr: str, tokenizer, plan: Plan, base: dict, out) -> list[dict]:
     return records
 
 
+def coordinator_flags(args) -> tuple[str, ...]:
+    if args.draft_ahead:
+        return ("--schedule", "pipelined", "--draft-ahead", "1")
+    return ("--schedule", args.schedule)
+
+
+def llamacpp_peer(args, pair, draft, target, tokenizer, plan, records, base, out) -> list:
+    """llama.cpp's records, or [] with a message saying why it did not run."""
+    from bench.llamacpp import find_binaries, gguf_file, run_llamacpp
+
+    bin_dir = find_binaries(args.llama_cpp)
+    if bin_dir is None:
+        print("llama.cpp peer skipped: no llama-completion and llama-speculative-simple in "
+              f"{args.llama_cpp or '$LLAMA_CPP_DIR or the PATH'} (bench/get-llama-cpp.sh "
+              "builds them)")
+        return []
+    files = [gguf_file(m, default_cache_dir()) for m in (draft, target)]
+    if None in files:
+        print(f"llama.cpp peer skipped: no GGUF file for {draft} / {target} (it runs on the "
+              "registry's GGUF pair or .gguf paths)")
+        return []
+    return run_llamacpp(bin_dir, *files, tokenizer, plan, records, base, out, args.threads)
+
+
 def main(argv=None) -> int:
     args, plan = parse_args(argv)
     pair = PAIRS[args.pair]
@@ -205,7 +241,8 @@ def main(argv=None) -> int:
                                           "--proposer", args.draft_proposer,
                                           *(("--draft-vocab", args.draft_vocab)
                                             if args.draft_vocab else ())),
-                              target_args=("--quantization", args.target_quantization))
+                              target_args=("--quantization", args.target_quantization),
+                              coordinator_args=coordinator_flags(args))
     with (args.out / "bench.jsonl").open("w") as out:
         try:
             records = sweep(stack.addr, tokenizer, plan, base, out)
@@ -215,6 +252,9 @@ def main(argv=None) -> int:
             from bench.peer import run_peer
             records += run_peer(draft, target, dtype, args.draft_dtype or pair.draft_dtype,
                                 tokenizer, plan, records, base, out)
+        if args.llama_cpp is not None:
+            records += llamacpp_peer(args, pair, draft, target, tokenizer, plan, records,
+                                     base, out)
     from bench.report import write_report
     write_report(records, args.out, " ".join(["python -m bench.run", *(argv or sys.argv[1:])]))
     print(f"results: {args.out}/bench.jsonl, bench.md, *.png")

@@ -51,12 +51,16 @@ class LocalStack:
         return codes
 
 
-def spawn(name: str, module: str, args: list[str], log_dir: Path, env: dict) -> Process:
+def spawn(name: str, module: str, args: list[str], log_dir: Path, env: dict,
+          cpus: set[int] | None = None) -> Process:
+    """cpus: pin the process (and every thread it starts) to these CPUs, as taskset -c."""
     log_path = log_dir / f"{name}.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT,
-                                env={**os.environ, "SPECDEC_LOG_FORMAT": "json", **env})
+                                env={**os.environ, "SPECDEC_LOG_FORMAT": "json", **env},
+                                preexec_fn=None if cpus is None else
+                                (lambda: os.sched_setaffinity(0, cpus)))
     return Process(name, proc, log_path)
 
 
@@ -85,10 +89,13 @@ def start_local_stack(draft_model: str, target_model: str, *, log_dir: Path,
                       threads: int = 0, cache_dir: str | None = None,
                       timeout_s: float = 1800, draft_dtype: str | None = None,
                       http_port: int | None = None, draft_args: tuple[str, ...] = (),
-                      target_args: tuple[str, ...] = ()) -> LocalStack:
+                      target_args: tuple[str, ...] = (), coordinator_args: tuple[str, ...] = (),
+                      cpus: dict[str, set[int]] | None = None) -> LocalStack:
     """Start draft, target, then the coordinator; return once all three serve.
     http_port: also serve the coordinator's OpenAI-compatible HTTP API (0 = any port).
-    draft_args, target_args: more flags for the draft and the target service."""
+    draft_args, target_args, coordinator_args: more flags for each process.
+    cpus: {"draft": {0}, "target": {1}, …}: pin those processes to those CPUs."""
+    cpus = cpus or {}
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {"SPECDEC_THREADS": str(threads), "SPECDEC_DTYPE": dtype}
     if cache_dir:
@@ -101,15 +108,16 @@ def start_local_stack(draft_model: str, target_model: str, *, log_dir: Path,
             extra += list(draft_args if name == "draft" else target_args)
             stack.processes.append(spawn(name, f"{name}_service",
                                          ["--model", model, "--port", str(port), *extra],
-                                         log_dir, env))
+                                         log_dir, env, cpus.get(name)))
         for p in stack.processes:
             wait_serving(p, timeout_s)
         draft, target = stack.processes
         coordinator = spawn("coordinator", "coordinator",
                             ["--draft", f"127.0.0.1:{draft.port}",
                              "--target", f"127.0.0.1:{target.port}", "--port", str(ports[2]),
-                             *([] if http_port is None else ["--http-port", str(http_port)])],
-                            log_dir, env)
+                             *([] if http_port is None else ["--http-port", str(http_port)]),
+                             *coordinator_args],
+                            log_dir, env, cpus.get("coordinator"))
         stack.processes.append(coordinator)
         wait_serving(coordinator, timeout_s)
     except BaseException:

@@ -133,13 +133,13 @@ async def generate_all(addr: str, requests, concurrency: int | None = None) -> l
 
 
 @contextlib.contextmanager
-def gpu_like_costs(stack: Stack, draft_step_s: float = 0.001):
-    """Give the stack's adaptive-K controller, for the duration, cost fits of a pair where
-    speculation pays (a verify pass 20 ms, rows nearly free, a draft step draft_step_s; by
-    default 5% of the verify), held fixed: the
-    tiny models' own costs (a draft step as dear as a verify pass) would rightly keep K at
-    0 and leave adaptive rounds untested."""
-    adaptive = stack.coordinator.core.adaptive
+def gpu_like_costs(coordinator, draft_step_s: float = 0.001):
+    """Give a coordinator's (coordinator.server.Coordinator) adaptive-K controller, for the
+    duration, cost fits of a pair where speculation pays (a verify pass 20 ms, rows nearly
+    free, a draft step draft_step_s; by default 5% of the verify), held fixed: the tiny
+    models' own costs (a draft step as dear as a verify pass) would rightly keep K at 0 and
+    leave adaptive rounds untested."""
+    adaptive = coordinator.core.adaptive
     measured = adaptive.verify, adaptive.draft
     verify, draft = VerifyCost(decay=1.0), CostCurve(decay=1.0)
     for i in range(20_000):
@@ -147,11 +147,34 @@ def gpu_like_costs(stack: Stack, draft_step_s: float = 0.001):
         rows = sessions * (1 + i // 8 % 9)
         verify.observe(sessions, rows, 0.02 + 0.0002 * rows)
         draft.observe(sessions, draft_step_s)
+    # held fixed: the tiny models' real costs must not leak in (54 fallback rounds at 1.5 ms
+    # a 1-row verify made K=0 look 3x cheaper than K=1 in a fault test)
+    verify.observe = draft.observe = lambda *args: None
     adaptive.verify, adaptive.draft = verify, draft
     try:
         yield
     finally:
         adaptive.verify, adaptive.draft = measured
+
+
+@contextlib.contextmanager
+def coordinator_behind_proxies(loop: LoopThread, stack: Stack, **cfg):
+    """A second coordinator (coordinator_config overrides `cfg`) reaching a running stack's
+    services through delay proxies; yields ({"draft": proxy, "target": proxy}, coordinator),
+    so tests can slow down and cut the links."""
+    from bench.delayproxy import DelayProxy
+
+    proxies = {role: DelayProxy(getattr(stack, role)[0].port) for role in ("draft", "target")}
+    try:
+        coordinator = loop.run(coordinator_server.start(coordinator_config(
+            proxies["draft"].port, proxies["target"].port, **cfg)))
+        try:
+            yield proxies, coordinator
+        finally:
+            loop.run(coordinator.stop(0))
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:

@@ -72,7 +72,7 @@ def test_adaptive_k_equals_generate(stacks, reference, draft):
     the costs and the session's acceptance make worth it; output token-identical."""
     stack = stacks(draft)
     proposed = collections.Counter()
-    with gpu_like_costs(stack):
+    with gpu_like_costs(stack.coordinator):
         for cap in (4, 8):
             for prompt in PROMPTS:
                 ids, _, stats = run(stack, prompt, cap, adaptive=True)

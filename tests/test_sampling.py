@@ -112,7 +112,7 @@ def test_adaptive_k_keeps_the_distribution(small, loop):
         r.adaptive_k = True
     chosen = stack.coordinator.core.adaptive.chosen
     before = collections.Counter(chosen)
-    with gpu_like_costs(stack, draft_step_s=0.006):  # K=1, 2 or 3 within a few percent
+    with gpu_like_costs(stack.coordinator, draft_step_s=0.006):  # K=1, 2 or 3 within a few percent
         results = loop.run(generate_all(stack.addr, reqs, concurrency=96), timeout=600)
     rounds = {k: n for k, n in (chosen - before).items() if n}
     counts = joint_counts([tuple(ids) for ids, _ in results], joint.shape[0])

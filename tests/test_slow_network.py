@@ -7,11 +7,9 @@ import time
 import grpc
 import pytest
 
-from bench.delayproxy import DelayProxy
-from coordinator import server as coordinator_server
 from coordinator.client import generate
 from specdec.v1 import generator_pb2
-from stack import coordinator_config, generate_all
+from stack import coordinator_behind_proxies, generate_all
 from tiny_models import PROMPTS
 
 
@@ -19,13 +17,8 @@ from tiny_models import PROMPTS
 def behind_proxies(loop, stacks):
     """A second coordinator reaching the services of a running stack through delay proxies."""
     stack = stacks("draft_perturbed")
-    proxies = {role: DelayProxy(getattr(stack, role)[0].port) for role in ("draft", "target")}
-    coordinator = loop.run(coordinator_server.start(coordinator_config(
-        proxies["draft"].port, proxies["target"].port, target_retry_s=1.0)))
-    yield stack, proxies, f"127.0.0.1:{coordinator.port}"
-    loop.run(coordinator.stop(0))
-    for proxy in proxies.values():
-        proxy.close()
+    with coordinator_behind_proxies(loop, stack, target_retry_s=1.0) as (proxies, coordinator):
+        yield stack, proxies, f"127.0.0.1:{coordinator.port}"
 
 
 def test_output_is_exact_with_delayed_links(loop, behind_proxies):

@@ -1,0 +1,72 @@
+"""Adaptive K and drafting ahead meet faults: the links to the draft and to the target are
+cut mid-stream and restored. The output stays the target's, token for token."""
+
+import threading
+
+import grpc
+import pytest
+
+from coordinator.client import generate as client_generate
+from specdec.v1 import generator_pb2, generator_pb2_grpc
+from stack import coordinator_behind_proxies, gpu_like_costs, wait_until
+
+CONFIGS = {
+    "adaptive": {"adaptive_k": True},
+    "adaptive+ahead": {"adaptive_k": True, "schedule": "pipelined", "draft_ahead": True},
+}
+
+
+def request(k: int, **fields):
+    return generator_pb2.GenerateRequest(prompt="def", max_new_tokens=150,
+                                         num_speculative_tokens=k, **fields)
+
+
+def stream(addr: str, req, faults: dict) -> tuple[list[int], object]:
+    """faults: {after n tokens: action}; returns (token ids, stats)."""
+    ids, stats = [], None
+    with grpc.insecure_channel(addr) as ch:
+        for msg in generator_pb2_grpc.GeneratorStub(ch).Generate(req, timeout=90):
+            if msg.HasField("token"):
+                ids.append(msg.token.id)
+                if len(ids) in faults:
+                    faults[len(ids)]()
+            else:
+                stats = msg.stats
+    return ids, stats
+
+
+def cut(proxy):
+    proxy.upstream_port, proxy.real_port = 1, proxy.upstream_port  # nothing listens on 1
+    proxy.cut()
+
+
+def restore(proxy):
+    proxy.upstream_port = proxy.real_port
+
+
+def restore_later(proxy, seconds: float):
+    """(no token arrives while the target is cut off, so restore it on a timer)"""
+    threading.Timer(seconds, restore, (proxy,)).start()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_links_cut_and_restored_mid_stream_keep_the_output(loop, stacks, config):
+    stack = stacks("draft_perturbed")
+    reference, _, _ = client_generate(stack.addr, request(0), timeout_s=60)
+    with coordinator_behind_proxies(loop, stack, **CONFIGS[config]) as (proxies, coordinator), \
+            gpu_like_costs(coordinator):
+        addr = f"127.0.0.1:{coordinator.port}"
+        proxies["target"].delay_s = 0.003  # so the stream outlasts the faults
+        draft, target = proxies["draft"], proxies["target"]
+        ids, stats = stream(addr, request(8, adaptive_k=True),
+                            {5: lambda: cut(draft), 25: lambda: restore(draft),
+                             60: lambda: (cut(target), restore_later(target, 0.3))})
+        assert ids == reference
+        assert stats.proposed_draft_tokens > 0 and stats.draft_fallback_rounds > 0
+        assert stats.draft_reopens >= 1  # speculation resumed after the draft came back
+        assert stats.target_reopens + stats.draft_fallback_rounds > 0
+        if CONFIGS[config].get("draft_ahead"):
+            assert stats.ahead_used_blocks + stats.ahead_discarded_blocks > 0
+        # sessions the cut links left behind are closed once the links are back
+        assert wait_until(lambda: stack.live_sessions() == (0, 0), timeout=15), \
+            stack.live_sessions()
