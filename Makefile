@@ -19,7 +19,7 @@ CPU ?=
 COMPOSE = docker compose -f compose.yaml $(if $(CPU),-f compose.cpu.yaml)
 PROTOS := $(wildcard protos/specdec/v1/*.proto)
 
-.PHONY: install proto test run demo models lint clean bench bench-quick bench-rtt bench-concurrency bench-pipeline llama-cpp up down
+.PHONY: install proto test test-all run demo models lint clean bench bench-quick bench-rtt bench-concurrency bench-pipeline llama-cpp up down
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ proto: install
 
 test: install
 	$(PY) -m pytest -q
+
+# everything, the tests marked slow too (~13 min here)
+test-all: install
+	$(PY) -m pytest -q -m "slow or not slow"
 
 models: install
 	$(PY) -m specdec.fetch qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct

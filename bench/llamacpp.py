@@ -4,7 +4,8 @@ specdec's registry models are GGUF files (Q4_K_M) that specdec dequantizes to bf
 runs the same files as they are. Two systems per domain, greedy only:
 
 - llamacpp_target_only: `llama-completion` with the target alone;
-- llamacpp_speculative: `llama-speculative-simple` with the draft (--draft-max, --draft-p-min).
+- llamacpp_speculative: `llama-speculative-simple` with the draft (--spec-type draft-simple,
+  --spec-draft-n-max, --spec-draft-p-min).
 
 Both generate exactly max_new_tokens (--ignore-eos, as the Hugging Face peer's
 min_new_tokens); tokens/s = tokens / (prompt processing + generation), model loading
@@ -88,8 +89,8 @@ def speculative(bin_dir: Path, target: Path, draft: Path, prompt_file: str, max_
     text = run_one([str(bin_dir / SPECULATIVE), "-m", str(target), "-md", str(draft),
                     "-f", prompt_file, "-n", str(max_new), "-t", str(threads),
                     "-td", str(threads), "--temp", "0", "--ignore-eos", "-c", "4096",
-                    "--draft-max", str(DRAFT_MAX), "--draft-min", "0",
-                    "--draft-p-min", str(DRAFT_P_MIN)])
+                    "--spec-type", "draft-simple", "--spec-draft-n-max", str(DRAFT_MAX),
+                    "--spec-draft-n-min", "0", "--spec-draft-p-min", str(DRAFT_P_MIN)])
     phases = {name: (int(n), float(s)) for name, n, s in _SPEC.findall(text)}
     if "decoded" not in phases:
         raise RuntimeError(f"no timings in {SPECULATIVE}'s output: {text[-2000:]}")

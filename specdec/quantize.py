@@ -10,10 +10,11 @@ so they pay off for few rows at a time (a draft's 1-token steps) and not for a t
   "tinygemm" layout of gpt-fast and torchao), `aten._weight_int4pack_mm_for_cpu`.
 
 Activations stay in the model's dtype. Passes of more than SMALL_ROWS rows (a prefill, a
-large batch) use the original weights, which each layer keeps: there the low-bit kernels are
-slower than a plain matrix product (measured crossover: 4-5 rows), and a 150-token prefill
-would cost ~150 single steps. So quantization speeds up small passes and costs memory (the
-low-bit copy on top of the original). Layers whose shapes a kernel does not take stay as they
+large batch) use a plain matrix product with the dequantized weights (in the model's dtype,
+where the original weights were): there the low-bit kernels are slower (measured crossover:
+4-5 rows), and a 150-token prefill would cost ~150 single steps. Both paths compute the same
+quantized model, up to rounding. So quantization speeds up small passes and costs memory
+(the low-bit copy on top of the dense one). Layers whose shapes a kernel does not take stay as they
 are (counted in the returned summary). CPU only for now.
 
 Quantizing a 0.5B model takes tens of seconds on a small CPU, so the packed weights can be
@@ -38,12 +39,19 @@ SMALL_ROWS = 4  # passes of at most this many rows use the low-bit kernels
 
 
 class _LowBit(nn.Module):
-    """Keeps the original layer for passes of many rows."""
+    """Keeps the layer for passes of many rows, its weights replaced by the dequantized
+    low-bit ones: every pass computes the same quantized model, whatever its number of rows
+    (otherwise a target's output would depend on K and on the batch)."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.dense = linear
         self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def _use_dequantized(self, weight: torch.Tensor) -> None:
+        # a new tensor, not a copy into the old one: an output head may share its weight
+        # with the input embeddings, which must stay as they are
+        self.dense.weight = nn.Parameter(weight, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -70,6 +78,7 @@ class _LowBit(nn.Module):
                 layer.register_buffer(name, value)
         if packed["group_size"]:
             layer.group_size = packed["group_size"]
+        layer._use_dequantized(layer.dequantized(linear.weight))
         return layer
 
 
@@ -81,6 +90,10 @@ class Int8Linear(_LowBit):
         self.register_buffer("qweight", torch.round(w / scales[:, None]).clamp(-128, 127)
                              .to(torch.int8))
         self.register_buffer("scales", scales.to(linear.weight.dtype))
+        self._use_dequantized(self.dequantized(linear.weight))
+
+    def dequantized(self, weight: torch.Tensor) -> torch.Tensor:                # [N, K]
+        return (self.qweight.float() * self.scales.float()[:, None]).to(weight.dtype)
 
     def low_bit(self, rows: torch.Tensor) -> torch.Tensor:                  # [M, K] -> [M, N]
         return torch._weight_int8pack_mm(rows, self.qweight, self.scales)
@@ -90,23 +103,39 @@ def int4_group_size(k: int) -> int | None:
     return next((g for g in INT4_GROUP_SIZES if k % g == 0), None)
 
 
+def _int4_codes(w: torch.Tensor, group_size: int):
+    """Asymmetric 4-bit codes of w [N, K] per group of group_size input channels: (q [N, K]
+    in [0, 15], scales, zeros [N*K/G, 1]) with w ~ (q - 8) * scale + zero."""
+    groups = w.float().reshape(-1, group_size)                               # [N*K/G, G]
+    lo, hi = groups.amin(dim=1, keepdim=True), groups.amax(dim=1, keepdim=True)
+    scales = (hi - lo).clamp(min=1e-6) / 15
+    q = ((groups - lo) / scales).round().clamp(0, 15)
+    return q.reshape(w.shape), scales, lo + scales * 8
+
+
 class Int4Linear(_LowBit):
     def __init__(self, linear: nn.Linear, group_size: int):
         super().__init__(linear)
-        w = linear.weight.detach().float()                                   # [N, K]
-        n, k = w.shape
-        groups = w.reshape(-1, group_size)                                   # [N*K/G, G]
-        lo, hi = groups.amin(dim=1, keepdim=True), groups.amax(dim=1, keepdim=True)
-        scales = (hi - lo).clamp(min=1e-6) / 15
-        zeros = lo + scales * 8  # w = (q - 8) * scale + zero, q in [0, 15]
-        q = ((groups - lo) / scales).round().clamp(0, 15).to(torch.int32).reshape(n, k)
+        n, k = linear.weight.shape
+        q, scales, zeros = _int4_codes(linear.weight.detach(), group_size)
         dtype = linear.weight.dtype
         self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-            q, INT4_INNER_K_TILES))
+            q.to(torch.int32), INT4_INNER_K_TILES))
         self.register_buffer("scales_and_zeros", torch.cat(
             [scales.reshape(n, -1, 1), zeros.reshape(n, -1, 1)], dim=2)
             .transpose(0, 1).contiguous().to(dtype))                         # [K/G, N, 2]
         self.group_size = group_size
+        self._use_dequantized(self.dequantized(linear.weight))
+
+    def dequantized(self, weight: torch.Tensor) -> torch.Tensor:                # [N, K]
+        """(q - 8) * scale + zero with the scales and zeros the kernel uses (in the model's
+        dtype). The packed codes cannot be read back, so q comes again from `weight`: the
+        original weights (quantizing is deterministic)."""
+        n, k = weight.shape
+        q, _, _ = _int4_codes(weight.detach(), self.group_size)
+        sz = self.scales_and_zeros.float().transpose(0, 1)                  # [N, K/G, 2]
+        groups = (q.reshape(n, -1, self.group_size) - 8) * sz[..., :1] + sz[..., 1:]
+        return groups.reshape(n, k).to(weight.dtype)
 
     def low_bit(self, rows: torch.Tensor) -> torch.Tensor:                  # [M, K] -> [M, N]
         return torch.ops.aten._weight_int4pack_mm_for_cpu(

@@ -47,15 +47,29 @@ def test_int4_layer_computes_with_its_dequantized_weights():
 
 
 @pytest.mark.parametrize("make", [Int8Linear, lambda lin: Int4Linear(lin, 64)])
-def test_passes_of_many_rows_use_the_original_weights(make):
-    """Low-bit kernels do not amortize across rows: a prefill runs on the kept original."""
+def test_passes_of_many_rows_compute_the_same_quantized_model(make):
+    """Low-bit kernels do not amortize across rows, so a prefill (or a large verify or
+    batch) runs a plain matrix product, with the dequantized weights: the same model as the
+    low-bit path, so the output does not depend on how many rows a pass has."""
     torch.manual_seed(0)
     linear = nn.Linear(128, 64)
+    original = linear.weight.detach().clone()
     layer = make(linear)
-    many = torch.randn(1, SMALL_ROWS + 1, 128)
-    assert torch.equal(layer(many), linear(many))
-    few = many[:, :SMALL_ROWS]
-    assert not torch.equal(layer(few), linear(few))  # the quantized path
+    x = torch.randn(1, SMALL_ROWS + 1, 128)
+    many = layer(x)                                                    # one dense pass
+    one_by_one = torch.cat([layer(x[:, i:i + 1]) for i in range(SMALL_ROWS + 1)], dim=1)
+    assert torch.allclose(many, one_by_one, atol=1e-4)
+    assert not torch.allclose(many, x @ original.t() + linear.bias, atol=1e-3)
+
+
+def test_a_head_tied_to_the_embeddings_leaves_them_unquantized():
+    torch.manual_seed(0)
+    embed, head = nn.Embedding(64, 128), nn.Linear(128, 64, bias=False)
+    head.weight = embed.weight  # tied, as in Qwen2.5-0.5B
+    before = embed.weight.detach().clone()
+    model = nn.ModuleDict({"embed": embed, "head": head})
+    assert quantize(model, "int4")["quantized"] == 1
+    assert torch.equal(model["embed"].weight, before)
 
 
 def test_quantize_replaces_linear_layers_and_keeps_what_the_kernels_do_not_take():

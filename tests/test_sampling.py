@@ -101,6 +101,7 @@ def test_first_two_tokens_have_the_targets_exact_distribution(small, loop, setti
     assert chi_square_p_value(pooled, joint) > 0.01
 
 
+@pytest.mark.slow  # ~30-40 s each: `make test-all`
 def test_adaptive_k_keeps_the_distribution(small, loop):
     """Adaptive K with a seed (adaptive_k=true): each round's K is chosen from the rounds
     before it, never from the round's own draws, so the law is unchanged."""
@@ -123,6 +124,7 @@ def test_adaptive_k_keeps_the_distribution(small, loop):
     assert p_value > 0.01
 
 
+@pytest.mark.slow  # ~30-40 s each: `make test-all`
 def test_restricted_draft_head_keeps_the_distribution(small, small_dirs, loop, tmp_path):
     """--draft-vocab: the draft proposes among 8 of the 16 tokens (q = 0 on the others);
     the target draws the rest from its residual. The first two tokens keep its law."""
@@ -151,6 +153,7 @@ def test_restricted_draft_head_keeps_the_distribution(small, small_dirs, loop, t
     assert p_value > 0.01
 
 
+@pytest.mark.slow  # ~30-40 s each: `make test-all`
 def test_early_stop_by_draft_confidence_keeps_the_distribution(small, loop):
     """--min-confidence ends a round's proposals when the draft is unsure. The decision is
     made from q before drawing, so every proposal kept is still a draw from q."""
@@ -174,6 +177,7 @@ def test_early_stop_by_draft_confidence_keeps_the_distribution(small, loop):
     assert p_value > 0.01
 
 
+@pytest.mark.slow  # ~30-40 s each: `make test-all`
 def test_prompt_lookup_keeps_the_distribution(small, loop):
     """--proposer ngram: on "abab" the lookup proposes the tokens that followed the earlier
     "ab" with q a point mass on them; the ratio rule accepts each with probability p and
