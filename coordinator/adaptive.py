@@ -22,16 +22,23 @@ their missed tokens) timed out under load and cost more than the probe could fin
 decision moves with the load instead (costs are remembered per load) and a new session
 starts from the coordinator's acceptance.
 
+A Propose that times out costs at least its timeout, but that cost is kept apart and fades
+(half-life TIMEOUT_HALF_LIFE_S): nothing re-measures the draft while K = 0, so a timeout
+kept in the cost curves would stop speculation at that load for good after one slow spell
+of the draft; fading, it stops speculation for a minute or two and then lets it try again.
+
 Pure arithmetic on numbers the coordinator already has: no transport, no tensors.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 MIN_OBSERVATIONS = 3  # calls of each service measured before the model is trusted
+TIMEOUT_HALF_LIFE_S = 20.0  # how fast the cost of a timed-out Propose fades
 
 
 class CostCurve:
@@ -175,23 +182,48 @@ class VerifyCost:
 class AdaptiveK:
     """One coordinator's cost model and population acceptance (shared by its sessions)."""
 
-    def __init__(self):
+    def __init__(self, clock=time.monotonic):
         self.verify = VerifyCost()  # seconds of one Verify call ~ its sessions and rows
         self.draft = CostCurve()  # seconds per proposal step of one Propose ~ its sessions
         self.load = 1.0  # sessions per Verify call, smoothed
         self.population = Acceptance(decay=0.99)
         self.chosen: Counter[int] = Counter()  # rounds by the K chosen (metrics)
+        self.clock = clock
+        # session bucket -> (seconds per step of a timed-out Propose, when): see the docstring
+        self._timeouts: dict[int, tuple[float, float]] = {}
 
-    def observe_verify(self, sessions: int, rows: int, seconds: float) -> None:
+    def observe_verify(self, sessions: int, rows: int, seconds: float,
+                       timed_out: bool = False) -> None:
         """A Verify call of `sessions` items verified `rows` rows (proposals + 1 each)."""
-        if rows:
+        if rows and not timed_out:
             self.verify.observe(sessions, rows, seconds)
             self.load = 0.8 * self.load + 0.2 * sessions
 
-    def observe_propose(self, sessions: int, steps: int, seconds: float) -> None:
-        """A Propose call for `sessions` items that asked for up to `steps` proposals."""
-        if sessions and steps:
+    def observe_propose(self, sessions: int, steps: int, seconds: float,
+                        timed_out: bool = False) -> None:
+        """A Propose call for `sessions` items that asked for up to `steps` proposals;
+        timed_out: it had no answer within `seconds`."""
+        if not (sessions and steps):
+            return
+        if timed_out:
+            b = session_bucket(sessions)
+            self._timeouts[b] = (max(seconds / steps, self._penalty(b)), self.clock())
+        else:
             self.draft.observe(sessions, seconds / steps)
+
+    def _penalty(self, bucket: int) -> float:
+        """What the timeouts at this load still add to a step's cost (fading)."""
+        cost, when = self._timeouts.get(bucket, (0.0, 0.0))
+        return cost * 0.5 ** ((self.clock() - when) / TIMEOUT_HALF_LIFE_S) if cost else 0.0
+
+    def draft_step(self, sessions: float) -> float | None:
+        """Seconds per proposal step at this load: the measured cost, or the fading cost of
+        recent timeouts if higher; None when neither is known."""
+        measured = self.draft(sessions) if self.draft.ready else None
+        penalty = self._penalty(session_bucket(sessions))
+        if measured is None:
+            return penalty or None
+        return max(measured, penalty)
 
     def session(self) -> SessionK:
         return SessionK(self)
@@ -224,9 +256,10 @@ class SessionK:
 
     def _best(self, k_max: int) -> int:
         c = self.controller
-        if k_max <= 0 or not (c.verify.ready and c.draft.ready):
-            return k_max  # nothing measured yet: speculate fully and measure
         n = max(1.0, c.load)
+        draft_step = c.draft_step(n)
+        if k_max <= 0 or not c.verify.ready or draft_step is None:
+            return k_max  # nothing measured yet: speculate fully and measure
         # Verify costs rise faster than linearly in rows at load (measured here: 14 ms a row
         # from 4 to 20 rows of 4 sessions, 59 ms from 20 to 33), so K grows at most one past
         # the largest K measured at this load, and to 1 at a load not measured yet: each
@@ -238,7 +271,7 @@ class SessionK:
         for k, alpha in enumerate(self.rates(k_max), start=1):
             survive *= alpha
             expected += survive
-            rate = expected / (k * c.draft(n) + c.verify(n, n * (k + 1)))
+            rate = expected / (k * draft_step + c.verify(n, n * (k + 1)))
             if rate > best_rate:
                 best_k, best_rate = k, rate
         return best_k

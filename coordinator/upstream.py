@@ -70,9 +70,9 @@ class ServiceClient:
             addr, options=[*CHANNEL_OPTIONS, *RECONNECT_OPTIONS, *retry])
         # on_error(service role, status code name): every failed call or item (metrics)
         self.on_error: Callable[[str, str], None] = lambda role, code: None
-        # on_cost(sessions, size, seconds): the compute of each batched Propose / Verify
-        # (adaptive.AdaptiveK fits its cost model to these)
-        self.on_cost: Callable[[int, int, float], None] = lambda sessions, size, seconds: None
+        # on_cost(sessions, size, seconds, timed_out): the compute of each batched Propose /
+        # Verify, or the timeout a Propose exceeded (adaptive.AdaptiveK fits its costs to these)
+        self.on_cost: Callable[[int, int, float, bool], None] = lambda *args: None
         self.stub = stub_cls(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._info_request = info_request
@@ -261,7 +261,8 @@ class DraftClient(ServiceClient):
         if method == "Propose":  # size: the most proposals an item asked for
             sessions = len(request.items) if reply is None else reply.batched_sessions
             seconds = timed_out_s if reply is None else reply.compute_time_us / 1e6
-            self.on_cost(sessions, max(i.num_tokens for i in request.items), seconds)
+            self.on_cost(sessions, max(i.num_tokens for i in request.items), seconds,
+                         reply is None)
 
     async def propose(self, session_id: str, position: int, truncate_to: int | None,
                       append: list[int], k: int):

@@ -117,3 +117,25 @@ def test_load_shrinks_k():
     light = settle(controller(0.17, 0.004, 0.02, load=1).session(), alpha=0.8)
     heavy = settle(controller(0.17, 0.004, 0.02, load=8).session(), alpha=0.8)
     assert light > heavy
+
+
+def test_a_timed_out_draft_stops_speculation_for_a_while_then_it_resumes():
+    """Nothing re-measures the draft while K = 0, so the cost of a Propose that timed out
+    fades with time: speculation stops after the timeout and comes back once it faded."""
+    now = [0.0]
+    c = controller(0.17, 0.0005, 0.014, load=1)
+    c.clock = lambda: now[0]
+    chooser = c.session()
+    assert settle(chooser, alpha=0.9) >= 6
+    c.observe_propose(1, 6, 2.4, timed_out=True)  # no answer within 2.4 s: 0.4 s a step
+    assert chooser.choose(8) == 0
+    now[0] += 20  # one half-life: 0.2 s a step, still more than a step can gain
+    assert chooser.choose(8) == 0
+    now[0] += 100  # six half-lives: 6 ms a step, below the 14 ms measured
+    assert chooser.choose(8) >= 6
+    # a draft that timed out before ever answering: its timeout is its only known cost
+    fresh = AdaptiveK(clock=lambda: now[0])
+    for rows in range(1, 10):
+        fresh.observe_verify(1, rows, 0.17 + 0.0005 * rows)
+    fresh.observe_propose(1, 4, 1.0, timed_out=True)
+    assert fresh.session().choose(8) == 0
