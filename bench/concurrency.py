@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 import torch
 
+from bench.run import parse_k
 from bench.stats import percentile
 from specdec.config import default_cache_dir
 from specdec.fetch import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model_dir
@@ -142,10 +143,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("results"))
     args = p.parse_args()
     sessions = [int(x) for x in args.sessions.split(",")]
-    ks = args.ks.split(",")
-    bad = [k for k in ks if not k.removeprefix("a").isdigit()]
-    if bad:
-        p.error(f"--ks: {bad[0]!r} is neither N (a fixed K) nor aN (adaptive up to N)")
+    ks = [parse_k(k) for k in args.ks.split(",")]
     if sessions[0] != 1:
         sessions = [1, *sessions]
     dtype = args.dtype or ("float32" if args.pair == "tiny" else "bfloat16")
