@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from . import token_map
 from .errors import InvalidArgument
 from .fetch import resolve_model_dir
-from .quantize import quantize
+from .quantize import calibrate, quantize
 
 log = structlog.get_logger(__name__)
 
@@ -149,7 +149,9 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
                                   f"(device {dev})")
         cache = quantized_cache_file(path, cache_dir, quantization, dt, head_ids)
         counts = quantize(model, quantization, cache)
-        log.info("quantized", model=spec, scheme=quantization, cache=str(cache), **counts)
+        max_rows = calibrate(model)
+        log.info("quantized", model=spec, scheme=quantization, cache=str(cache),
+                 low_bit_max_rows=max_rows, **counts)
     return LoadedModel(
         name=spec,
         model=model,

@@ -9,13 +9,15 @@ so they pay off for few rows at a time (a draft's 1-token steps) and not for a t
 - int4: groups of `group_size` input channels with a scale and zero point each (the
   "tinygemm" layout of gpt-fast and torchao), `aten._weight_int4pack_mm_for_cpu`.
 
-Activations stay in the model's dtype. Passes of more than SMALL_ROWS rows (a prefill, a
-large batch) use a plain matrix product with the dequantized weights (in the model's dtype,
-where the original weights were): there the low-bit kernels are slower (measured crossover:
-4-5 rows), and a 150-token prefill would cost ~150 single steps. Both paths compute the same
-quantized model, up to rounding. So quantization speeds up small passes and costs memory
-(the low-bit copy on top of the dense one). Layers whose shapes a kernel does not take stay as they
-are (counted in the returned summary). CPU only for now.
+Activations stay in the model's dtype. Passes of more rows than a layer's `max_rows` (a
+prefill, a large batch) use a plain matrix product with the dequantized weights (in the
+model's dtype, where the original weights were): there the low-bit kernels are slower, and a
+150-token prefill would cost ~150 single steps. Both paths compute the same quantized model,
+up to rounding. Where the two cross depends on the shapes and the machine (4-5 rows for the
+1.5B target's 1536x8960 weights here, beyond 16 for the 0.5B draft's), so `calibrate`
+measures it on the model's own layers when it is loaded. So quantization speeds up small
+passes and costs memory (the low-bit copy on top of the dense one). Layers whose shapes a
+kernel does not take stay as they are (counted in the returned summary). CPU only for now.
 
 Quantizing a 0.5B model takes tens of seconds on a small CPU, so the packed weights can be
 cached (`cache_file`): a later start with the same weights, scheme and torch version loads
@@ -24,6 +26,7 @@ them instead.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import structlog
@@ -35,7 +38,8 @@ log = structlog.get_logger(__name__)
 SCHEMES = ("none", "int8", "int4")
 INT4_GROUP_SIZES = (128, 64, 32)
 INT4_INNER_K_TILES = 2
-SMALL_ROWS = 4  # passes of at most this many rows use the low-bit kernels
+SMALL_ROWS = 4  # passes of at most this many rows use the low-bit kernels (until calibrated)
+CALIBRATION_ROWS = (4, 8, 16, 32)  # the row limits calibrate() tries
 
 
 class _LowBit(nn.Module):
@@ -47,6 +51,7 @@ class _LowBit(nn.Module):
         super().__init__()
         self.dense = linear
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.max_rows = SMALL_ROWS  # passes of more rows use the dense product
 
     def _use_dequantized(self, weight: torch.Tensor) -> None:
         # a new tensor, not a copy into the old one: an output head may share its weight
@@ -55,7 +60,7 @@ class _LowBit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] > SMALL_ROWS:
+        if rows.shape[0] > self.max_rows:
             return self.dense(x)
         y = self.low_bit(rows).reshape(*x.shape[:-1], self.out_features)
         return y if self.dense.bias is None else y + self.dense.bias
@@ -140,6 +145,38 @@ class Int4Linear(_LowBit):
     def low_bit(self, rows: torch.Tensor) -> torch.Tensor:                  # [M, K] -> [M, N]
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             rows, self.qweight, self.group_size, self.scales_and_zeros)
+
+
+def calibrate(model: nn.Module, repeats: int = 2) -> int:
+    """Set every low-bit layer's max_rows to the largest of CALIBRATION_ROWS (at least
+    SMALL_ROWS) at which its low-bit kernels, summed over the model's layers, still beat the
+    dense product on this machine; returns it. Both paths compute the same model, so this
+    changes speed only. Takes well under a second for a 0.5B model."""
+    layers = [m for m in model.modules() if isinstance(m, _LowBit)]
+    if not layers:
+        return SMALL_ROWS
+    dtype = layers[0].dense.weight.dtype
+
+    def seconds(path, rows: int) -> float:
+        xs = [torch.randn(rows, layer.in_features, dtype=dtype) for layer in layers]
+        best = float("inf")
+        with torch.inference_mode():
+            for i in range(repeats + 1):  # the first round warms up
+                start = time.perf_counter()
+                for layer, x in zip(layers, xs, strict=True):
+                    path(layer, x)
+                best = best if i == 0 else min(best, time.perf_counter() - start)
+        return best
+
+    limit = SMALL_ROWS
+    for rows in CALIBRATION_ROWS:
+        if seconds(lambda layer, x: layer.low_bit(x), rows) >= seconds(
+                lambda layer, x: layer.dense(x), rows):
+            break
+        limit = max(limit, rows)
+    for layer in layers:
+        layer.max_rows = limit
+    return limit
 
 
 def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> dict[str, int]:

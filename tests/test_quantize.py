@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 from specdec.models import load_model
-from specdec.quantize import SMALL_ROWS, Int4Linear, Int8Linear, quantize
+from specdec.quantize import (
+    CALIBRATION_ROWS,
+    SMALL_ROWS,
+    Int4Linear,
+    Int8Linear,
+    calibrate,
+    quantize,
+)
 
 
 def dequantized_int8(layer: Int8Linear) -> torch.Tensor:
@@ -127,3 +134,19 @@ def test_an_unreadable_cache_is_quantized_again(model_dirs, tmp_path):
     lm = load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", cache, "int8")
     assert any(isinstance(m, Int8Linear) for m in lm.model.modules())
     assert torch.load(cached, weights_only=True)  # rewritten whole
+
+
+def test_calibration_sets_one_row_limit_and_changes_speed_only():
+    torch.manual_seed(0)
+    model = nn.Sequential(*(nn.Linear(256, 256) for _ in range(3)))
+    quantize(model, "int4")
+    limit = calibrate(model, repeats=1)
+    assert limit in (SMALL_ROWS, *CALIBRATION_ROWS)
+    assert {m.max_rows for m in model if isinstance(m, Int4Linear)} == {limit}
+    x = torch.randn(12, 256)
+    outputs = []
+    for rows in (SMALL_ROWS, 32):  # 12 rows: dense product, then low-bit kernel
+        for m in model:
+            m.max_rows = rows
+        outputs.append(model(x))
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-4)
