@@ -151,7 +151,7 @@ def calibrate(model: nn.Module, repeats: int = 2) -> int:
     """Set every low-bit layer's max_rows to the largest of CALIBRATION_ROWS (at least
     SMALL_ROWS) at which its low-bit kernels, summed over the model's layers, still beat the
     dense product on this machine; returns it. Both paths compute the same model, so this
-    changes speed only. Takes well under a second for a 0.5B model."""
+    changes speed only."""
     layers = [m for m in model.modules() if isinstance(m, _LowBit)]
     if not layers:
         return SMALL_ROWS
