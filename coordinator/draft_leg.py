@@ -25,6 +25,10 @@ class DraftLeg(Leg):
         self.position = 0  # tokens the draft session holds (final + last proposals)
         self.keep: int | None = None  # where it must roll back to on the next Propose
         self.append: list[int] = []  # final tokens it has not seen yet
+        # a Propose that timed out: (position, keep, append, k, history length it brought the
+        # session to); the session is kept and re-synchronised by sending it again (see
+        # _resync) instead of being re-opened with a prefill of the whole history
+        self._unsure: tuple | None = None
         self._reopening: asyncio.Task | None = None  # a re-open under way
 
     def _add_time(self, us: int) -> None:
@@ -82,6 +86,7 @@ class DraftLeg(Leg):
         until a session re-opens elsewhere."""
         log.info("draft replica drains; moving the session", replica=self.client.addr)
         self.reason = "replica_draining"
+        self._unsure = None
         self._abandon()
         self.backoff.reset()
 
@@ -99,11 +104,22 @@ class DraftLeg(Leg):
                 if not ahead:
                     self.stats.record_fallback(self.reason)
                 return [], []
+        if self._unsure is not None and not (self.backoff.ready() and await self._resync(history)):
+            if not ahead:
+                self.stats.record_fallback(self.reason)
+            return [], []
+        call = (self.position, self.keep, list(self.append), k, len(history))
         try:
             proposal, batch, nbytes = await self.deadline.bound(self.client.propose(
                 self.session_id, self.position, self.keep, self.append, k))
         except UpstreamError as e:
-            self._lost(e)
+            if e.code == "DEADLINE_EXCEEDED" and not ahead:  # slow, not gone: keep it
+                self._unsure, self.reason = call, "timeout"
+                log.info("draft slower than its budget; continuing target-only",
+                         error=str(e), retry_in_s=round(self.backoff.delay_s, 3))
+                self.backoff.failed()
+            else:
+                self._lost(e)
             if not ahead:
                 self.stats.record_fallback(self.reason)
             return [], []
@@ -112,6 +128,30 @@ class DraftLeg(Leg):
         self.position = proposal.position
         self.keep, self.append = None, []  # the session has seen them (it may propose none)
         return list(proposal.token_ids), list(proposal.draft_probs)
+
+    async def _resync(self, history: list[int]) -> bool:
+        """Send the Propose that timed out again, unchanged: if the service ran it, it
+        answers from its memory of the last call (no compute); if not, it runs it now.
+        Either way the session's state is known again; its proposals are dropped and the
+        tokens final since are appended on the next Propose. False (the session given up,
+        as after any other failure) if this times out or fails too."""
+        position, keep, append, k, length = self._unsure
+        self._unsure = None
+        try:
+            proposal, _, nbytes = await self.deadline.bound(self.client.propose(
+                self.session_id, position, keep, append, k))
+        except UpstreamError as e:
+            self._lost(e)
+            return False
+        self.stats.wire_bytes += nbytes
+        self.position = proposal.position
+        self.keep = proposal.position - len(proposal.token_ids)
+        self.append = history[length:]
+        self.backoff.reset()
+        self.reason = ""
+        log.info("draft session re-synchronised after a timeout", session_id=self.session_id,
+                 tokens=length)
+        return True
 
     async def probs(self, query, index: int) -> bytes | None:
         """q at `index` of the last proposal, at the ids a target's DraftProbsQuery names;
@@ -165,8 +205,8 @@ class DraftLeg(Leg):
         i.e. a guess of the round's last token, then proposals after it. Returns the next
         round's proposals when the guess was right (every proposal accepted, and the guess is
         the target's token), else [] with the block rolled back."""
-        if self.session_id is None:
-            return []
+        if self.session_id is None or self._unsure is not None:
+            return []  # (a session being re-synchronised learns the history then)
         if ahead is not None:
             if ahead and accepted == proposed and ahead[0] == new_tokens[-1]:
                 return ahead[1:]
@@ -204,6 +244,7 @@ class DraftLeg(Leg):
         """The draft failed: drop its session (and `attempted`, an open that failed but may
         have happened on the service) and wait a backoff before trying again."""
         self.reason = fallback_reason(err)
+        self._unsure = None
         log.warning("draft lost; continuing target-only", reason=self.reason, error=str(err),
                     retry_in_s=round(self.backoff.delay_s, 3))
         if self.client is not None and getattr(err, "code", "") in ("UNAVAILABLE",

@@ -1,5 +1,6 @@
-"""Adaptive K and drafting ahead meet faults: the links to the draft and to the target are
-cut mid-stream and restored. The output stays the target's, token for token."""
+"""Links cut and slowed mid-stream, through proxies: adaptive K and drafting ahead with the
+draft and target links cut and restored; a draft slower than its budget for a moment. The
+output stays the target's, token for token."""
 
 import threading
 
@@ -68,5 +69,31 @@ def test_links_cut_and_restored_mid_stream_keep_the_output(loop, stacks, config)
         if CONFIGS[config].get("draft_ahead"):
             assert stats.ahead_used_blocks + stats.ahead_discarded_blocks > 0
         # sessions the cut links left behind are closed once the links are back
+        assert wait_until(lambda: stack.live_sessions() == (0, 0), timeout=15), \
+            stack.live_sessions()
+
+
+def test_a_draft_slow_for_a_moment_is_resynchronised_not_reopened(loop, stacks):
+    """A Propose that times out leaves the draft session in place: once the draft answers
+    again the same call is sent again (answered from the service's memory of it) and
+    speculation resumes, without re-opening the session (a prefill of the whole history)."""
+    stack = stacks("draft_perturbed")
+    reference, _, _ = client_generate(stack.addr, request(0), timeout_s=60)
+    with coordinator_behind_proxies(loop, stack, draft_timeout_ms=300) as (proxies, coordinator):
+        addr = f"127.0.0.1:{coordinator.port}"
+        proxies["target"].delay_s = 0.003
+        draft = proxies["draft"]
+
+        def slow():
+            draft.delay_s = 0.4  # a round trip of ~0.8 s: past the 300 ms budget
+
+        def fast():
+            draft.delay_s = 0
+
+        ids, stats = stream(addr, request(4), {5: slow, 8: fast})
+        assert ids == reference
+        assert stats.draft_fallback_reason == "timeout" and stats.draft_reopens == 0
+        proposed_before_the_fault = 4 * 2  # (at most two rounds before token 5)
+        assert stats.proposed_draft_tokens > proposed_before_the_fault  # it resumed
         assert wait_until(lambda: stack.live_sessions() == (0, 0), timeout=15), \
             stack.live_sessions()
