@@ -5,8 +5,8 @@ so a session lost on either service is rebuilt from it with one prefill:
 
 - DraftLeg (draft_leg.py): a draft that is down, errs, or answers slower than its budget
   costs the round its proposals: the round runs target-only (K=0) and the leg tries again
-  after a backoff, opening a fresh draft session on the history. The output never depends
-  on the draft.
+  after a backoff, opening a fresh draft session on the history (or, after a timeout,
+  re-synchronising the session it has). The output never depends on the draft.
 - TargetLeg (target_leg.py): a target session that is gone (NOT_FOUND: the service
   restarted) or whose service is unreachable (UNAVAILABLE) is re-opened from the history and
   the round goes on, retrying for --target-retry-s (and never past the request's deadline);
