@@ -192,10 +192,9 @@ class AdaptiveK:
         # session bucket -> (seconds per step of a timed-out Propose, when): see the docstring
         self._timeouts: dict[int, tuple[float, float]] = {}
 
-    def observe_verify(self, sessions: int, rows: int, seconds: float,
-                       timed_out: bool = False) -> None:
+    def observe_verify(self, sessions: int, rows: int, seconds: float) -> None:
         """A Verify call of `sessions` items verified `rows` rows (proposals + 1 each)."""
-        if rows and not timed_out:
+        if rows:
             self.verify.observe(sessions, rows, seconds)
             self.load = 0.8 * self.load + 0.2 * sessions
 
@@ -256,9 +255,11 @@ class SessionK:
 
     def _best(self, k_max: int) -> int:
         c = self.controller
+        if k_max <= 0:
+            return k_max
         n = max(1.0, c.load)
         draft_step = c.draft_step(n)
-        if k_max <= 0 or not c.verify.ready or draft_step is None:
+        if not c.verify.ready or draft_step is None:
             return k_max  # nothing measured yet: speculate fully and measure
         # Verify costs rise faster than linearly in rows at load (measured here: 14 ms a row
         # from 4 to 20 rows of 4 sessions, 59 ms from 20 to 33), so K grows at most one past

@@ -70,9 +70,9 @@ class ServiceClient:
             addr, options=[*CHANNEL_OPTIONS, *RECONNECT_OPTIONS, *retry])
         # on_error(service role, status code name): every failed call or item (metrics)
         self.on_error: Callable[[str, str], None] = lambda role, code: None
-        # on_cost(sessions, size, seconds, timed_out): the compute of each batched Propose /
-        # Verify, or the timeout a Propose exceeded (adaptive.AdaptiveK fits its costs to these)
-        self.on_cost: Callable[[int, int, float, bool], None] = lambda *args: None
+        # on_cost(sessions, size, seconds[, timed_out]): the compute of each batched Verify,
+        # or of each Propose / the timeout it exceeded (adaptive.AdaptiveK learns from these)
+        self.on_cost: Callable[..., None] = lambda *args: None
         self.stub = stub_cls(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._info_request = info_request

@@ -130,17 +130,20 @@ class Int4Linear(_LowBit):
             [scales.reshape(n, -1, 1), zeros.reshape(n, -1, 1)], dim=2)
             .transpose(0, 1).contiguous().to(dtype))                         # [K/G, N, 2]
         self.group_size = group_size
-        self._use_dequantized(self.dequantized(linear.weight))
+        self._use_dequantized(self._from_codes(q, dtype))
 
     def dequantized(self, weight: torch.Tensor) -> torch.Tensor:                # [N, K]
-        """(q - 8) * scale + zero with the scales and zeros the kernel uses (in the model's
-        dtype). The packed codes cannot be read back, so q comes again from `weight`: the
-        original weights (quantizing is deterministic)."""
-        n, k = weight.shape
+        """The dequantized weights. The packed codes cannot be read back, so they come again
+        from `weight`: the original weights (quantizing is deterministic)."""
         q, _, _ = _int4_codes(weight.detach(), self.group_size)
+        return self._from_codes(q, weight.dtype)
+
+    def _from_codes(self, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # [N, K]
+        """(q - 8) * scale + zero with the scales and zeros the kernel uses."""
+        n, k = q.shape
         sz = self.scales_and_zeros.float().transpose(0, 1)                  # [N, K/G, 2]
         groups = (q.reshape(n, -1, self.group_size) - 8) * sz[..., :1] + sz[..., 1:]
-        return groups.reshape(n, k).to(weight.dtype)
+        return groups.reshape(n, k).to(dtype)
 
     def low_bit(self, rows: torch.Tensor) -> torch.Tensor:                  # [M, K] -> [M, N]
         return torch.ops.aten._weight_int4pack_mm_for_cpu(

@@ -177,6 +177,21 @@ def coordinator_behind_proxies(loop: LoopThread, stack: Stack, **cfg):
             proxy.close()
 
 
+def stream_with_faults(addr: str, req, faults: dict, timeout_s: float = 90) -> tuple:
+    """Stream one Generate from the coordinator at addr, calling faults[n]() once n tokens
+    have arrived; returns (token ids, final stats)."""
+    ids, stats = [], None
+    with grpc.insecure_channel(addr) as ch:
+        for msg in generator_pb2_grpc.GeneratorStub(ch).Generate(req, timeout=timeout_s):
+            if msg.HasField("token"):
+                ids.append(msg.token.id)
+                if len(ids) in faults:
+                    faults[len(ids)]()
+            else:
+                stats = msg.stats
+    return ids, stats
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     """Poll predicate() until it holds (True) or timeout passes (False)."""
     deadline = time.monotonic() + timeout

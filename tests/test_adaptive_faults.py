@@ -4,12 +4,11 @@ output stays the target's, token for token."""
 
 import threading
 
-import grpc
 import pytest
 
 from coordinator.client import generate as client_generate
-from specdec.v1 import generator_pb2, generator_pb2_grpc
-from stack import coordinator_behind_proxies, gpu_like_costs, wait_until
+from specdec.v1 import generator_pb2
+from stack import coordinator_behind_proxies, gpu_like_costs, stream_with_faults, wait_until
 
 CONFIGS = {
     "adaptive": {"adaptive_k": True},
@@ -20,20 +19,6 @@ CONFIGS = {
 def request(k: int, **fields):
     return generator_pb2.GenerateRequest(prompt="def", max_new_tokens=150,
                                          num_speculative_tokens=k, **fields)
-
-
-def stream(addr: str, req, faults: dict) -> tuple[list[int], object]:
-    """faults: {after n tokens: action}; returns (token ids, stats)."""
-    ids, stats = [], None
-    with grpc.insecure_channel(addr) as ch:
-        for msg in generator_pb2_grpc.GeneratorStub(ch).Generate(req, timeout=90):
-            if msg.HasField("token"):
-                ids.append(msg.token.id)
-                if len(ids) in faults:
-                    faults[len(ids)]()
-            else:
-                stats = msg.stats
-    return ids, stats
 
 
 def cut(proxy):
@@ -59,7 +44,7 @@ def test_links_cut_and_restored_mid_stream_keep_the_output(loop, stacks, config)
         addr = f"127.0.0.1:{coordinator.port}"
         proxies["target"].delay_s = 0.003  # so the stream outlasts the faults
         draft, target = proxies["draft"], proxies["target"]
-        ids, stats = stream(addr, request(8, adaptive_k=True),
+        ids, stats = stream_with_faults(addr, request(8, adaptive_k=True),
                             {5: lambda: cut(draft), 25: lambda: restore(draft),
                              60: lambda: (cut(target), restore_later(target, 0.3))})
         assert ids == reference
@@ -90,7 +75,7 @@ def test_a_draft_slow_for_a_moment_is_resynchronised_not_reopened(loop, stacks):
         def fast():
             draft.delay_s = 0
 
-        ids, stats = stream(addr, request(4), {5: slow, 8: fast})
+        ids, stats = stream_with_faults(addr, request(4), {5: slow, 8: fast})
         assert ids == reference
         assert stats.draft_fallback_reason == "timeout" and stats.draft_reopens == 0
         proposed_before_the_fault = 4 * 2  # (at most two rounds before token 5)

@@ -18,7 +18,7 @@ from coordinator.client import generate as client_generate
 from processes import scrape, start_services
 from specdec.launch import spawn, wait_serving
 from specdec.v1 import generator_pb2, generator_pb2_grpc
-from stack import wait_until
+from stack import stream_with_faults, wait_until
 from tiny_models import PROMPTS
 
 
@@ -52,22 +52,6 @@ def health(addr: str, service: str = "") -> int:
             health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
-def stream_with_fault(addr, req, fault, after_tokens=3, timeout_s=90):
-    """Start a stream to the coordinator at addr, read a few tokens, inject `fault()`, read
-    the rest."""
-    with grpc.insecure_channel(addr) as ch:
-        call = generator_pb2_grpc.GeneratorStub(ch).Generate(req, timeout=timeout_s)
-        ids, stats = [], None
-        for msg in call:
-            if msg.HasField("token"):
-                ids.append(msg.token.id)
-                if len(ids) == after_tokens:
-                    fault()
-            else:
-                stats = msg.stats
-    return ids, stats
-
-
 def slow_target(services, delay_s=0.01):
     """Slow the target's link so a stream lasts long enough to be hit mid-way."""
     services.proxies["target"].delay_s = delay_s
@@ -76,8 +60,8 @@ def slow_target(services, delay_s=0.01):
 def test_draft_killed_mid_stream_completes_target_only_and_identical(services, reference):
     slow_target(services)
     try:
-        ids, stats = stream_with_fault(services.addr, request("def"),
-                                       lambda: services.processes["draft"].proc.kill())
+        ids, stats = stream_with_faults(services.addr, request("def"),
+                                        {3: lambda: services.processes["draft"].proc.kill()})
     finally:
         slow_target(services, 0)
     assert ids == reference["def"]
@@ -108,7 +92,7 @@ def test_target_killed_and_restarted_on_the_same_port_completes_identical(servic
 
     slow_target(services)
     try:
-        ids, stats = stream_with_fault(services.addr, request("class"), kill_and_restart)
+        ids, stats = stream_with_faults(services.addr, request("class"), {3: kill_and_restart})
     finally:
         slow_target(services, 0)
     assert restarted.wait(60)
@@ -181,8 +165,8 @@ def test_drafting_ahead_survives_a_killed_and_a_slow_draft(services, reference):
         assert ids == reference["def"] and stats["ahead_used_blocks"] > 0
         slow_target(services)
         try:
-            ids, stats = stream_with_fault(
-                addr, request("def"), lambda: services.processes["draft"].proc.kill(), 5)
+            ids, stats = stream_with_faults(
+                addr, request("def"), {5: lambda: services.processes["draft"].proc.kill()})
         finally:
             slow_target(services, 0)
         assert ids == reference["def"]
