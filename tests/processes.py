@@ -32,6 +32,13 @@ def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
     return samples
 
 
+def metric(port: int, name: str, host: str = "127.0.0.1", **labels) -> float:
+    """One sample of a process's /metrics (0 if absent; labels as the exposition sorts them)."""
+    key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+                  if labels else "")
+    return scrape(port, host).get(key, 0.0)
+
+
 @dataclass
 class Services:
     model_dirs: dict

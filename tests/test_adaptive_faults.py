@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from coordinator.client import generate as client_generate
+from processes import metric
 from specdec.v1 import generator_pb2
 from stack import coordinator_behind_proxies, gpu_like_costs, stream_with_faults, wait_until
 
@@ -64,21 +65,35 @@ def test_a_draft_slow_for_a_moment_is_resynchronised_not_reopened(loop, stacks):
     speculation resumes, without re-opening the session (a prefill of the whole history)."""
     stack = stacks("draft_perturbed")
     reference, _, _ = client_generate(stack.addr, request(0), timeout_s=60)
-    with coordinator_behind_proxies(loop, stack, draft_timeout_ms=300) as (proxies, coordinator):
+    with coordinator_behind_proxies(loop, stack, draft_timeout_ms=300, metrics_port=0) \
+            as (proxies, coordinator):
         addr = f"127.0.0.1:{coordinator.port}"
         proxies["target"].delay_s = 0.003
         draft = proxies["draft"]
+        timeouts, seen = {"service": "draft", "code": "DEADLINE_EXCEEDED"}, {}
+
+        def fast_once_a_propose_timed_out():
+            # (tokens arrive a round at a time: a token count could restore the draft before
+            # any Propose saw the delay)
+            seen["timeout"] = wait_until(
+                lambda: metric(coordinator.metrics_port, "specdec_upstream_errors_total",
+                               **timeouts) >= 1, timeout=20)
+            draft.delay_s = 0
 
         def slow():
             draft.delay_s = 0.4  # a round trip of ~0.8 s: past the 300 ms budget
+            restorer.start()
 
-        def fast():
-            draft.delay_s = 0
-
-        ids, stats = stream_with_faults(addr, request(4), {5: slow, 8: fast})
+        restorer = threading.Thread(target=fast_once_a_propose_timed_out)
+        try:
+            ids, stats = stream_with_faults(addr, request(4), {5: slow})
+        finally:
+            restorer.join(30)
+        assert seen["timeout"], "no Propose timed out while the draft was slow"
         assert ids == reference
         assert stats.draft_fallback_reason == "timeout" and stats.draft_reopens == 0
         proposed_before_the_fault = 4 * 2  # (at most two rounds before token 5)
         assert stats.proposed_draft_tokens > proposed_before_the_fault  # it resumed
         assert wait_until(lambda: stack.live_sessions() == (0, 0), timeout=15), \
             stack.live_sessions()
+

@@ -14,7 +14,7 @@ import pytest
 from dnsserver import TinyDNS
 
 from coordinator.client import generate as client_generate
-from processes import free_port, scrape
+from processes import free_port, metric
 from specdec.launch import spawn, wait_serving
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 from stack import wait_until
@@ -25,13 +25,6 @@ pytestmark = pytest.mark.timeout(600)
 NAME = "targets.specdec.test"
 REQUESTS = 16
 MAX_NEW = 150
-
-
-def metric(port: int, name: str, host: str = "127.0.0.1", **labels) -> float:
-    """One sample of a process's /metrics (0 if absent)."""
-    key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-                  if labels else "")
-    return scrape(port, host).get(key, 0.0)
 
 
 class Cluster:
