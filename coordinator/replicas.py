@@ -259,5 +259,14 @@ class ReplicaSet:
                 await r.client.close()
                 log.info("replica removed", service=self.role, addr=addr)
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = 2.0) -> None:
+        """Give background work (sessions of ended requests being closed) up to grace_s to
+        finish, cancel what is left (the services' session TTL is the backstop), close."""
+        tasks = [*self._tasks,
+                 *(t for r in self.replicas.values() for t in r.client.background_tasks)]
+        if tasks:
+            _, left = await asyncio.wait(tasks, timeout=grace_s)
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
         await asyncio.gather(*(r.client.close() for r in self.replicas.values()))

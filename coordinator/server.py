@@ -45,6 +45,7 @@ class Coordinator:
     watcher: asyncio.Task
     metrics_server: MetricsServer | None = None
     http: HttpServer | None = None
+    stopped: bool = False
 
     @property
     def port(self) -> int:
@@ -60,7 +61,11 @@ class Coordinator:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Drain: NOT_SERVING at once, new requests get UNAVAILABLE, running ones finish
-        for at most grace_s; then stop."""
+        for at most grace_s; then stop (sessions of ended requests still being closed get
+        a moment more). Stopping again does nothing."""
+        if self.stopped:
+            return
+        self.stopped = True
         self.core.draining = True
         await self.server.health.enter_graceful_shutdown()
         running = self.core.running

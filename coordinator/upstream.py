@@ -202,6 +202,11 @@ class ServiceClient:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @property
+    def background_tasks(self) -> list[asyncio.Task]:
+        """Background work still running (sessions being closed)."""
+        return list(self._tasks)
+
     async def wait_serving(self, timeout_s: float) -> None:
         """Wait until the service's health reports SERVING (models take a while to load)."""
         deadline = time.monotonic() + timeout_s

@@ -57,6 +57,10 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def __iter__(self):
+        """The ids of the sessions held now."""
+        return iter(list(self._sessions))
+
     def peek(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 

@@ -3,12 +3,13 @@ draft and target links cut and restored; a draft slower than its budget for a mo
 output stays the target's, token for token."""
 
 import threading
+import time
 
 import pytest
 
 from coordinator.client import generate as client_generate
 from processes import metric
-from specdec.v1 import generator_pb2
+from specdec.v1 import draft_pb2, generator_pb2
 from stack import coordinator_behind_proxies, gpu_like_costs, stream_with_faults, wait_until
 
 CONFIGS = {
@@ -97,3 +98,27 @@ def test_a_draft_slow_for_a_moment_is_resynchronised_not_reopened(loop, stacks):
         assert wait_until(lambda: stack.live_sessions() == (0, 0), timeout=15), \
             stack.live_sessions()
 
+
+def test_stopping_ends_the_closes_still_retrying(loop, stacks):
+    """A session the coordinator could not close (its draft link cut) is retried in the
+    background; stopping the coordinator gives that a moment, then cancels it, instead of
+    leaving it running on the loop (the service's session TTL is the backstop)."""
+    stack = stacks("draft_perturbed")
+    with coordinator_behind_proxies(loop, stack) as (proxies, coordinator):
+        addr = f"127.0.0.1:{coordinator.port}"
+        proxies["target"].delay_s = 0.003
+        ids, stats = stream_with_faults(addr, request(4), {5: lambda: cut(proxies["draft"])})
+        assert len(ids) == 150 and stats.draft_fallback_rounds > 0
+        closing = [t for r in coordinator.draft.replicas.values()
+                   for t in r.client.background_tasks]
+        assert closing, "the lost draft session should still be being closed"
+        started = time.monotonic()
+        loop.run(coordinator.stop(0))
+        assert time.monotonic() - started < 10
+        assert all(t.done() for t in closing)
+    # the session the stopped coordinator gave up on is left to the TTL: close it here
+    left_behind = list(stack.draft[1].engine.sessions)
+    assert len(left_behind) == 1 and stack.live_sessions()[1] == 0
+    stack.draft_stub().CloseSession(
+        draft_pb2.CloseDraftSessionRequest(session_ids=left_behind), timeout=10)
+    assert stack.live_sessions() == (0, 0)
