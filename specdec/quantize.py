@@ -59,7 +59,7 @@ class _LowBit(nn.Module):
         self.dense.weight = nn.Parameter(weight, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
+        rows = x.reshape(-1, self.in_features).contiguous()  # (the kernels need packed rows)
         if rows.shape[0] > self.max_rows:
             return self.dense(x)
         y = self.low_bit(rows).reshape(*x.shape[:-1], self.out_features)

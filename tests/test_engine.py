@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from specdec.draft_engine import DraftEngine, ProposeItem
+from specdec.engine import OpenItem
 from specdec.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -158,3 +159,28 @@ def test_resume_rejected_draws_the_recovered_token_without_a_new_accept_test(tar
     greedy_sid, gpos = target.open("", [5, 6, 7])
     (bad,), _, _ = target.verify([VerifyItem(greedy_sid, gpos, [9], [], resume_rejected=True)])
     assert isinstance(bad.error, InvalidArgument) and "resume_rejected" in str(bad.error)
+
+
+def test_a_batched_pass_over_uneven_sessions_equals_each_alone(lms):
+    """Sessions with different cached and pending lengths in one padded pass (a batched
+    prefill, then a batched pass where each wants its own number of rows): every session's
+    logits equal its own pass alone, so only the rows asked for need the output head."""
+    prompts = {"a": [5, 17, 42], "b": [9, 8, 7, 6, 5, 4, 3, 2, 1], "c": [64, 3, 99, 7, 1, 2]}
+    pending = {"a": [11, 12, 13, 14, 15], "b": [21], "c": [31, 32, 33]}
+    wanted = {"a": 2, "b": 1, "c": 3}
+    batched = TargetEngine(lms["target"], max_sessions=4, session_ttl_s=60,
+                           max_proposal_tokens=8)
+    alone = TargetEngine(lms["target"], max_sessions=4, session_ttl_s=60,
+                         max_proposal_tokens=8)
+    batched.open_many([OpenItem(sid, p) for sid, p in prompts.items()])
+    sessions = [batched.sessions.get(sid) for sid in prompts]
+    for s in sessions:
+        s.tokens.extend(pending[s.id])
+    together = batched._forward(sessions, [wanted[s.id] for s in sessions])
+    for s, rows in zip(sessions, together, strict=True):
+        alone.open(s.id, prompts[s.id])
+        own = alone.sessions.get(s.id)
+        own.tokens.extend(pending[s.id])
+        expected = alone._next_logits(own, wanted[s.id])
+        assert rows.shape == expected.shape == (wanted[s.id], lms["target"].vocab_size)
+        torch.testing.assert_close(rows, expected, rtol=1e-4, atol=1e-4)

@@ -69,6 +69,18 @@ def test_passes_of_many_rows_compute_the_same_quantized_model(make):
     assert not torch.allclose(many, x @ original.t() + linear.bias, atol=1e-3)
 
 
+@pytest.mark.parametrize("make", [Int8Linear, lambda lin: Int4Linear(lin, 64)])
+def test_strided_rows_go_through_the_low_bit_kernels(make):
+    """The last row of each sequence of a batch (a batched pass keeping one row of logits per
+    session) is a strided view; the kernels need contiguous rows."""
+    torch.manual_seed(0)
+    layer = make(nn.Linear(128, 64))
+    x = torch.randn(3, 5, 128)
+    last = x[:, -1:, :]                                                   # [3, 1, 128]
+    assert not last.reshape(-1, 128).is_contiguous()
+    assert torch.allclose(layer(last), layer(last.contiguous()), atol=1e-5)
+
+
 def test_a_head_tied_to_the_embeddings_leaves_them_unquantized():
     torch.manual_seed(0)
     embed, head = nn.Embedding(64, 128), nn.Linear(128, 64, bias=False)
