@@ -33,15 +33,21 @@ class Batcher:
         match `items` one to one."""
         self._send = send
         self.max_items = max_items
-        self.queue: list[tuple[int, Any, asyncio.Future]] = []  # (arrival, item, future)
+        # (arrival, item, future, counted: its generation waits on it, see Scheduler.park)
+        self.queue: list[tuple[int, Any, asyncio.Future, bool]] = []
         self.scheduler: Scheduler | None = None
+        # lockstep: the most seconds the dispatcher waits for this batcher's call before it
+        # sends the next (the call goes on alongside); None = wait for it to end
+        self.hold_s: Callable[[], float] | None = None
         self._task: asyncio.Task | None = None
 
-    async def submit(self, item: Any) -> tuple[Any, Any]:
-        """Queue one item; returns (its result, the whole reply)."""
+    async def submit(self, item: Any, counted: bool = True) -> tuple[Any, Any]:
+        """Queue one item; returns (its result, the whole reply). counted=False: sent from
+        a background task while its generation goes on (lockstep must not wait for that
+        generation to park, nor count it running again when the item returns)."""
         future = asyncio.get_running_loop().create_future()
-        self.queue.append((next(_arrivals), item, future))
-        if self.scheduler is not None:
+        self.queue.append((next(_arrivals), item, future, counted))
+        if self.scheduler is not None and counted:
             return await self.scheduler.park(future)
         if self._task is None:
             self._task = asyncio.create_task(self._drain())
@@ -49,21 +55,23 @@ class Batcher:
 
     async def flush_once(self) -> int:
         """Send up to max_items queued items as one call; resolve their futures. Returns
-        how many futures were resolved (their sessions run again)."""
+        how many counted futures were resolved (their generations run again)."""
         batch = self.queue[:self.max_items]
         del self.queue[:self.max_items]
         try:
-            reply = await self._send([item for _, item, _ in batch])
+            reply = await self._send([item for _, item, _, _ in batch])
         except Exception as e:  # the whole call failed: every item gets the error
-            live = [f for _, _, f in batch if not f.done()]
-            for future in live:
-                future.set_exception(e)
-            return len(live)
+            woken = 0
+            for _, _, future, counted in batch:
+                if not future.done():
+                    future.set_exception(e)
+                    woken += counted
+            return woken
         woken = 0
-        for (_, _, future), result in zip(batch, reply.results, strict=True):
+        for (_, _, future, counted), result in zip(batch, reply.results, strict=True):
             if not future.done():  # its generation may have been cancelled
                 future.set_result((result, reply))
-                woken += 1
+                woken += counted
         return woken
 
     async def _drain(self) -> None:
@@ -86,6 +94,7 @@ class Scheduler:
         self.quiet_timeout_s = quiet_timeout_s
         self.running = 0
         self._changed = asyncio.Event()
+        self._held: set[asyncio.Task] = set()  # calls held past their batcher's hold_s
         self._task: asyncio.Task | None = None
 
     def add(self, batchers: list[Batcher]) -> None:
@@ -141,8 +150,23 @@ class Scheduler:
                 if not ready:
                     continue
                 oldest = min(ready, key=lambda b: b.queue[0][0])
-                woken = await oldest.flush_once()  # (not `running += await`: read after)
-                self.running += woken
+                if oldest.hold_s is None:
+                    woken = await oldest.flush_once()  # (not `running += await`: read after)
+                    self.running += woken
+                else:
+                    await self._flush_held(oldest, oldest.hold_s())
                 await asyncio.sleep(0)  # let the woken generations run
         finally:
             self._task = None
+
+    async def _flush_held(self, batcher: Batcher, hold_s: float) -> None:
+        """Send batcher's call and wait for it at most hold_s; past that it goes on alongside
+        the next calls and its generations run again when it ends."""
+        call = asyncio.ensure_future(batcher.flush_once())
+        done, _ = await asyncio.wait({call}, timeout=hold_s)
+        if call in done:
+            self.running += call.result()
+        else:
+            self._held.add(call)  # (the loop holds tasks weakly)
+            call.add_done_callback(self._held.discard)
+            call.add_done_callback(lambda c: self._add(0 if c.cancelled() else c.result()))

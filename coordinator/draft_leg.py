@@ -49,7 +49,7 @@ class DraftLeg(Leg):
         catches up on the tokens final since (`append`) at its first Propose."""
         self.incarnation += 1  # every attempt gets its own id: a failed one may linger
         try:
-            client, sid, call = self._next_open(list(history))
+            client, sid, call = self._next_open(list(history), background=True)
         except UpstreamError as e:  # no draft replica at all
             self._lost(e)
             return

@@ -54,7 +54,8 @@ class Leg:
             return f"{self.pool.role} service at {self.client.addr}"
         return f"{self.pool.role} service ({self.pool.describe()})"
 
-    def _next_open(self, history: list[int], avoid: frozenset = frozenset()):
+    def _next_open(self, history: list[int], avoid: frozenset = frozenset(),
+                   background: bool = False):
         """The OpenSession call of the next session (fresh id and seed after the first) on the
         replica the pool picks; returns (that client, the session id, the call's coroutine).
         Raises UpstreamError when the tier has no usable replica."""
@@ -64,7 +65,7 @@ class Leg:
         if not sampling.greedy and self.incarnation:
             sampling = dataclasses.replace(sampling,
                                            seed=derive_seed(sampling.seed, self.incarnation))
-        return client, sid, client.open(sid, history, sampling, self.max_tokens)
+        return client, sid, client.open(sid, history, sampling, self.max_tokens, background)
 
     async def _open(self, history: list[int], bound=None, avoid: frozenset = frozenset()
                     ) -> None:

@@ -126,10 +126,11 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
         client.on_cost = (adaptive.observe_propose if isinstance(client, DraftClient)
                           else adaptive.observe_verify)
         if scheduler is not None:
-            # The draft's opens and closes stay out of the lockstep rounds: a draft that hangs
-            # must not hold up the target's calls for longer than one Propose budget.
-            scheduler.add([client.proposals, client.probs] if isinstance(client, DraftClient)
-                          else client.batchers)
+            # The draft's closes stay out of the lockstep rounds, and its opens hold the
+            # others back for at most one Propose budget (DraftClient.opens.hold_s): a draft
+            # that hangs must not hold up the target's calls for longer.
+            scheduler.add([client.proposals, client.probs, client.opens]
+                          if isinstance(client, DraftClient) else client.batchers)
 
     def removed(client) -> None:
         if scheduler is not None:

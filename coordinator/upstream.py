@@ -122,10 +122,11 @@ class ServiceClient:
         """Pass a batched call's size and compute time to on_cost (per service); reply None:
         the call timed out after timed_out_s."""
 
-    async def submit(self, batcher: Batcher, item):
-        """Send one item through a batcher. Returns (its result, the batch's reply, this
-        item's bytes on the wire); a failed item raises the error a failed call would."""
-        result, reply = await batcher.submit(item)
+    async def submit(self, batcher: Batcher, item, counted: bool = True):
+        """Send one item through a batcher (counted: see Batcher.submit). Returns (its
+        result, the batch's reply, this item's bytes on the wire); a failed item raises the
+        error a failed call would."""
+        result, reply = await batcher.submit(item, counted)
         if result.code != 0:
             code = code_name(result.code)
             self.on_error(self.role, code)
@@ -157,13 +158,14 @@ class ServiceClient:
         return bool(self._tasks) or any(b.queue for b in self._batchers)
 
     async def open(self, session_id: str, prompt: list[int], sampling: SamplingParams,
-                   max_tokens: int = 0):
-        """Open (and prefill) one session, batched with concurrent opens.
+                   max_tokens: int = 0, background: bool = False):
+        """Open (and prefill) one session, batched with concurrent opens; background: from
+        a task other than the generation's own (not counted, see Batcher.submit).
         Returns (OpenSessionResult, the batch's reply)."""
         self.sessions += 1  # (closing it, even after a failed open, counts it down)
         result, reply, _ = await self.submit(self.opens, common_pb2.OpenSessionItem(
             session_id=session_id, prompt_token_ids=prompt, sampling=sampling_to_pb(sampling),
-            max_tokens=max_tokens))
+            max_tokens=max_tokens), counted=not background)
         return result, reply
 
     async def close_session(self, session_id: str) -> None:
@@ -256,6 +258,9 @@ class DraftClient(ServiceClient):
                                          initial_s=10.0)}
         self.proposals = self._batcher(
             "Propose", lambda items: draft_pb2.ProposeRequest(items=items))
+        # in lockstep an open (a prefill) holds the target's calls back for at most one
+        # Propose budget: a draft that hangs must not stall every generation for longer
+        self.opens.hold_s = self._budgets["Propose"].timeout
         self.probs = self._batcher(
             "GetProbs", lambda items: draft_pb2.GetDraftProbsRequest(items=items))
 
