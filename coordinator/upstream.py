@@ -96,16 +96,24 @@ class ServiceClient:
         """The adaptive timeout of `method`, if it has one (the draft's calls do)."""
         return None
 
+    @staticmethod
+    def size(method: str, request) -> float:
+        """What a call's budget scales with: an open's prompt tokens, else 1."""
+        if method == "OpenSession":
+            return sum(len(item.prompt_token_ids) for item in request.items)
+        return 1.0
+
     async def call(self, method: str, request):
         budget = self.budget(method)
-        timeout = self.timeout_s if budget is None else budget.timeout()
+        size = self.size(method, request)
+        timeout = self.timeout_s if budget is None else budget.timeout(size)
         start = time.monotonic()
         try:
             reply = await getattr(self.stub, method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             code = e.code().name
             if budget is not None and code == "DEADLINE_EXCEEDED":
-                budget.observe(timeout)
+                budget.observe(timeout, size)
                 # what the call cost is at least its timeout: a draft that times out at
                 # some load must not look free at that load (adaptive K would ask again)
                 self._report_cost(method, request, None, timeout)
@@ -114,7 +122,7 @@ class ServiceClient:
                       else e.details())
             raise UpstreamError(code, f"{self.role} service at {self.addr}: {detail}") from None
         if budget is not None:
-            budget.observe(time.monotonic() - start)
+            budget.observe(time.monotonic() - start, size)
         self._report_cost(method, request, reply)
         return reply
 
@@ -254,6 +262,7 @@ class DraftClient(ServiceClient):
         # dropping a round after seeing that rejection would bias the output (target_leg.py).
         self._budgets = {
             "Propose": LatencyBudget(propose_timeout_s, floor_s=1.0, initial_s=2.0),
+            # per prompt token: a batch of 8 prompts may take 8 times one
             "OpenSession": LatencyBudget(None, floor_s=max(2.0, 4 * (propose_timeout_s or 0)),
                                          initial_s=10.0)}
         self.proposals = self._batcher(

@@ -141,13 +141,15 @@ class Engine:
             ids[i, :len(toks)] = torch.tensor(toks)
             mask[i, p_max - past[i]:p_max + len(toks)] = 1
             positions[i] = past[i] + torch.arange(n_max)
-        # only the rows some session needs go through the output head (a prefill or a
+        # only the rows sessions asked for go through the output head (a prefill or a
         # catch-up of many tokens would otherwise compute [B, N, V] logits)
-        keep = max(n_max - len(toks) + last for toks, last in zip(new, lasts, strict=True))
+        keep = torch.zeros(b, n_max, dtype=torch.bool)                     # [B, N]
+        for i, (toks, last) in enumerate(zip(new, lasts, strict=True)):
+            keep[i, len(toks) - last:len(toks)] = True
         out = self.lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
                             position_ids=positions.to(dev), past_key_values=batch_cache,
-                            use_cache=True, logits_to_keep=keep)
-        skipped = n_max - keep  # logits row j is position skipped + j
+                            use_cache=True, logits_to_keep=keep.to(dev))
+        rows = out.logits.split(lasts)                      # out.logits: [sum(lasts), V]
         results = []
         for i, s in enumerate(sessions):
             n = len(new[i])
@@ -156,7 +158,7 @@ class Engine:
                 own.update(batched.keys[i:i + 1, :, p_max - past[i]:p_max + n],
                            batched.values[i:i + 1, :, p_max - past[i]:p_max + n], layer)
             s.cache, s.cache_len = own, len(s.tokens)
-            results.append(out.logits[i, n - lasts[i] - skipped:n - skipped].float())
+            results.append(rows[i].float())
         return results
 
     def _crop(self, s: Session, length: int) -> None:

@@ -51,6 +51,16 @@ def test_latency_budget_is_fixed_or_follows_recent_latency():
     assert auto.timeout() == 0.1  # never below the floor
 
 
+def test_latency_budget_scales_with_the_size_of_a_call():
+    """A batched open of 8 prompts may take 8 times one: the budget is kept per unit."""
+    budget = LatencyBudget(None, floor_s=0.5, initial_s=10.0, factor=4, alpha=1.0)
+    assert budget.timeout(800) == 10.0  # nothing measured yet
+    budget.observe(0.3, size=100)  # one prompt of 100 tokens took 0.3 s
+    assert budget.timeout(100) == pytest.approx(1.2)
+    assert budget.timeout(800) == pytest.approx(9.6)
+    assert budget.timeout(10) == 0.5  # the floor still holds
+
+
 def test_backoff_doubles_up_to_its_cap_and_resets():
     clock = Clock()
     b = Backoff(0.5, 2.0, clock)
