@@ -27,6 +27,10 @@ A Propose that times out costs at least its timeout, but that cost is kept apart
 kept in the cost curves would stop speculation at that load for good after one slow spell
 of the draft; fading, it stops speculation for a minute or two and then lets it try again.
 
+Under lockstep, above SHARED_ROUNDS_LOAD sessions per verify, the model above is not used:
+every session of a round takes the round's K, the one whose rounds measured the most
+tokens per second at this load (round_k.RoundK).
+
 Pure arithmetic on numbers the coordinator already has: no transport, no tensors.
 """
 
@@ -36,6 +40,8 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+
+from .round_k import RoundK
 
 MIN_OBSERVATIONS = 3  # calls of each service measured before the model is trusted
 TIMEOUT_HALF_LIFE_S = 20.0  # how fast the cost of a timed-out Propose fades
@@ -127,6 +133,7 @@ class Acceptance:
 
 
 BASE_ALPHA = 0.6  # acceptance assumed before anything was measured
+SHARED_ROUNDS_LOAD = 1.5  # sessions per verify above which lockstep rounds share one K
 
 
 def session_bucket(sessions: float) -> int:
@@ -180,9 +187,10 @@ class VerifyCost:
 
 
 class AdaptiveK:
-    """One coordinator's cost model and population acceptance (shared by its sessions)."""
+    """One coordinator's cost model and population acceptance (shared by its sessions);
+    with lockstep, also the measured rounds that pick one K per round at load (RoundK)."""
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock=time.monotonic, lockstep: bool = False, k_max: int = 8):
         self.verify = VerifyCost()  # seconds of one Verify call ~ its sessions and rows
         self.draft = CostCurve()  # seconds per proposal step of one Propose ~ its sessions
         self.load = 1.0  # sessions per Verify call, smoothed
@@ -191,12 +199,15 @@ class AdaptiveK:
         self.clock = clock
         # session bucket -> (seconds per step of a timed-out Propose, when): see the docstring
         self._timeouts: dict[int, tuple[float, float]] = {}
+        self.rounds = RoundK(k_max) if lockstep else None
 
     def observe_verify(self, sessions: int, rows: int, seconds: float) -> None:
         """A Verify call of `sessions` items verified `rows` rows (proposals + 1 each)."""
         if rows:
             self.verify.observe(sessions, rows, seconds)
             self.load = 0.8 * self.load + 0.2 * sessions
+            if self.rounds is not None:
+                self.rounds.on_verify(session_bucket(sessions), seconds)
 
     def observe_propose(self, sessions: int, steps: int, seconds: float,
                         timed_out: bool = False) -> None:
@@ -204,6 +215,8 @@ class AdaptiveK:
         timed_out: it had no answer within `seconds`."""
         if not (sessions and steps):
             return
+        if self.rounds is not None:
+            self.rounds.on_propose(seconds)
         if timed_out:
             b = session_bucket(sessions)
             self._timeouts[b] = (max(seconds / steps, self._penalty(b)), self.clock())
@@ -248,8 +261,14 @@ class SessionK:
         return [min(1.0, r + error) for r in a.rates(n, population, self.weight)]
 
     def choose(self, k_max: int) -> int:
-        """The K in [0, k_max] with the most expected tokens per second of round."""
-        k = self._best(k_max)
+        """The K in [0, k_max] with the most expected tokens per second of round: at load
+        under lockstep, the round's K (RoundK); otherwise from this session's acceptance
+        and the cost model."""
+        c = self.controller
+        if c.rounds is not None and c.load > SHARED_ROUNDS_LOAD and k_max > 0:
+            k = min(k_max, c.rounds.take())
+        else:
+            k = self._best(k_max)
         self.controller.chosen[k] += 1
         return k
 
@@ -278,6 +297,8 @@ class SessionK:
         return best_k
 
     def record(self, proposed: int, accepted: int) -> None:
+        if self.controller.rounds is not None:
+            self.controller.rounds.record(accepted + 1)
         if proposed:
             self.acceptance.record(proposed, accepted)
             self.controller.population.record(proposed, accepted)

@@ -118,7 +118,9 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     scheduler = Scheduler([]) if cfg.schedule == "lockstep" else None
     metrics = CoordinatorMetrics(CollectorRegistry())
 
-    adaptive = AdaptiveK()
+    # (lockstep: one K per round at load, RoundK; k_max: what the services allow is checked
+    # below, and every session clamps to its own maximum anyway)
+    adaptive = AdaptiveK(lockstep=scheduler is not None, k_max=cfg.max_speculative_tokens)
     metrics.track_adaptive(adaptive)
 
     def added(client) -> None:

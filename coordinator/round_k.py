@@ -1,0 +1,123 @@
+"""One K for every session of a lockstep round, chosen from measured rounds.
+
+Under lockstep several generations move in rounds: one batched Propose, one batched Verify.
+Every session waits for the round's longest Propose and for a verify pass over everyone's
+rows, so what a session's K costs falls on all of them; and what a round really costs at a
+load (padding, gRPC, the services taking turns on shared cores) is what the per-session
+cost model (adaptive.py) has to predict from per-call curves, and it mispredicted: at 16
+sessions it kept proposing 1-5 tokens where target-only rounds were a third faster.
+
+RoundK measures instead of predicting: per load (sessions per verify, adaptive.session_bucket)
+and K, the tokens the rounds produced per second of the services' compute. The next round
+takes the best K measured at its load; every `explore` rounds it tries a neighbour of the
+best (K-1 or K+1, the less measured), and after an exploration that did not win it waits
+twice as long before the next (up to MAX_EXPLORE rounds): each round at K > 0 after rounds
+at K = 0 first catches the draft up, so exploring costs more than its own round.
+
+Round boundaries come from the calls themselves: a round ends at the first call after its
+Verify (the tokens its sessions record arrive in between), so a decision reaches the round
+after next; each round is tallied under the K its sessions took (take()). Pure arithmetic,
+no transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXPLORE = 8  # rounds between explorations, at first
+MAX_EXPLORE = 64
+START_K = 2  # a load not measured yet starts here (or at the nearest measured load's best)
+
+
+@dataclass
+class _Tally:
+    weight: float = 0.0
+    tokens: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, tokens: float, seconds: float, decay: float) -> None:
+        self.weight = decay * self.weight + 1
+        self.tokens = decay * self.tokens + tokens
+        self.seconds = decay * self.seconds + seconds
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class RoundK:
+    def __init__(self, k_max: int = 8, decay: float = 0.9):
+        self.k_max, self.decay = k_max, decay
+        self.tallies: dict[tuple[int, int], _Tally] = {}  # (load bucket, K) -> rounds
+        self.k = START_K  # what the next rounds take
+        self.bucket: int | None = None
+        self._taken: int | None = None  # the K the coming round's sessions took
+        self._round_k = START_K  # the K of the round being tallied
+        self._cost, self._tokens, self._verified, self._open = 0.0, 0, False, False
+        self._explore_in, self._explore_every = EXPLORE, EXPLORE
+        self._exploring: tuple[int, int] | None = None  # (K tried, closes since)
+
+    # ---- what the coordinator sees
+    def take(self) -> int:
+        """The K of a session's next round (the first taker labels the round)."""
+        if self._taken is None:
+            self._taken = self.k
+        return self.k
+
+    def on_propose(self, seconds: float) -> None:
+        self._call(seconds)
+
+    def on_verify(self, bucket: int, seconds: float) -> None:
+        self._call(seconds)
+        self._verified, self.bucket = True, bucket
+
+    def _call(self, seconds: float) -> None:
+        if self._verified:
+            self._close()
+        if not self._open:  # the round's first call: its sessions have taken their K
+            self._open, self._round_k = True, self.k if self._taken is None else self._taken
+            self._taken = None
+        self._cost += seconds
+
+    def record(self, tokens: int) -> None:
+        """A session of the round ended it with `tokens` new tokens."""
+        self._tokens += tokens
+
+    # ---- the decision
+    def _close(self) -> None:
+        if self._tokens and self._cost > 0:
+            key = (self.bucket, self._round_k)
+            self.tallies.setdefault(key, _Tally()).add(self._tokens, self._cost, self.decay)
+        self._cost, self._tokens, self._verified, self._open = 0.0, 0, False, False
+        self.k = self._next()
+
+    def _measured(self, bucket: int) -> dict[int, _Tally]:
+        return {k: t for (b, k), t in self.tallies.items() if b == bucket}
+
+    def _next(self) -> int:
+        measured = self._measured(self.bucket)
+        if not measured:  # a new load: start from the nearest measured load's best
+            near = sorted({b for b, _ in self.tallies}, key=lambda b: abs(b - self.bucket))
+            return self._best(self._measured(near[0])) if near else START_K
+        best = self._best(measured)
+        if self._exploring is not None:
+            explored, closes = self._exploring
+            if self._round_k == explored or closes >= 3:  # its round is in (or never came)
+                won = best == explored
+                self._explore_every = (EXPLORE if won
+                                       else min(MAX_EXPLORE, 2 * self._explore_every))
+                self._explore_in, self._exploring = self._explore_every, None
+            else:
+                self._exploring = (explored, closes + 1)
+            return best
+        self._explore_in -= 1
+        if self._explore_in > 0:
+            return best
+        neighbours = [k for k in (best - 1, best + 1) if 0 <= k <= self.k_max]
+        explored = min(neighbours, key=lambda k: measured[k].weight if k in measured else 0.0)
+        self._exploring = (explored, 0)
+        return explored
+
+    @staticmethod
+    def _best(measured: dict[int, _Tally]) -> int:
+        return max(measured, key=lambda k: measured[k].rate)

@@ -1,0 +1,74 @@
+"""RoundK (one K per lockstep round at load) against a simulated lockstep: sessions take
+their K, the round's Propose and Verify report their costs, each session records its
+tokens, in the order the coordinator produces them."""
+
+from coordinator.round_k import EXPLORE, RoundK
+
+SESSIONS = 8
+
+
+def simulate(rounds: int, cost, tokens, controller: RoundK | None = None, bucket: int = 6):
+    """cost(K): seconds of a round at K (half Propose, half Verify when K > 0);
+    tokens(K): new tokens per session per round. Returns (controller, Ks taken)."""
+    rk = controller or RoundK(k_max=8)
+    taken = []
+    for _ in range(rounds):
+        ks = {rk.take() for _ in range(SESSIONS)}
+        assert len(ks) == 1  # one K for the whole round
+        k = ks.pop()
+        taken.append(k)
+        if k:
+            rk.on_propose(cost(k) / 2)
+            rk.on_verify(bucket, cost(k) / 2)
+        else:
+            rk.on_verify(bucket, cost(k))
+        for _ in range(SESSIONS):
+            rk.record(tokens(k))
+    return rk, taken
+
+
+def expected(k: int, alpha: float = 0.8) -> int:
+    return round(sum(alpha ** j for j in range(k + 1)))
+
+
+def test_each_round_is_tallied_under_the_k_its_sessions_took():
+    """(the round's tokens arrive after its Verify, its end shows only at the next call:
+    an off-by-one here would credit one K's tokens to another)"""
+    def cost(k):
+        return 0.1 + 0.05 * k
+
+    rk, taken = simulate(200, cost, expected)
+    for (_, k), tally in rk.tallies.items():
+        assert abs(tally.rate - SESSIONS * expected(k) / cost(k)) < 1e-6, k
+
+
+def test_where_target_only_rounds_are_fastest_it_settles_at_k0():
+    rk, taken = simulate(300, lambda k: 0.24 + 0.25 * k, expected)
+    tail = taken[-150:]
+    assert tail.count(0) >= 0.9 * len(tail)
+
+
+def test_where_speculation_pays_it_climbs_to_the_best_k():
+    def tokens(k):  # acceptance 0.9: deep speculation pays with a cheap draft
+        return expected(k, 0.9)
+
+    def cost(k):
+        return 0.2 + 0.02 * k + 0.01 * k * k
+
+    best = max(range(9), key=lambda k: tokens(k) / cost(k))
+    rk, taken = simulate(400, cost, tokens)
+    tail = taken[-100:]
+    assert max(set(tail), key=tail.count) == best
+
+
+def test_explorations_that_lose_come_less_often():
+    rk, taken = simulate(600, lambda k: 0.24 + 0.25 * k, expected)
+    explorations = [i for i, k in enumerate(taken) if k != 0][-3:]
+    gaps = [b - a for a, b in zip(explorations, explorations[1:], strict=False)]
+    assert all(gap > EXPLORE for gap in gaps), gaps
+
+
+def test_a_new_load_starts_from_the_nearest_measured_best():
+    rk, _ = simulate(200, lambda k: 0.24 + 0.25 * k, expected, bucket=8)
+    rk, taken = simulate(3, lambda k: 0.24 + 0.25 * k, expected, controller=rk, bucket=6)
+    assert taken[-1] == 0
