@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 EXPLORE = 8  # rounds between explorations, at first
 MAX_EXPLORE = 64
-START_K = 2  # a load not measured yet starts here (or at the nearest measured load's best)
+START_K = 2  # a load not measured yet starts here (or lower: the nearest measured load's best)
+LOADED_BUCKET = 2  # adaptive.session_bucket(2): loads of two sessions and more
 
 
 @dataclass
@@ -85,20 +86,18 @@ class RoundK:
 
     # ---- the decision
     def _close(self) -> None:
+        fresh = not self._measured(self.bucket)  # the first round at this load
         if self._tokens and self._cost > 0:
             key = (self.bucket, self._round_k)
             self.tallies.setdefault(key, _Tally()).add(self._tokens, self._cost, self.decay)
         self._cost, self._tokens, self._verified, self._open = 0.0, 0, False, False
-        self.k = self._next()
+        self.k = self._start() if fresh else self._next()
 
     def _measured(self, bucket: int) -> dict[int, _Tally]:
         return {k: t for (b, k), t in self.tallies.items() if b == bucket}
 
     def _next(self) -> int:
         measured = self._measured(self.bucket)
-        if not measured:  # a new load: start from the nearest measured load's best
-            near = sorted({b for b, _ in self.tallies}, key=lambda b: abs(b - self.bucket))
-            return self._best(self._measured(near[0])) if near else START_K
         best = self._best(measured)
         if self._exploring is not None:
             explored, closes = self._exploring
@@ -117,6 +116,16 @@ class RoundK:
         explored = min(neighbours, key=lambda k: measured[k].weight if k in measured else 0.0)
         self._exploring = (explored, 0)
         return explored
+
+    def _start(self) -> int:
+        """A new load (its first round, taken at the last load's K, is just in): the nearest
+        other measured load's best, at most START_K. (Lone sessions' rounds are no guide:
+        the deep K they take costs whole rounds at load.)"""
+        loaded = {b for b, _ in self.tallies if b >= LOADED_BUCKET and b != self.bucket}
+        if not loaded:
+            return START_K
+        near = min(loaded, key=lambda b: abs(b - self.bucket))
+        return min(START_K, self._best(self._measured(near)))
 
     @staticmethod
     def _best(measured: dict[int, _Tally]) -> int:

@@ -2,7 +2,7 @@
 their K, the round's Propose and Verify report their costs, each session records its
 tokens, in the order the coordinator produces them."""
 
-from coordinator.round_k import EXPLORE, RoundK
+from coordinator.round_k import EXPLORE, START_K, RoundK
 
 SESSIONS = 8
 
@@ -72,3 +72,12 @@ def test_a_new_load_starts_from_the_nearest_measured_best():
     rk, _ = simulate(200, lambda k: 0.24 + 0.25 * k, expected, bucket=8)
     rk, taken = simulate(3, lambda k: 0.24 + 0.25 * k, expected, controller=rk, bucket=6)
     assert taken[-1] == 0
+
+
+def test_a_new_load_does_not_start_from_lone_sessions_deep_k():
+    """Rounds of one session (the per-session model speculating deep) say nothing about a
+    loaded round: the first load starts at START_K at most."""
+    rk, _ = simulate(50, lambda k: 0.05 + 0.01 * k, lambda k: expected(k, 0.95), bucket=0)
+    assert rk.k > START_K
+    rk, taken = simulate(3, lambda k: 0.24 + 0.25 * k, expected, controller=rk, bucket=6)
+    assert taken[-1] <= START_K
