@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from . import token_map
+from .config import default_cache_dir
 from .errors import InvalidArgument
 from .fetch import resolve_model_dir
 from .quantize import calibrate, quantize
@@ -126,22 +127,25 @@ def quantized_cache_file(path, cache_dir: str | None, scheme: str, dtype: torch.
 def load_model(spec: str, dtype: str = "auto", device: str = "auto",
                cache_dir: str | None = None, quantization: str = "none",
                head_vocab: str = "") -> LoadedModel:
-    """Load a model and its tokenizer; quantization: "none", "int8" or "int4" weight-only
-    linear layers (specdec.quantize), applied after loading; head_vocab: restrict the output
-    head to these tokens (a draft's --draft-vocab, specdec.token_map), before quantizing."""
+    """Load a model and its tokenizer. cache_dir: where fetched and converted weights go
+    (None = the services' default, specdec.config.default_cache_dir); quantization: "none",
+    "int8" or "int4" weight-only linear layers (specdec.quantize), applied after loading;
+    head_vocab: restrict the output head to these tokens (a draft's --draft-vocab,
+    specdec.token_map), before quantizing."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if dt == torch.bfloat16 and dev.type == "cpu" and not cpu_bf16_usable():
         log.warning("bfloat16 is not usable on this CPU; falling back to float32", model=spec)
         dt = torch.float32
-    path = resolve_model_dir(spec, cache_dir or ".")
+    cache_dir = cache_dir or default_cache_dir()  # (never the working directory: GiBs)
+    path = resolve_model_dir(spec, cache_dir)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dt).to(dev).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     config = model.config.get_text_config()
     vocab_size = model.get_output_embeddings().weight.shape[0]
     fingerprint = tokenizer_fingerprint(tokenizer)
     eos = eos_token_ids(model, tokenizer)
-    ids = token_map.resolve(head_vocab, tokenizer, fingerprint, vocab_size, eos, cache_dir or ".")
+    ids = token_map.resolve(head_vocab, tokenizer, fingerprint, vocab_size, eos, cache_dir)
     head_ids = None if ids is None else token_map.restrict_head(model, ids)
     if quantization != "none":
         if dev.type != "cpu":
