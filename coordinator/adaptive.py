@@ -269,7 +269,7 @@ class SessionK:
             k = min(k_max, c.rounds.take())
         else:
             k = self._best(k_max)
-        self.controller.chosen[k] += 1
+        c.chosen[k] += 1
         return k
 
     def _best(self, k_max: int) -> int:

@@ -9,7 +9,7 @@ sessions it kept proposing 1-5 tokens where target-only rounds were a third fast
 
 RoundK measures instead of predicting: per load (sessions per verify, adaptive.session_bucket)
 and K, the tokens the rounds produced per second of the services' compute. The next round
-takes the best K measured at its load; every `explore` rounds it tries a neighbour of the
+takes the best K measured at its load; every EXPLORE rounds it tries a neighbour of the
 best (K-1 or K+1, the less measured), and after an exploration that did not win it waits
 twice as long before the next (up to MAX_EXPLORE rounds): each round at K > 0 after rounds
 at K = 0 first catches the draft up, so exploring costs more than its own round.

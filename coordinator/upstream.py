@@ -105,7 +105,7 @@ class ServiceClient:
 
     async def call(self, method: str, request):
         budget = self.budget(method)
-        size = self.size(method, request)
+        size = 1.0 if budget is None else self.size(method, request)
         timeout = self.timeout_s if budget is None else budget.timeout(size)
         start = time.monotonic()
         try:

@@ -4,6 +4,7 @@ the next calls, and items sent from background tasks leave the count of running
 generations balanced."""
 
 import asyncio
+import contextlib
 import time
 from types import SimpleNamespace
 
@@ -26,6 +27,16 @@ class Service:
         return SimpleNamespace(results=[f"{self.name}:{i}" for i in items])
 
 
+@contextlib.asynccontextmanager
+async def running(scheduler: Scheduler):
+    """One generation's span: counted running from begin() to end()."""
+    scheduler.begin()
+    try:
+        yield
+    finally:
+        scheduler.end()
+
+
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 20))
 
@@ -38,13 +49,10 @@ def test_one_call_at_a_time_across_batchers():
         scheduler = Scheduler([d, t])
 
         async def generation(i):
-            scheduler.begin()
-            try:
+            async with running(scheduler):
                 for _ in range(3):
                     await d.submit(i)
                     await t.submit(i)
-            finally:
-                scheduler.end()
 
         await asyncio.gather(*(generation(i) for i in range(4)))
         return log, scheduler
@@ -72,22 +80,16 @@ def test_a_held_call_goes_on_alongside_after_its_hold():
         done = {}
 
         async def opener():
-            scheduler.begin()
-            try:
+            async with running(scheduler):
                 await o.submit("a")
                 done["opener"] = time.monotonic()
-            finally:
-                scheduler.end()
 
         async def verifier():
-            scheduler.begin()
-            try:
+            async with running(scheduler):
                 await asyncio.sleep(0.01)  # (the open is queued first)
                 for _ in range(5):
                     await v.submit("b")
                 done["verifier"] = time.monotonic()
-            finally:
-                scheduler.end()
 
         began = time.monotonic()
         await asyncio.gather(opener(), verifier())
@@ -108,12 +110,9 @@ def test_a_held_call_within_its_hold_keeps_the_turns():
         scheduler = Scheduler([o, v])
 
         async def generation(i):
-            scheduler.begin()
-            try:
+            async with running(scheduler):
                 await o.submit(i)
                 await v.submit(i)
-            finally:
-                scheduler.end()
 
         await asyncio.gather(*(generation(i) for i in range(3)))
         return log, scheduler
@@ -138,15 +137,12 @@ def test_background_items_leave_the_running_count_balanced():
         counts = []
 
         async def generation(i):
-            scheduler.begin()
-            try:
+            async with running(scheduler):
                 background = asyncio.ensure_future(o.submit(f"re{i}", counted=False))
                 for _ in range(3):
                     await v.submit(i)
                     counts.append(scheduler.running)
                 await background
-            finally:
-                scheduler.end()
 
         began = time.monotonic()
         await asyncio.gather(*(generation(i) for i in range(3)))
