@@ -4,10 +4,13 @@ started locally (one process each).
 
 python -m bench.concurrency [--pair tiny|qwen] [--sessions 1,2,4,8,16] [--ks 0,4,a8]
                                   [--max-new-tokens 64] [--dtype bfloat16] [--threads 2]
+                                  [--repeats 1]
 
-For every K, the 1-session figure runs each prompt alone, one after the other; its outputs
-are the reference: every concurrent run must produce exactly the same tokens (greedy), or
-the benchmark says so loudly. Writes results/bench_concurrency.{json,md}.
+At each session count the Ks run side by side, interleaved (`--repeats` times; the median
+run is shown), and every row says how it compares with the best fixed K at its load. For
+every K, the 1-session figure runs each prompt alone, one after the other; its outputs are
+the reference: every concurrent run must produce exactly the same tokens (greedy, float32),
+or the benchmark says so loudly. Writes results/bench_concurrency_<pair>.{json,md}.
 """
 
 from __future__ import annotations
@@ -77,52 +80,80 @@ async def run_batch(addr: str, prompts: list[str], k: str, max_new: int) -> tupl
         return time.perf_counter() - start, results
 
 
-def measure(addr: str, prompts: list[str], k: str, sessions: list[int], max_new: int) -> list:
-    rows, reference = [], {}
+def run_once(addr: str, prompts: list[str], k: str, n: int, max_new: int) -> tuple[float, list]:
+    """One run of n sessions: (wall seconds, [(token ids, stats)] in prompt order). n = 1 runs
+    each of the prompts alone, one after the other (the single-session figure)."""
+    if n > 1:
+        return asyncio.run(run_batch(addr, prompts[:n], k, max_new))
+    wall, results = 0.0, []
+    for p in prompts:
+        w, (r,) = asyncio.run(run_batch(addr, [p], k, max_new))
+        wall, results = wall + w, results + [r]
+    return wall, results
+
+
+def measure(addr: str, prompts: list[str], ks: list[str], sessions: list[int], max_new: int,
+            repeats: int = 1) -> list:
+    """Every K at each session count side by side: `repeats` times, the Ks interleaved within
+    each repeat (so a slow spell of the machine falls on all of them), the median run kept."""
+    reference: dict[str, dict[str, list[int]]] = {k: {} for k in ks}  # K -> prompt -> ids
+    rows = []
     for n in sessions:
-        if n == 1:  # each prompt alone, one after the other: the single-session figure
-            wall, results = 0.0, []
-            for p in prompts[:max(sessions)]:
-                w, (r,) = asyncio.run(run_batch(addr, [p], k, max_new))
-                wall, results = wall + w, results + [r]
-                reference[p] = r[0]
-            tokens = sum(len(ids) for ids, _ in results)
-        else:
-            wall, results = asyncio.run(run_batch(addr, prompts[:n], k, max_new))
-            tokens = sum(len(ids) for ids, _ in results)
-        mismatches = [p for p, (ids, _) in zip(prompts[:len(results)], results, strict=True)
-                      if reference.get(p) != ids]
-        latencies = [s.total_time_s for _, s in results]
-        proposed = sum(s.proposed_draft_tokens for _, s in results)
-        row = {"k": k, "sessions": n, "tokens": tokens, "wall_s": round(wall, 3),
-               "tokens_per_s": round(tokens / wall, 3),
-               "latency_p50_s": round(percentile(latencies, 50), 3),
-               "latency_p95_s": round(percentile(latencies, 95), 3),
-               "acceptance_rate": round(sum(s.accepted_draft_tokens for _, s in results)
-                                        / proposed, 4) if proposed else None,
-               "mean_verify_batch": round(statistics.mean(s.mean_verify_batch
-                                                          for _, s in results), 2),
-               "outputs_unchanged": not mismatches}
-        if mismatches:
-            print(f"!!! K={k}, {n} sessions: {len(mismatches)} outputs differ from their lone "
-                  f"runs", flush=True)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    single = rows[0]["tokens_per_s"]
+        runs: dict[str, list[tuple[float, list]]] = {k: [] for k in ks}
+        for _ in range(repeats):
+            for k in ks:
+                runs[k].append(run_once(addr, prompts[:max(sessions)], k, n, max_new))
+                if n == 1 and not reference[k]:  # the lone runs are the reference
+                    reference[k] = dict(zip(prompts, (ids for ids, _ in runs[k][0][1]),
+                                            strict=False))
+                wall, results = runs[k][-1]
+                print(json.dumps({"k": k, "sessions": n, "wall_s": round(wall, 3),
+                                  "tokens_per_s": round(sum(len(ids) for ids, _ in results)
+                                                        / wall, 3)}), flush=True)
+        rows.extend(summarise(k, n, runs[k], reference[k], prompts) for k in ks)
     for row in rows:
-        row["scaling_vs_1"] = round(row["tokens_per_s"] / single, 2)
+        single = next(r for r in rows if r["k"] == row["k"] and r["sessions"] == 1)
+        row["scaling_vs_1"] = round(row["tokens_per_s"] / single["tokens_per_s"], 2)
+        fixed = [r["tokens_per_s"] for r in rows
+                 if r["sessions"] == row["sessions"] and not r["k"].startswith("a")]
+        row["vs_best_fixed"] = round(row["tokens_per_s"] / max(fixed), 3) if fixed else None
     return rows
+
+
+def summarise(k: str, n: int, runs: list[tuple[float, list]], reference: dict, prompts) -> dict:
+    rates = [sum(len(ids) for ids, _ in results) / wall for wall, results in runs]
+    wall, results = runs[sorted(range(len(runs)), key=rates.__getitem__)[len(runs) // 2]]
+    mismatches = sum(reference.get(p) != ids for _, results_ in runs
+                     for p, (ids, _) in zip(prompts, results_, strict=False))
+    latencies = [s.total_time_s for _, results_ in runs for _, s in results_]
+    proposed = sum(s.proposed_draft_tokens for _, s in results)
+    if mismatches:
+        print(f"!!! K={k}, {n} sessions: {mismatches} outputs differ from their lone runs",
+              flush=True)
+    return {"k": k, "sessions": n, "tokens": sum(len(ids) for ids, _ in results),
+            "wall_s": round(wall, 3), "tokens_per_s": round(sorted(rates)[len(rates) // 2], 3),
+            "tokens_per_s_runs": [round(r, 3) for r in rates],
+            "latency_p50_s": round(percentile(latencies, 50), 3),
+            "latency_p95_s": round(percentile(latencies, 95), 3),
+            "acceptance_rate": round(sum(s.accepted_draft_tokens for _, s in results)
+                                     / proposed, 4) if proposed else None,
+            "mean_verify_batch": round(statistics.mean(s.mean_verify_batch
+                                                       for _, s in results), 2),
+            "outputs_unchanged": not mismatches}
 
 
 def markdown(rows: list[dict], header: str) -> str:
     lines = [header, "",
-             "| K | sessions | tokens/s | × vs 1 session | latency p50 s | latency p95 s | "
-             "acceptance | sessions per verify pass | outputs unchanged |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| K | sessions | tokens/s | runs | vs best fixed K | × vs 1 session | "
+             "latency p50 s | latency p95 s | acceptance | sessions per verify pass | "
+             "outputs unchanged |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = "" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.3f}"
-        lines.append(f"| {r['k']} | {r['sessions']} | {r['tokens_per_s']:.2f} | "
-                     f"{r['scaling_vs_1']:.2f} | {r['latency_p50_s']:.2f} | "
+        runs = " / ".join(f"{x:.2f}" for x in r["tokens_per_s_runs"])
+        best = "" if r["vs_best_fixed"] is None else f"{r['vs_best_fixed']:.3f}"
+        lines.append(f"| {r['k']} | {r['sessions']} | {r['tokens_per_s']:.2f} | {runs} | "
+                     f"{best} | {r['scaling_vs_1']:.2f} | {r['latency_p50_s']:.2f} | "
                      f"{r['latency_p95_s']:.2f} | {acc} | {r['mean_verify_batch']:.1f} | "
                      f"{'yes' if r['outputs_unchanged'] else '**NO**'} |")
     return "\n".join(lines) + "\n"
@@ -140,6 +171,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads per service")
     p.add_argument("--draft-quantization", choices=["none", "int8", "int4"],
                    help="the draft's --quantization; default: int4 (qwen), none (tiny)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of every K at each session count, the Ks interleaved within "
+                        "each; the table shows the median run (odd counts are best)")
     p.add_argument("--out", type=Path, default=Path("results"))
     args = p.parse_args()
     sessions = [int(x) for x in args.sessions.split(",")]
@@ -153,8 +187,7 @@ def main() -> int:
     stack = start_local_stack(draft, target, log_dir=args.out / "logs", dtype=dtype,
                               threads=args.threads, draft_args=("--quantization", quantization))
     try:
-        rows = [row for k in ks for row in measure(stack.addr, prompts, k, sessions,
-                                                   args.max_new_tokens)]
+        rows = measure(stack.addr, prompts, ks, sessions, args.max_new_tokens, args.repeats)
     finally:
         stack.stop()
     names = ("tests/tiny_models.py draft_perturbed", "target") if args.pair == "tiny" \
@@ -170,7 +203,7 @@ def main() -> int:
     (args.out / f"bench_concurrency_{args.pair}.json").write_text(json.dumps(
         {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "pair": args.pair, "draft": draft,
          "target": target, "dtype": dtype, "draft_quantization": quantization,
-         "threads": args.threads,
+         "threads": args.threads, "repeats": args.repeats,
          "max_new_tokens": args.max_new_tokens, "torch": torch.__version__,
          "machine": platform.platform(), "rows": rows}, indent=1))
     print("\n" + md)
