@@ -260,13 +260,22 @@ class SessionK:
         error = (pooled * (1 - pooled) / (sum(a.reached) + self.weight)) ** 0.5
         return [min(1.0, r + error) for r in a.rates(n, population, self.weight)]
 
-    def choose(self, k_max: int) -> int:
+    def shares_rounds(self, sessions: int) -> bool:
+        """Whether this generation's rounds take the round's K (RoundK): under lockstep, with
+        more than SHARED_ROUNDS_LOAD sessions per verify (smoothed) or generations running
+        now (`sessions`: a burst arriving, before any verify measured it)."""
+        c = self.controller
+        return c.rounds is not None and max(c.load, sessions) > SHARED_ROUNDS_LOAD
+
+    def choose(self, k_max: int, draft_ready: bool = True, sessions: int = 1) -> int:
         """The K in [0, k_max] with the most expected tokens per second of round: at load
         under lockstep, the round's K (RoundK); otherwise from this session's acceptance
-        and the cost model."""
+        and the cost model. draft_ready=False: this session cannot propose this round (its
+        draft session is opening or lost), so the round does not measure its K. sessions:
+        generations running now."""
         c = self.controller
-        if c.rounds is not None and c.load > SHARED_ROUNDS_LOAD and k_max > 0:
-            k = min(k_max, c.rounds.take())
+        if self.shares_rounds(sessions) and k_max > 0:
+            k = min(k_max, c.rounds.take(measures=draft_ready))
         else:
             k = self._best(k_max)
         c.chosen[k] += 1

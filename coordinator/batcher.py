@@ -44,11 +44,15 @@ class Batcher:
     async def submit(self, item: Any, counted: bool = True) -> tuple[Any, Any]:
         """Queue one item; returns (its result, the whole reply). counted=False: sent from
         a background task while its generation goes on (lockstep must not wait for that
-        generation to park, nor count it running again when the item returns)."""
+        generation to park, nor count it running again when the item returns); it still
+        goes out in its turn."""
         future = asyncio.get_running_loop().create_future()
         self.queue.append((next(_arrivals), item, future, counted))
-        if self.scheduler is not None and counted:
-            return await self.scheduler.park(future)
+        if self.scheduler is not None:
+            if counted:
+                return await self.scheduler.park(future)
+            self.scheduler.wake()
+            return await future
         if self._task is None:
             self._task = asyncio.create_task(self._drain())
         return await future
@@ -93,6 +97,7 @@ class Scheduler:
         self.add(batchers)
         self.quiet_timeout_s = quiet_timeout_s
         self.running = 0
+        self.active = 0  # generations between begin() and end()
         self._changed = asyncio.Event()
         self._held: set[asyncio.Task] = set()  # calls held past their batcher's hold_s
         self._task: asyncio.Task | None = None
@@ -109,9 +114,15 @@ class Scheduler:
 
     def begin(self) -> None:
         self.running += 1
+        self.active += 1
 
     def end(self) -> None:
+        self.active -= 1
         self._add(-1)
+
+    def wake(self) -> None:
+        """An item was queued that no generation parks on: dispatch it in its turn."""
+        self._add(0)
 
     def _add(self, n: int) -> None:
         self.running += n

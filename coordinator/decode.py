@@ -78,7 +78,11 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
         # more than they gain (the services take turns everywhere else too).
         await tgt.open(history)
         if dft is not None:
-            await dft.open(history)  # a failure here only means target-only rounds
+            if (chooser is not None and scheduler is not None
+                    and chooser.shares_rounds(scheduler.active)):
+                dft.defer()  # opened once a round asks for proposals (K may stay 0 at load)
+            else:
+                await dft.open(history)  # a failure here only means target-only rounds
 
         while True:
             # Sessions on a draining replica move at a round boundary (nothing is in flight).
@@ -90,7 +94,8 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
             # A round yields up to k + 1 tokens; never propose past max_new_tokens.
             k = min(params.k, params.max_new_tokens - stats.generated_tokens - 1)
             if chooser is not None:
-                k = chooser.choose(k)
+                k = chooser.choose(k, draft_ready=dft is not None and dft.ready,
+                                   sessions=scheduler.active if scheduler is not None else 1)
             if ready:  # proposed during the last verify
                 proposals, probs = dft.take(ready, k), []
             else:
@@ -114,6 +119,8 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
             if dft is not None:
                 ready = dft.commit(round_.proposed, round_.accepted, new_tokens, block)
             history.extend(new_tokens)
+            if dft is not None and dft.deferred and k > 0:
+                dft.open_later(history)  # (after the Verify: the first token comes first)
 
             for token_id in new_tokens:
                 stats.generated_tokens += 1

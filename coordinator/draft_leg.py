@@ -30,6 +30,7 @@ class DraftLeg(Leg):
         # _resync) instead of being re-opened with a prefill of the whole history
         self._unsure: tuple | None = None
         self._reopening: asyncio.Task | None = None  # a re-open under way
+        self.deferred = False  # the first session opens when a round first asks (defer)
 
     def _add_time(self, us: int) -> None:
         self.stats.draft_time_s += us / 1e6
@@ -44,13 +45,35 @@ class DraftLeg(Leg):
         self.position = len(history)
         return True
 
+    def defer(self) -> None:
+        """Open the first session only once a round has asked for proposals (open_later):
+        under lockstep at load the rounds' K may stay 0 for the whole generation, and a
+        prefill of every prompt on the draft would then cost each session's first token and
+        the services' time for nothing. Rounds run target-only until the session is open;
+        they are not fallbacks."""
+        self.deferred = True
+
+    def open_later(self, history: list[int]) -> None:
+        """A round of a deferred leg asked for proposals: open the session now, in the
+        background (called after the round's Verify, so that under lockstep the prefill
+        runs after the first token, not before)."""
+        if self.deferred and self._reopening is None:
+            self._start_reopen(history)
+
+    @property
+    def ready(self) -> bool:
+        """The session is open and in step: the next Propose can propose."""
+        return self.session_id is not None and self._unsure is None
+
     def _start_reopen(self, history: list[int]) -> None:
         """Re-open in the background: rounds go on target-only meanwhile, and the session
         catches up on the tokens final since (`append`) at its first Propose."""
-        self.incarnation += 1  # every attempt gets its own id: a failed one may linger
+        if not self.deferred:  # every attempt gets its own id: a failed one may linger
+            self.incarnation += 1
         try:
             client, sid, call = self._next_open(list(history), background=True)
         except UpstreamError as e:  # no draft replica at all
+            self.deferred = False
             self._lost(e)
             return
 
@@ -65,6 +88,7 @@ class DraftLeg(Leg):
 
     def _adopt_reopened(self, history: list[int]) -> None:
         task, self._reopening = self._reopening, None
+        first, self.deferred = self.deferred, False
         try:
             sid, length, reply = task.result()
         except Exception as e:
@@ -75,10 +99,11 @@ class DraftLeg(Leg):
         self.session_id, self.position, self.keep = sid, length, None
         self.append = history[length:]
         self._add_time(reply.compute_time_us)
-        self.stats.draft_reopens += 1
         self.backoff.reset()
-        log.info("draft session re-opened; speculation resumes", session_id=sid,
-                 replica=self.client.addr, tokens=length, after=self.reason)
+        if not first:
+            self.stats.draft_reopens += 1
+            log.info("draft session re-opened; speculation resumes", session_id=sid,
+                     replica=self.client.addr, tokens=length, after=self.reason)
         self.reason = ""
 
     def move(self) -> None:
@@ -96,12 +121,12 @@ class DraftLeg(Leg):
         ahead: the block is proposed during the round's verify, for the next round (see
         commit); its failure costs the next round, which counts the fallback."""
         if self.session_id is None:
-            if self._reopening is None and self.backoff.ready():
+            if self._reopening is None and self.backoff.ready() and not self.deferred:
                 self._start_reopen(history)
             if self._reopening is not None and self._reopening.done():
                 self._adopt_reopened(history)
             if self.session_id is None:
-                if not ahead:
+                if not ahead and not self.deferred:
                     self.stats.record_fallback(self.reason)
                 return [], []
         if self._unsure is not None and not (self.backoff.ready() and await self._resync(history)):

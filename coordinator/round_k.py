@@ -54,15 +54,19 @@ class RoundK:
         self.bucket: int | None = None
         self._taken: int | None = None  # the K the coming round's sessions took
         self._round_k = START_K  # the K of the round being tallied
+        self._measures = self._taken_measures = True  # every session of it could propose
         self._cost, self._tokens, self._verified, self._open = 0.0, 0, False, False
         self._explore_in, self._explore_every = EXPLORE, EXPLORE
         self._exploring: tuple[int, int] | None = None  # (K tried, closes since)
 
     # ---- what the coordinator sees
-    def take(self) -> int:
-        """The K of a session's next round (the first taker labels the round)."""
+    def take(self, measures: bool = True) -> int:
+        """The K of a session's next round (the first taker labels the round). measures=
+        False: this session will not propose whatever K it takes (its draft is not ready),
+        so the round is not tallied: its rate would be target-only's under K's name."""
         if self._taken is None:
             self._taken = self.k
+        self._taken_measures = self._taken_measures and measures
         return self.k
 
     def on_propose(self, seconds: float) -> None:
@@ -77,7 +81,7 @@ class RoundK:
             self._close()
         if not self._open:  # the round's first call: its sessions have taken their K
             self._open, self._round_k = True, self.k if self._taken is None else self._taken
-            self._taken = None
+            self._measures, self._taken, self._taken_measures = self._taken_measures, None, True
         self._cost += seconds
 
     def record(self, tokens: int) -> None:
@@ -87,7 +91,7 @@ class RoundK:
     # ---- the decision
     def _close(self) -> None:
         fresh = not self._measured(self.bucket)  # the first round at this load
-        if self._tokens and self._cost > 0:
+        if self._tokens and self._cost > 0 and self._measures:
             key = (self.bucket, self._round_k)
             self.tallies.setdefault(key, _Tally()).add(self._tokens, self._cost, self.decay)
         self._cost, self._tokens, self._verified, self._open = 0.0, 0, False, False

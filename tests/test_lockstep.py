@@ -1,7 +1,7 @@
 """The lockstep dispatcher (coordinator.batcher) on real asyncio with stand-in services:
 one call at a time, a held call (a draft's open) that outlasts its hold goes on alongside
-the next calls, and items sent from background tasks leave the count of running
-generations balanced."""
+the next calls, and items sent from background tasks take their turns and leave the count
+of running generations balanced."""
 
 import asyncio
 import contextlib
@@ -125,10 +125,11 @@ def test_a_held_call_within_its_hold_keeps_the_turns():
 
 
 def test_background_items_leave_the_running_count_balanced():
-    """A generation that sends an item from a background task (a draft re-open) while it
-    goes on: the dispatcher still waits for the generation's own item, and the count of
-    running generations ends at 0 (a miscount stalls every round by the quiet timeout, or
-    sends rounds half-batched)."""
+    """A generation that sends an item from a background task (a draft re-open, a deferred
+    open) while it goes on: the item still takes its turn (never alongside another call),
+    the dispatcher still waits for the generation's own item, and the count of running
+    generations ends at 0 (a miscount stalls every round by the quiet timeout, or sends
+    rounds half-batched)."""
     async def main():
         log = []
         opens, verifies = Service("open", log, 0.02), Service("verify", log, 0.01)
@@ -146,8 +147,14 @@ def test_background_items_leave_the_running_count_balanced():
 
         began = time.monotonic()
         await asyncio.gather(*(generation(i) for i in range(3)))
-        return time.monotonic() - began, counts, scheduler
+        return time.monotonic() - began, counts, scheduler, log
 
-    took, counts, scheduler = run(main())
+    took, counts, scheduler, log = run(main())
     assert scheduler.running == 0 and min(counts) >= 0
+    depth = 0
+    for _, _, what, _ in sorted(log):
+        depth += 1 if what == "start" else -1
+        assert depth <= 1  # one call at a time, background items included
+    opens = [items for _, name, what, items in log if name == "open" and what == "start"]
+    assert opens == [["re0", "re1", "re2"]]  # (batched, in one turn)
     assert took < 0.9  # never waited out the 1 s quiet timeout for a generation miscounted

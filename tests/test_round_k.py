@@ -81,3 +81,25 @@ def test_a_new_load_does_not_start_from_lone_sessions_deep_k():
     assert rk.k > START_K
     rk, taken = simulate(3, lambda k: 0.24 + 0.25 * k, expected, controller=rk, bucket=6)
     assert taken[-1] <= START_K
+
+
+def test_a_round_in_which_a_session_could_not_propose_is_not_tallied():
+    """(a session whose draft is still opening runs its round target-only: tallied under
+    the round's K it would make that K look like K=0)"""
+    rk = RoundK(k_max=8)
+    for _ in range(5):
+        ks = {rk.take(measures=i != 0) for i in range(SESSIONS)}
+        assert ks == {START_K}
+        rk.on_propose(0.05)  # (the sessions that could propose did)
+        rk.on_verify(6, 0.1)
+        for _ in range(SESSIONS):
+            rk.record(1)
+    rk.take()
+    rk.on_verify(6, 0.1)  # closes the fifth round, opens a sixth that measures
+    assert rk.tallies == {}
+    for _ in range(SESSIONS):
+        rk.record(2)
+    rk.take()
+    rk.on_verify(6, 0.1)
+    assert list(rk.tallies) == [(6, START_K)]
+    assert rk.tallies[6, START_K].rate == SESSIONS * 2 / 0.1
