@@ -92,6 +92,11 @@ def run_once(addr: str, prompts: list[str], k: str, n: int, max_new: int) -> tup
     return wall, results
 
 
+def tokens_per_s(run: tuple[float, list]) -> float:
+    wall, results = run
+    return sum(len(ids) for ids, _ in results) / wall
+
+
 def measure(addr: str, prompts: list[str], ks: list[str], sessions: list[int], max_new: int,
             repeats: int = 1) -> list:
     """Every K at each session count side by side: `repeats` times, the Ks interleaved within
@@ -106,10 +111,9 @@ def measure(addr: str, prompts: list[str], ks: list[str], sessions: list[int], m
                 if n == 1 and not reference[k]:  # the lone runs are the reference
                     reference[k] = dict(zip(prompts, (ids for ids, _ in runs[k][0][1]),
                                             strict=False))
-                wall, results = runs[k][-1]
-                print(json.dumps({"k": k, "sessions": n, "wall_s": round(wall, 3),
-                                  "tokens_per_s": round(sum(len(ids) for ids, _ in results)
-                                                        / wall, 3)}), flush=True)
+                print(json.dumps({"k": k, "sessions": n, "wall_s": round(runs[k][-1][0], 3),
+                                  "tokens_per_s": round(tokens_per_s(runs[k][-1]), 3)}),
+                      flush=True)
         rows.extend(summarise(k, n, runs[k], reference[k], prompts) for k in ks)
     for row in rows:
         single = next(r for r in rows if r["k"] == row["k"] and r["sessions"] == 1)
@@ -121,8 +125,9 @@ def measure(addr: str, prompts: list[str], ks: list[str], sessions: list[int], m
 
 
 def summarise(k: str, n: int, runs: list[tuple[float, list]], reference: dict, prompts) -> dict:
-    rates = [sum(len(ids) for ids, _ in results) / wall for wall, results in runs]
-    wall, results = runs[sorted(range(len(runs)), key=rates.__getitem__)[len(runs) // 2]]
+    rates = [tokens_per_s(run) for run in runs]
+    median = sorted(range(len(runs)), key=rates.__getitem__)[len(runs) // 2]
+    wall, results = runs[median]
     mismatches = sum(reference.get(p) != ids for _, results_ in runs
                      for p, (ids, _) in zip(prompts, results_, strict=False))
     latencies = [s.total_time_s for _, results_ in runs for _, s in results_]
@@ -131,7 +136,7 @@ def summarise(k: str, n: int, runs: list[tuple[float, list]], reference: dict, p
         print(f"!!! K={k}, {n} sessions: {mismatches} outputs differ from their lone runs",
               flush=True)
     return {"k": k, "sessions": n, "tokens": sum(len(ids) for ids, _ in results),
-            "wall_s": round(wall, 3), "tokens_per_s": round(sorted(rates)[len(rates) // 2], 3),
+            "wall_s": round(wall, 3), "tokens_per_s": round(rates[median], 3),
             "tokens_per_s_runs": [round(r, 3) for r in rates],
             "latency_p50_s": round(percentile(latencies, 50), 3),
             "latency_p95_s": round(percentile(latencies, 95), 3),

@@ -41,6 +41,26 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 20))
 
 
+def opens_and_verifies(log: list, open_s: float, hold_s: float | None = None,
+                       quiet_timeout_s: float = 0.02):
+    """An open batcher (calls of open_s, held for at most hold_s) and a verify batcher
+    (10 ms calls) under one Scheduler: (opens, verifies, scheduler)."""
+    o = Batcher(Service("open", log, open_s).send)
+    v = Batcher(Service("verify", log, 0.01).send)
+    if hold_s is not None:
+        o.hold_s = lambda: hold_s
+    return o, v, Scheduler([o, v], quiet_timeout_s=quiet_timeout_s)
+
+
+def most_in_flight(log: list) -> int:
+    """The most calls in flight at once over a log of Service calls."""
+    depth, most = 0, 0
+    for _, _, what, _ in sorted(log):
+        depth += 1 if what == "start" else -1
+        most = max(most, depth)
+    return most
+
+
 def test_one_call_at_a_time_across_batchers():
     async def main():
         log = []
@@ -58,11 +78,7 @@ def test_one_call_at_a_time_across_batchers():
         return log, scheduler
 
     log, scheduler = run(main())
-    depth, most = 0, 0
-    for _, _, what, _ in sorted(log):
-        depth += 1 if what == "start" else -1
-        most = max(most, depth)
-    assert most == 1
+    assert most_in_flight(log) == 1
     starts = [items for _, name, what, items in log if what == "start"]
     assert all(len(items) == 4 for items in starts)  # every call batched all generations
     assert len(starts) == 6 and scheduler.running == 0
@@ -72,11 +88,7 @@ def test_a_held_call_goes_on_alongside_after_its_hold():
     """A slow open (0.6 s) held for at most 0.1 s: the other generation's calls go out
     meanwhile; the opener runs again when its open ends."""
     async def main():
-        log = []
-        opens, verifies = Service("open", log, 0.6), Service("verify", log, 0.01)
-        o, v = Batcher(opens.send), Batcher(verifies.send)
-        o.hold_s = lambda: 0.1
-        scheduler = Scheduler([o, v])
+        o, v, scheduler = opens_and_verifies([], 0.6, hold_s=0.1)
         done = {}
 
         async def opener():
@@ -104,10 +116,7 @@ def test_a_held_call_goes_on_alongside_after_its_hold():
 def test_a_held_call_within_its_hold_keeps_the_turns():
     async def main():
         log = []
-        opens, verifies = Service("open", log, 0.05), Service("verify", log, 0.01)
-        o, v = Batcher(opens.send), Batcher(verifies.send)
-        o.hold_s = lambda: 5.0
-        scheduler = Scheduler([o, v])
+        o, v, scheduler = opens_and_verifies(log, 0.05, hold_s=5.0)
 
         async def generation(i):
             async with running(scheduler):
@@ -132,9 +141,7 @@ def test_background_items_leave_the_running_count_balanced():
     rounds half-batched)."""
     async def main():
         log = []
-        opens, verifies = Service("open", log, 0.02), Service("verify", log, 0.01)
-        o, v = Batcher(opens.send), Batcher(verifies.send)
-        scheduler = Scheduler([o, v], quiet_timeout_s=1.0)
+        o, v, scheduler = opens_and_verifies(log, 0.02, quiet_timeout_s=1.0)
         counts = []
 
         async def generation(i):
@@ -151,10 +158,7 @@ def test_background_items_leave_the_running_count_balanced():
 
     took, counts, scheduler, log = run(main())
     assert scheduler.running == 0 and min(counts) >= 0
-    depth = 0
-    for _, _, what, _ in sorted(log):
-        depth += 1 if what == "start" else -1
-        assert depth <= 1  # one call at a time, background items included
+    assert most_in_flight(log) == 1  # one call at a time, background items included
     opens = [items for _, name, what, items in log if name == "open" and what == "start"]
     assert opens == [["re0", "re1", "re2"]]  # (batched, in one turn)
     assert took < 0.9  # never waited out the 1 s quiet timeout for a generation miscounted
