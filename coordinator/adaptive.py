@@ -267,6 +267,14 @@ class SessionK:
         c = self.controller
         return c.rounds is not None and max(c.load, sessions) > SHARED_ROUNDS_LOAD
 
+    def defers_draft(self, k_max: int, sessions: int = 1) -> bool:
+        """Whether this generation opens its draft session only once a round asks for
+        proposals: its rounds take the round's K (which may stay 0 at load), or the cost
+        model already picks K = 0 for it (speculation does not pay at this load, e.g. where
+        a verify row costs nearly a whole target step): a draft prefill of the prompt would
+        then cost the first token and the services' time for nothing."""
+        return self.shares_rounds(sessions) or self._best(k_max) == 0
+
     def choose(self, k_max: int, draft_ready: bool = True, sessions: int = 1) -> int:
         """The K in [0, k_max] with the most expected tokens per second of round: at load
         under lockstep, the round's K (RoundK); otherwise from this session's acceptance

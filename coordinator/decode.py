@@ -78,9 +78,9 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
         # more than they gain (the services take turns everywhere else too).
         await tgt.open(history)
         if dft is not None:
-            if (chooser is not None and scheduler is not None
-                    and chooser.shares_rounds(scheduler.active)):
-                dft.defer()  # opened once a round asks for proposals (K may stay 0 at load)
+            if chooser is not None and chooser.defers_draft(
+                    params.k, scheduler.active if scheduler is not None else 1):
+                dft.defer()  # opened once a round asks for proposals (K may stay 0)
             else:
                 await dft.open(history)  # a failure here only means target-only rounds
 

@@ -47,10 +47,10 @@ class DraftLeg(Leg):
 
     def defer(self) -> None:
         """Open the first session only once a round has asked for proposals (open_later):
-        under lockstep at load the rounds' K may stay 0 for the whole generation, and a
-        prefill of every prompt on the draft would then cost each session's first token and
-        the services' time for nothing. Rounds run target-only until the session is open;
-        they are not fallbacks."""
+        adaptive K may stay 0 for the whole generation (under lockstep at load, or where the
+        cost model finds that speculation does not pay), and a prefill of the prompt on the
+        draft would then cost the first token and the services' time for nothing. Rounds run
+        target-only until the session is open; they are not fallbacks."""
         self.deferred = True
 
     def open_later(self, history: list[int]) -> None:

@@ -158,6 +158,24 @@ def gpu_like_costs(coordinator, draft_step_s: float = 0.001):
 
 
 @contextlib.contextmanager
+def draft_opens(stack):
+    """Yields the list of the session ids the draft service's engine opens meanwhile (a spy
+    on the real engine: it still opens them)."""
+    engine = stack.draft[1].engine
+    opened, open_many = [], engine.open_many
+
+    def counting_open_many(items):
+        opened.extend(item.session_id for item in items)
+        return open_many(items)
+
+    engine.open_many = counting_open_many
+    try:
+        yield opened
+    finally:
+        engine.open_many = open_many
+
+
+@contextlib.contextmanager
 def coordinator_behind_proxies(loop: LoopThread, stack: Stack, **cfg):
     """A second coordinator (coordinator_config overrides `cfg`) reaching a running stack's
     services through delay proxies; yields ({"draft": proxy, "target": proxy}, coordinator),

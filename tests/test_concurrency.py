@@ -7,7 +7,7 @@ import pytest
 
 from coordinator.round_k import RoundK
 from specdec.v1 import common_pb2, generator_pb2, target_pb2
-from stack import generate_all, start_stack, wait_until
+from stack import draft_opens, generate_all, start_stack, wait_until
 from tiny_models import PROMPTS
 
 
@@ -56,22 +56,15 @@ def test_at_load_adaptive_sessions_open_their_draft_once_a_round_asks(loop, lms)
     draft never prefills the prompts at all. Either way the output is the target's, and the
     rounds before the draft is ready count as neither fallbacks nor re-opens."""
     stack = start_stack(loop, lms["draft_perturbed"], lms["target"])
-    engine = stack.draft[1].engine
-    opened, open_many = [], engine.open_many
-
-    def counting_open_many(items):  # (a spy on the real engine: it still opens them)
-        opened.extend(item.session_id for item in items)
-        return open_many(items)
-
-    engine.open_many = counting_open_many
     try:
         reqs = [request(PROMPTS[i], 4, 32, adaptive_k=True) for i in range(8)]
         reference = [loop.run(generate_all(stack.addr, [request(r.prompt, 0, 32)]))[0][0]
                      for r in reqs]
         adaptive = stack.coordinator.core.adaptive
         for k in (0, 2):
-            adaptive.rounds, opened[:] = RoundsAt(k), []
-            results = loop.run(generate_all(stack.addr, reqs))
+            adaptive.rounds = RoundsAt(k)
+            with draft_opens(stack) as opened:
+                results = loop.run(generate_all(stack.addr, reqs))
             assert [ids for ids, _ in results] == reference, k
             for _, stats in results:
                 assert stats.draft_fallback_rounds == 0 and stats.draft_reopens == 0, k
@@ -80,7 +73,6 @@ def test_at_load_adaptive_sessions_open_their_draft_once_a_round_asks(loop, lms)
             assert len(opened) == (8 if k else 0), k  # each session opened once, or never
             assert no_sessions_left(stack)
     finally:
-        engine.open_many = open_many
         stack.stop()
 
 

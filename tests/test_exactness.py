@@ -7,7 +7,7 @@ import torch
 
 from coordinator.client import generate as client_generate
 from specdec.v1 import generator_pb2
-from stack import gpu_like_costs
+from stack import draft_opens, gpu_like_costs
 from tiny_models import PROMPTS
 
 MAX_NEW = 24
@@ -80,6 +80,23 @@ def test_adaptive_k_equals_generate(stacks, reference, draft):
                 proposed[stats["proposed_draft_tokens"] * 10 // stats["rounds"]] += 1
     print(f"{draft}: requests by tenths of mean K {sorted(proposed.items())}")
     assert len(proposed) >= 5  # K really varied between requests (and rounds)
+    assert stack.live_sessions() == (0, 0)
+
+
+def test_an_adaptive_session_opens_its_draft_only_where_speculation_pays(stacks, reference):
+    """Where the cost model already picks K = 0 (here a draft step dearer than 50 verify
+    passes), an adaptive session never opens a draft session: no draft prefill of the prompt
+    for nothing. Where speculation pays, it opens one as before. The output is the target's
+    either way."""
+    stack = stacks("draft_perturbed")
+    prompt = PROMPTS[0]
+    for step_s, opens in ((1.0, 0), (0.001, 1)):
+        with gpu_like_costs(stack.coordinator, draft_step_s=step_s), \
+                draft_opens(stack) as opened:
+            ids, _, stats = run(stack, prompt, 4, adaptive=True)
+        assert ids == reference[prompt], step_s
+        assert len(opened) == opens, step_s
+        assert (stats["proposed_draft_tokens"] > 0) == (opens > 0), step_s
     assert stack.live_sessions() == (0, 0)
 
 
