@@ -19,6 +19,7 @@ from .config import default_cache_dir
 from .errors import InvalidArgument
 from .fetch import resolve_model_dir
 from .quantize import calibrate, quantize
+from .wide_rows import WIDE_ROWS, upcast_wide_passes
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +90,15 @@ def cpu_bf16_usable(cpuinfo: str | None = None, probe: str = _BF16_PROBE) -> boo
     return done.returncode == 0
 
 
+def cpu_bf16_fast() -> bool:
+    """Whether oneDNN has bf16 matrix kernels on this CPU (AVX-512 or AMX); without them a
+    bf16 product costs about as much per row as a 1-token step (specdec.wide_rows)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # (a torch without it: assume the kernels exist)
+        return True
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 over the token->id map and the special tokens."""
     payload = {
@@ -156,6 +166,13 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
         max_rows = calibrate(model)
         log.info("quantized", model=spec, scheme=quantization, cache=str(cache),
                  low_bit_max_rows=max_rows, **counts)
+    if dt == torch.bfloat16 and dev.type == "cpu" and not cpu_bf16_fast():
+        layers = upcast_wide_passes(model)
+        log.warning("this CPU has no bf16 matrix kernels (oneDNN needs AVX-512 or AMX): each "
+                    "row of a bf16 pass costs almost a 1-token step, so verify passes are "
+                    "slow and speculation may not pay (adaptive K finds out); passes of "
+                    f"{WIDE_ROWS} rows or more (prefills) compute in float32 "
+                    "(docs/benchmarks.md)", model=spec, layers=layers)
     return LoadedModel(
         name=spec,
         model=model,

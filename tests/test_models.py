@@ -4,9 +4,11 @@ import os
 import signal
 
 import torch
+import torch.nn.functional as F
 
 from specdec import models
 from specdec.models import cpu_bf16_usable, load_model
+from specdec.wide_rows import WIDE_ROWS
 
 
 def test_amx_cpu_gets_isa_cap_and_a_crashing_probe_means_no_bf16(monkeypatch):
@@ -34,3 +36,29 @@ def test_loaded_model_reports_its_facts(lms):
     assert lm.eos_token_ids == [lm.tokenizer.convert_tokens_to_ids("<eos>")]
     assert lm.tokenizer_fingerprint == lms["draft_identical"].tokenizer_fingerprint
     assert lm.tokenizer_fingerprint != lms["other_vocab"].tokenizer_fingerprint
+
+
+def test_without_bf16_kernels_wide_bf16_passes_compute_in_float32(model_dirs, monkeypatch,
+                                                                   tmp_path):
+    """On a CPU without bf16 matrix kernels, a bf16 model's passes of WIDE_ROWS rows or more
+    (prefills) multiply in float32, and narrower ones (steps, verify passes) stay as they
+    are; the model computes the same logits up to bf16 rounding either way."""
+    monkeypatch.setattr(models, "cpu_bf16_usable", lambda: True)
+    loaded = {}
+    for fast in (True, False):
+        monkeypatch.setattr(models, "cpu_bf16_fast", lambda fast=fast: fast)
+        loaded[fast] = load_model(str(model_dirs["target"]), "bfloat16", "cpu", str(tmp_path))
+    native, upcast = loaded[True].model, loaded[False].model
+    layer = upcast.model.layers[0].mlp.up_proj
+    torch.manual_seed(0)
+    for rows in (WIDE_ROWS - 1, WIDE_ROWS):
+        x = torch.randn(1, rows, layer.in_features, dtype=torch.bfloat16)
+        wide = F.linear(x.float(), layer.weight.float()).to(torch.bfloat16)
+        narrow = F.linear(x, layer.weight)
+        assert torch.equal(layer(x), wide if rows >= WIDE_ROWS else narrow), rows
+    ids = torch.randint(3, 300, (1, WIDE_ROWS + 16))
+    with torch.inference_mode():
+        assert torch.equal(native(ids[:, :5]).logits, upcast(ids[:, :5]).logits)
+        a, b = native(ids).logits.float(), upcast(ids).logits.float()
+    assert torch.allclose(a, b, atol=0.1, rtol=0.05)
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
