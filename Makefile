@@ -7,7 +7,8 @@ TORCH_VERSION := 2.13.0
 # (otherwise pip takes the CUDA build): make install TORCH_INDEX_URL=...
 TORCH_INDEX_URL ?=
 DTYPE ?= bfloat16
-K ?= 4
+K ?= 8
+ADAPTIVE ?= 1
 MAX_NEW_TOKENS ?= 128
 TEMPERATURE ?= 0
 TOP_K ?= 0
@@ -46,7 +47,8 @@ run: install
 	$(PY) -m tools.run_local --dtype $(DTYPE)
 
 demo: install
-	$(PY) -m tools.demo --dtype $(DTYPE) --k $(K) --max-new-tokens $(MAX_NEW_TOKENS) \
+	$(PY) -m tools.demo --dtype $(DTYPE) --k $(K) --adaptive $(ADAPTIVE) \
+		--max-new-tokens $(MAX_NEW_TOKENS) \
 		--temperature $(TEMPERATURE) --top-k $(TOP_K) --top-p $(TOP_P) --seed $(SEED) \
 		--problems $(PROBLEMS)
 

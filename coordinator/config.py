@@ -37,7 +37,7 @@ class CoordinatorConfig:
     http_timeout_s: float = 600.0
     served_model_name: str = ""
     resolve_interval_s: float = 5.0
-    adaptive_k: bool = False
+    adaptive_k: bool = True
     draft_ahead: bool = False
 
 
@@ -64,16 +64,17 @@ def parser() -> EnvDefaultsParser:
     p.add_option("--max-speculative-tokens", default=16, type=int,
                  help="largest num_speculative_tokens (K) a request may ask for (also capped by "
                       "the services' --max-proposal-tokens)")
-    p.add_option("--default-k", default=4, type=int,
-                 help="K for requests that leave num_speculative_tokens unset (with "
-                      "--adaptive-k: the most K may grow to)")
-    p.add_option("--adaptive-k", default=0, type=int, choices=[0, 1],
-                 help="1: each round picks the K (up to the request's) with the most "
-                      "expected tokens per second, from the session's acceptance and the "
-                      "measured draft and verify costs at the current load, down to 0 when "
-                      "speculation does not pay (docs/sampling.md); best for one session at "
-                      "a time, not yet under load (docs/benchmarks.md). 0 (default): K is "
-                      "fixed unless the request sets adaptive_k=true")
+    p.add_option("--default-k", default=8, type=int,
+                 help="K for requests that leave num_speculative_tokens unset: with adaptive "
+                      "K the most a round proposes; with --adaptive-k 0 the fixed K (4 suits "
+                      "the Qwen pair on CPU)")
+    p.add_option("--adaptive-k", default=1, type=int, choices=[0, 1],
+                 help="1 (default): each round picks the K (up to the request's) with the "
+                      "most expected tokens per second, from the session's acceptance and the "
+                      "measured draft and verify costs at the current load, down to 0 where "
+                      "speculation does not pay (docs/sampling.md); a request's "
+                      "adaptive_k=false (or a seeded sampling request) keeps its K fixed. "
+                      "0: K is fixed unless the request sets adaptive_k=true")
     p.add_option("--schedule", default="lockstep", choices=["lockstep", "pipelined"],
                  help="lockstep: all sessions move in rounds, one batched call at a time "
                       "(draft and target take turns; best when they share CPUs); pipelined: "

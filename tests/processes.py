@@ -61,7 +61,8 @@ class Services:
     def start_coordinator(self, *args: str) -> Process:
         p = spawn("coordinator", "coordinator",
                   ["--draft", self.proxies["draft"].addr, "--target", self.proxies["target"].addr,
-                   "--port", "0", "--metrics-port", "0", *args], self.logs, self.env)
+                   "--port", "0", "--metrics-port", "0", "--adaptive-k", "0", *args],
+                  self.logs, self.env)  # (K fixed unless asked: see stack.coordinator_config)
         wait_serving(p, 120)
         self.processes["coordinator"] = p
         return p

@@ -49,7 +49,10 @@ def coordinator_config(draft_port: int, target_port: int, **overrides) -> Coordi
                 host="127.0.0.1", port=0, tokenizer="", cache_dir="", max_new_tokens_limit=512,
                 max_speculative_tokens=8, default_k=4, schedule="lockstep", rpc_timeout_s=30.0,
                 connect_timeout_s=30.0,
-                log_level="info", log_format="console")
+                log_level="info", log_format="console",
+                # K fixed unless a request asks for adaptive K: the tiny models' own costs (a
+                # draft step as dear as a verify pass) rightly keep adaptive K at 0
+                adaptive_k=False)
     base.update(overrides)
     return CoordinatorConfig(**base)
 

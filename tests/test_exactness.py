@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from coordinator.client import generate as client_generate
+from coordinator.config import parser
 from specdec.v1 import generator_pb2
-from stack import draft_opens, gpu_like_costs
+from stack import draft_opens, gpu_like_costs, start_stack
 from tiny_models import PROMPTS
 
 MAX_NEW = 24
@@ -81,6 +82,32 @@ def test_adaptive_k_equals_generate(stacks, reference, draft):
     print(f"{draft}: requests by tenths of mean K {sorted(proposed.items())}")
     assert len(proposed) >= 5  # K really varied between requests (and rounds)
     assert stack.live_sessions() == (0, 0)
+
+
+def test_by_default_a_request_without_k_is_adaptive_up_to_default_k(loop, lms, reference):
+    """With the coordinator's default flags (--adaptive-k 1, --default-k 8), a request that
+    sets neither K nor adaptive_k has each round's K chosen, up to 8; adaptive_k=false keeps
+    K fixed at 8. The output is the target's either way."""
+    flags = parser().parse_args(["--draft", "127.0.0.1:1", "--target", "127.0.0.1:1"])
+    assert (flags.adaptive_k, flags.default_k) == (1, 8)
+    stack = start_stack(loop, lms["draft_perturbed"], lms["target"],
+                        coord_cfg={"adaptive_k": True, "default_k": flags.default_k})
+    chosen = stack.coordinator.core.adaptive.chosen  # rounds whose K the controller chose
+    prompt = PROMPTS[1]
+    try:
+        with gpu_like_costs(stack.coordinator):
+            for adaptive_k in (None, False):
+                before = sum(chosen.values())
+                req = generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=MAX_NEW)
+                if adaptive_k is not None:
+                    req.adaptive_k = adaptive_k
+                ids, _, stats = client_generate(stack.addr, req, timeout_s=60)
+                assert ids == reference[prompt], adaptive_k
+                assert (sum(chosen.values()) - before == stats["rounds"]) == (adaptive_k is None)
+                if adaptive_k is False:  # its rounds proposed 8 (fewer only near the end)
+                    assert len(stats["proposed_at_position"]) == 8
+    finally:
+        stack.stop()
 
 
 def test_an_adaptive_session_opens_its_draft_only_where_speculation_pays(stacks, reference):

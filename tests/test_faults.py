@@ -157,7 +157,7 @@ def test_drafting_ahead_survives_a_killed_and_a_slow_draft(services, reference):
                  ["--draft", services.proxies["draft"].addr,
                   "--target", services.proxies["target"].addr, "--port", "0",
                   "--metrics-port", "0", "--schedule", "pipelined", "--draft-ahead", "1",
-                  "--draft-timeout-ms", "300"], services.logs, services.env)
+                  "--draft-timeout-ms", "300", "--adaptive-k", "0"], services.logs, services.env)
     try:
         wait_serving(proc, 120)
         addr = f"127.0.0.1:{proc.port}"

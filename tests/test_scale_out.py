@@ -58,7 +58,8 @@ class Cluster:
                 f"coordinator-{i}", "coordinator",
                 ["--draft", draft_addrs, "--target", f"dns://{self.dns.addr}/{NAME}:{self.port}",
                  "--resolve-interval-s", "0.5", "--schedule", schedule, "--port", "0",
-                 "--metrics-port", "0", "--draft-timeout-ms", "2000"], self.logs, self.env))
+                 "--metrics-port", "0", "--draft-timeout-ms", "2000", "--adaptive-k", "0"],
+                self.logs, self.env))
         for p in self.coordinators:
             wait_serving(p, 120)
 

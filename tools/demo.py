@@ -1,7 +1,7 @@
 """make demo: start the three services, generate from a HumanEval prompt with K>0 and with
 K=0 (target-only through the same services), and compare outputs, acceptance and speed.
 
-python -m tools.demo [--k 4] [--max-new-tokens 128] [--problem 0] [--problems 1]
+python -m tools.demo [--k 8] [--adaptive 1] [--max-new-tokens 128] [--problem 0] [--problems 1]
                      [--temperature 0.7 --top-k 0 --top-p 0.9 --seed 0] [--dtype float32]
 
 Greedy (temperature 0) outputs must be identical for K>0 and K=0. With sampling they are
@@ -32,7 +32,11 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--draft", default=DEFAULT_DRAFT)
     p.add_argument("--target", default=DEFAULT_TARGET)
-    p.add_argument("--k", type=int, default=4, help="draft tokens per round")
+    p.add_argument("--k", type=int, default=8,
+                   help="draft tokens per round: the most (adaptive K) or all of them")
+    p.add_argument("--adaptive", type=int, default=1, choices=[0, 1],
+                   help="1 (the coordinator's default): each round picks its K up to --k; "
+                        "0: every round proposes --k")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--problem", type=int, default=0, help="HumanEval problem index (0-163)")
     p.add_argument("--problems", type=int, default=1,
@@ -60,10 +64,11 @@ def main() -> int:
                               dtype=args.dtype, threads=args.threads, http_port=0,
                               draft_args=("--quantization", args.draft_quantization))
     greedy = args.temperature == 0
+    label = f"K<={args.k} adaptive" if args.adaptive else f"K={args.k}"
     try:
         problems = list(read_problems().values())[args.problem:args.problem + args.problems]
         print(f"[3/3] generating {args.max_new_tokens} tokens for "
-              f"{', '.join(pr['task_id'] for pr in problems)}, K={args.k} then K=0 "
+              f"{', '.join(pr['task_id'] for pr in problems)}, {label} then K=0 "
               f"(temperature {args.temperature}) ...", flush=True)
         runs = {args.k: [], 0: []}
         for i, problem in enumerate(problems):
@@ -71,7 +76,7 @@ def main() -> int:
                 req = generator_pb2.GenerateRequest(
                     prompt=problem["prompt"], max_new_tokens=args.max_new_tokens,
                     num_speculative_tokens=k, temperature=args.temperature, top_k=args.top_k,
-                    top_p=args.top_p, seed=args.seed + i)
+                    top_p=args.top_p, seed=args.seed + i, adaptive_k=bool(args.adaptive))
                 ids, text, stats = generate(stack.addr, req)
                 runs[k].append({"task_id": problem["task_id"], "token_ids": ids, "text": text,
                                 "stats": stats})
@@ -86,17 +91,17 @@ def main() -> int:
     first = runs[args.k][0]
     print("\n" + "=" * 72 + f"\n{problems[0]['prompt']}\033[1m{first['text']}\033[0m\n"
           + "=" * 72)
-    print(f"{'':>28}{'K=' + str(args.k):>14}{'K=0':>14}")
+    print(f"{'':>28}{label:>14}{'K=0':>14}")
     for key in spec:
         a, b = spec[key], base[key]
         fmt = (lambda v: f"{v:14.3f}") if isinstance(a, float) else (lambda v: f"{v!s:>14}")
         print(f"{key:>28}{fmt(a)}{fmt(b)}")
     if greedy:
-        print(f"\noutputs identical (K={args.k} vs K=0): {'YES' if identical else 'NO'}")
+        print(f"\noutputs identical ({label} vs K=0): {'YES' if identical else 'NO'}")
     else:
         print(f"\nsampling at temperature {args.temperature}: outputs are independent draws "
               f"from the target's distribution, not compared token by token")
-    print(f"speedup (tokens/s, K={args.k} over K=0): {speedup:.2f}x")
+    print(f"speedup (tokens/s, {label} over K=0): {speedup:.2f}x")
     print("\n" + "=" * 72 + f"\nthe same services through the OpenAI-compatible HTTP API "
           f"(openai client, base_url=http://127.0.0.1:<http-port>/v1):\n"
           f"user: {CHAT_QUESTION}\nassistant: \033[1m{chat['content']}\033[0m\n"
@@ -109,7 +114,8 @@ def main() -> int:
               "target": args.target, "dtype": args.dtype, "threads": args.threads,
               "draft_quantization": args.draft_quantization,
               "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-              "seed": args.seed, "k": args.k, "identical": identical if greedy else None,
+              "seed": args.seed, "k": args.k, "adaptive": bool(args.adaptive),
+              "identical": identical if greedy else None,
               "speedup": speedup, "summary": {str(args.k): spec, "0": base},
               "machine": platform.platform(), "torch": torch.__version__,
               "runs": {str(k): v for k, v in runs.items()}, "chat_completion": chat}
