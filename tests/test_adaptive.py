@@ -87,8 +87,8 @@ def settle(chooser, alpha: float, rounds: int = 200) -> int:
     return statistics.mode(ks[-50:])
 
 
-def test_nothing_measured_means_the_full_k():
-    assert AdaptiveK().session().choose(6) == 6
+def test_nothing_measured_starts_at_one():
+    assert AdaptiveK().session().choose(6) == 1
 
 
 def test_one_session_with_a_cheap_draft_speculates_deep():
@@ -139,3 +139,31 @@ def test_a_timed_out_draft_stops_speculation_for_a_while_then_it_resumes():
         fresh.observe_verify(1, rows, 0.17 + 0.0005 * rows)
     fresh.observe_propose(1, 4, 1.0, timed_out=True)
     assert fresh.session().choose(8) == 0
+
+
+def simulate(verify_base: float, per_row: float, draft_step: float, alpha: float,
+             rounds: int = 120) -> int:
+    """A fresh controller whose one session's rounds are measured as they run (verify
+    verify_base + per_row * rows, draft_step per proposal, each proposal accepted with
+    probability alpha); returns the most common K of the last 40 rounds."""
+    c, rng, ks = AdaptiveK(), random.Random(1), []
+    chooser = c.session()
+    for _ in range(rounds):
+        k = chooser.choose(8)
+        ks.append(k)
+        c.observe_verify(1, k + 1, verify_base + per_row * (k + 1))
+        if k:
+            c.observe_propose(1, k, k * draft_step)
+        accepted = 0
+        while accepted < k and rng.random() < alpha:
+            accepted += 1
+        chooser.record(k, accepted)
+    return statistics.mode(ks[-40:])
+
+
+def test_a_fresh_controller_climbs_where_rows_are_cheap_and_not_where_they_are_dear():
+    # AVX-512-like: a verify row nearly free, a draft step 8% of a pass -> deep K
+    assert simulate(0.17, 0.0005, 0.014, alpha=0.8) >= 6
+    # AVX2-like: a verify row costs 0.6 of a 1-row pass, a draft step a quarter -> K 0 or 1
+    # (starting at k_max, it priced K = 0 at a 9-row pass and stayed at 8)
+    assert simulate(0.15, 0.24, 0.1, alpha=0.6) <= 1
