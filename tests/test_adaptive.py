@@ -73,18 +73,21 @@ def controller(verify_base: float, per_row: float, draft_step: float, load: int)
     return c
 
 
-def settle(chooser, alpha: float, rounds: int = 200) -> int:
+def settle(chooser, alpha: float, rounds: int = 200, last: int = 50, measure=None) -> int:
     """Feed `rounds` rounds whose proposals are each accepted with probability alpha (seeded);
-    returns the most common K of the last 50 rounds."""
+    returns the most common K of the last `last` rounds. measure(k): called with each round's
+    K before its outcome is recorded (to feed its costs)."""
     rng, ks = random.Random(0), []
     for _ in range(rounds):
         k = chooser.choose(8)
         ks.append(k)
+        if measure is not None:
+            measure(k)
         accepted = 0
         while accepted < k and rng.random() < alpha:
             accepted += 1
         chooser.record(k, accepted)
-    return statistics.mode(ks[-50:])
+    return statistics.mode(ks[-last:])
 
 
 def test_nothing_measured_starts_at_one():
@@ -141,24 +144,18 @@ def test_a_timed_out_draft_stops_speculation_for_a_while_then_it_resumes():
     assert fresh.session().choose(8) == 0
 
 
-def simulate(verify_base: float, per_row: float, draft_step: float, alpha: float,
-             rounds: int = 120) -> int:
+def simulate(verify_base: float, per_row: float, draft_step: float, alpha: float) -> int:
     """A fresh controller whose one session's rounds are measured as they run (verify
-    verify_base + per_row * rows, draft_step per proposal, each proposal accepted with
-    probability alpha); returns the most common K of the last 40 rounds."""
-    c, rng, ks = AdaptiveK(), random.Random(1), []
-    chooser = c.session()
-    for _ in range(rounds):
-        k = chooser.choose(8)
-        ks.append(k)
+    verify_base + per_row * rows, draft_step per proposal); the most common K of the last 40
+    of 120 rounds."""
+    c = AdaptiveK()
+
+    def measure(k: int) -> None:
         c.observe_verify(1, k + 1, verify_base + per_row * (k + 1))
         if k:
             c.observe_propose(1, k, k * draft_step)
-        accepted = 0
-        while accepted < k and rng.random() < alpha:
-            accepted += 1
-        chooser.record(k, accepted)
-    return statistics.mode(ks[-40:])
+
+    return settle(c.session(), alpha, rounds=120, last=40, measure=measure)
 
 
 def test_a_fresh_controller_climbs_where_rows_are_cheap_and_not_where_they_are_dear():
