@@ -79,7 +79,8 @@ def joint_counts(outputs, vocab: int) -> torch.Tensor:
     return counts
 
 
-@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize("setting", [  # t0.7_top_p0.9 warps more; t1.0 adds ~3 min (slow)
+    "t0.7_top_p0.9", pytest.param("t1.0", marks=pytest.mark.slow)])
 def test_first_two_tokens_have_the_targets_exact_distribution(small, loop, setting):
     lms, stack = small
     params = SETTINGS[setting]
@@ -271,7 +272,8 @@ def test_the_same_check_fails_for_a_wrong_rule(small, loop):
     right_rule = engine.accept_rule
     engine.accept_rule = lambda target_p, draft_q, uniforms: len(target_p)
     try:
-        reqs = [request(params, 1, seed, max_new_tokens=2) for seed in range(SAMPLES // 2)]
+        # 2,000 samples: p ~ 1e-49 at 5,000, far below 0.01 at this size too
+        reqs = [request(params, 1, seed, max_new_tokens=2) for seed in range(SAMPLES // 5)]
         results = loop.run(generate_all(stack.addr, reqs, concurrency=96), timeout=600)
     finally:
         engine.accept_rule = right_rule
