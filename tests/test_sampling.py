@@ -205,6 +205,7 @@ def test_prompt_lookup_keeps_the_distribution(small, loop):
 
 
 @pytest.mark.slow  # 10,000 requests through cut links: > 5 min on an AVX2-only host
+@pytest.mark.timeout(900)
 def test_the_distribution_holds_while_services_fail(small, loop):
     """The same check through a coordinator whose links to the draft and the target are cut
     at random, and whose target loses every session now and then (as in a restart), while
