@@ -1,9 +1,12 @@
-"""bench/stats.py on constructed data."""
+"""bench/stats.py on constructed data; bench/rows.py on small weights."""
 
+import json
 import math
+import sys
 
 import pytest
 
+from bench import rows
 from bench.stats import (
     acceptance_by_position,
     inter_token_latencies,
@@ -56,3 +59,15 @@ def test_summarize_pools_specdec_stats():
     assert s["acceptance_by_position"] == [1.0, 1.0, 0.5, 0.5]
     assert s["itl_p50_s"] == 0.0 and s["itl_p99_s"] == 1.5  # 2 gaps of 1.5 s among 14
     assert "acceptance_rate" not in summarize([{**run, "stats": None}])
+
+
+def test_bench_rows_times_every_format_at_every_row_count(tmp_path, monkeypatch):
+    """python -m bench.rows on small weights: one time per (format, rows), in the JSON."""
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr(sys, "argv", ["bench.rows", "--shape", "256x256", "--weights", "2",
+                                      "--rows", "1,3", "--threads", "1", "--out", str(out)])
+    rows.main()
+    result = json.loads(out.read_text())
+    assert set(result["ms_per_weight"]) == {"bfloat16", "float32", "int8", "int4"}
+    for times in result["ms_per_weight"].values():
+        assert set(times) == {"1", "3"} and all(t > 0 for t in times.values())
