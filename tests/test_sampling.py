@@ -23,7 +23,7 @@ from stack import coordinator_config, generate_all, gpu_like_costs, start_stack
 from tiny_models import PROMPTS, make_small_vocab_dirs
 
 PROMPT = "ab"
-SAMPLES = 10_000  # per (setting, K); 20,000 per setting
+SAMPLES = 10_000  # per (setting, K) in make test-all; the default suite draws half of it
 SETTINGS = {"t1.0": SamplingParams(1.0), "t0.7_top_p0.9": SamplingParams(0.7, top_p=0.9)}
 
 
@@ -79,9 +79,14 @@ def joint_counts(outputs, vocab: int) -> torch.Tensor:
     return counts
 
 
-@pytest.mark.parametrize("setting", [  # t0.7_top_p0.9 warps more; t1.0 adds ~3 min (slow)
-    "t0.7_top_p0.9", pytest.param("t1.0", marks=pytest.mark.slow)])
-def test_first_two_tokens_have_the_targets_exact_distribution(small, loop, setting):
+@pytest.mark.parametrize("setting,samples", [  # t0.7_top_p0.9 warps more
+    ("t0.7_top_p0.9", SAMPLES // 2),  # ~2 min on an AVX2-only host; 4 min more each below
+    pytest.param("t0.7_top_p0.9", SAMPLES, marks=pytest.mark.slow),
+    pytest.param("t1.0", SAMPLES, marks=pytest.mark.slow)])
+def test_first_two_tokens_have_the_targets_exact_distribution(small, loop, setting, samples):
+    """K=1: the second token is the bonus token or the next round's; K=3: the first two
+    tokens are accepted or recovered proposals (and 4 recovery candidates). Each K alone and
+    both pooled have the target's joint law."""
     lms, stack = small
     params = SETTINGS[setting]
     joint = exact_joint(lms["small_target"], PROMPT, params)
@@ -89,13 +94,13 @@ def test_first_two_tokens_have_the_targets_exact_distribution(small, loop, setti
     engine = stack.target[1].engine
     pooled = torch.zeros(vocab, vocab)
     try:
-        for k, candidates in ((1, 64), (3, 4)):  # K=3 also exercises candidate recovery
+        for k, candidates in ((1, 64), (3, 4)):
             engine.recovery_candidates = candidates
-            reqs = [request(params, k, seed, max_new_tokens=k + 1) for seed in range(SAMPLES)]
+            reqs = [request(params, k, seed, max_new_tokens=k + 1) for seed in range(samples)]
             counts = joint_counts(loop.run(draw(stack.addr, reqs), timeout=600), vocab)
             pooled += counts
             p_value = chi_square_p_value(counts, joint)
-            print(f"{setting} K={k}: chi-square p = {p_value:.4f} over {SAMPLES} samples")
+            print(f"{setting} K={k}: chi-square p = {p_value:.4f} over {samples} samples")
             assert p_value > 0.01, f"{setting} K={k}: p = {p_value}"
     finally:
         engine.recovery_candidates = 64
