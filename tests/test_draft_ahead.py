@@ -3,7 +3,7 @@ while the target verifies this one. Greedy output stays token-identical to the t
 alone and under concurrency; sampled requests run the ordinary rounds."""
 
 import pytest
-from test_exactness import KS, MAX_NEW, pairs, reference  # noqa: F401  (a fixture)
+from test_exactness import MAX_NEW, pairs, reference  # noqa: F401  (a fixture)
 
 from coordinator import server as coordinator_server
 from coordinator.client import generate as client_generate
