@@ -14,15 +14,15 @@ bf16), and prints milliseconds per weight and the ratio to 1 row. On an AVX-512-
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from specdec.quantize import Int4Linear, Int8Linear, int4_group_size
+from specdec.quantize import Int4Linear, Int8Linear, fastest_pass, int4_group_size
 
 
 def products(fmt: str, weights: list[torch.nn.Linear]):
@@ -39,14 +39,7 @@ def products(fmt: str, weights: list[torch.nn.Linear]):
 def milliseconds(fns, rows: int, in_features: int, dtype: torch.dtype, repeats: int = 3) -> float:
     """Best of `repeats` passes over every weight, per weight."""
     x = torch.randn(rows, in_features).to(dtype)
-    best = float("inf")
-    with torch.inference_mode():
-        for i in range(repeats + 1):  # the first pass warms up
-            start = time.perf_counter()
-            for fn in fns:
-                fn(x)
-            best = best if i == 0 else min(best, time.perf_counter() - start)
-    return best / len(fns) * 1e3
+    return fastest_pass([functools.partial(fn, x) for fn in fns], repeats) / len(fns) * 1e3
 
 
 def main() -> None:

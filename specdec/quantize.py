@@ -26,6 +26,7 @@ them instead.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -150,6 +151,19 @@ class Int4Linear(_LowBit):
             rows, self.qweight, self.group_size, self.scales_and_zeros)
 
 
+def fastest_pass(calls: list, repeats: int = 2) -> float:
+    """Seconds of the fastest of `repeats` passes over every call (each a no-argument
+    callable), after one more pass that warms up; in inference mode."""
+    best = float("inf")
+    with torch.inference_mode():
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            for call in calls:
+                call()
+            best = best if i == 0 else min(best, time.perf_counter() - start)
+    return best
+
+
 def calibrate(model: nn.Module, repeats: int = 2) -> int:
     """Set every low-bit layer's max_rows to the largest of CALIBRATION_ROWS (at least
     SMALL_ROWS) at which its low-bit kernels, summed over the model's layers, still beat the
@@ -162,14 +176,8 @@ def calibrate(model: nn.Module, repeats: int = 2) -> int:
 
     def seconds(path, rows: int) -> float:
         xs = [torch.randn(rows, layer.in_features, dtype=dtype) for layer in layers]
-        best = float("inf")
-        with torch.inference_mode():
-            for i in range(repeats + 1):  # the first round warms up
-                start = time.perf_counter()
-                for layer, x in zip(layers, xs, strict=True):
-                    path(layer, x)
-                best = best if i == 0 else min(best, time.perf_counter() - start)
-        return best
+        return fastest_pass([functools.partial(path, layer, x)
+                             for layer, x in zip(layers, xs, strict=True)], repeats)
 
     limit = SMALL_ROWS
     for rows in CALIBRATION_ROWS:
