@@ -22,6 +22,15 @@ their missed tokens) timed out under load and cost more than the probe could fin
 decision moves with the load instead (costs are remembered per load) and a new session
 starts from the coordinator's acceptance.
 
+A draft that is behind (a session back from K = 0 rounds, or a deferred one never opened)
+must first prefill the tokens it missed: its next Propose costs that catch-up too. The
+catch-up is paid once and repaid by the rest of the request, so a session behind leaves K = 0
+only where the remaining tokens at the better rate save more than the catch-up costs
+(measured here, bf16 on an AVX2-only CPU: a 27-token catch-up added ~0.55 s to a
+Propose; a deferred 140-token open run beside the target's verifies stretched four of them
+by 3.8 s; both for an estimated gain of a few percent). The draft's prefill cost per token
+is learnt from its opens (and from Proposes that caught up), apart from its cost per step.
+
 A Propose that times out costs at least its timeout, but that cost is kept apart and fades
 (half-life TIMEOUT_HALF_LIFE_S): nothing re-measures the draft while K = 0, so a timeout
 kept in the cost curves would stop speculation at that load for good after one slow spell
@@ -193,6 +202,7 @@ class AdaptiveK:
     def __init__(self, clock=time.monotonic, lockstep: bool = False, k_max: int = 8):
         self.verify = VerifyCost()  # seconds of one Verify call ~ its sessions and rows
         self.draft = CostCurve()  # seconds per proposal step of one Propose ~ its sessions
+        self.prefill: float | None = None  # seconds per token of a draft prefill (smoothed)
         self.load = 1.0  # sessions per Verify call, smoothed
         self.population = Acceptance(decay=0.99)
         self.chosen: Counter[int] = Counter()  # rounds by the K chosen (metrics)
@@ -210,9 +220,10 @@ class AdaptiveK:
                 self.rounds.on_verify(session_bucket(sessions), seconds)
 
     def observe_propose(self, sessions: int, steps: int, seconds: float,
-                        timed_out: bool = False) -> None:
+                        timed_out: bool = False, catch_up: int = 0) -> None:
         """A Propose call for `sessions` items that asked for up to `steps` proposals;
-        timed_out: it had no answer within `seconds`."""
+        timed_out: it had no answer within `seconds`. catch_up: the most tokens an item
+        appended beyond the one a round leaves (a prefill before its steps)."""
         if not (sessions and steps):
             return
         if self.rounds is not None:
@@ -220,8 +231,30 @@ class AdaptiveK:
         if timed_out:
             b = session_bucket(sessions)
             self._timeouts[b] = (max(seconds / steps, self._penalty(b)), self.clock())
+        elif catch_up > 0 and self.draft.ready:  # the rest of the steps' cost: the prefill
+            prefill = seconds - steps * self.draft(sessions)
+            if prefill > 0:
+                self.observe_prefill(catch_up, prefill)
         else:
             self.draft.observe(sessions, seconds / steps)
+
+    def observe_prefill(self, tokens: int, seconds: float) -> None:
+        """A draft prefill of `tokens` tokens (an OpenSession call, all its prompts) took
+        `seconds` of compute."""
+        if tokens > 0:
+            per_token = seconds / tokens
+            self.prefill = (per_token if self.prefill is None
+                            else 0.8 * self.prefill + 0.2 * per_token)
+
+    def catch_up_s(self, tokens: int, sessions: float) -> float:
+        """Seconds for the draft to prefill `tokens` it missed: as measured, or (before any
+        prefill was) a quarter of a step per token, about what a CPU's prefill costs."""
+        if tokens <= 0:
+            return 0.0
+        if self.prefill is not None:
+            return tokens * self.prefill
+        step = self.draft_step(sessions)
+        return 0.0 if step is None else tokens * step / 4
 
     def _penalty(self, bucket: int) -> float:
         """What the timeouts at this load still add to a step's cost (fading)."""
@@ -267,29 +300,34 @@ class SessionK:
         c = self.controller
         return c.rounds is not None and max(c.load, sessions) > SHARED_ROUNDS_LOAD
 
-    def defers_draft(self, k_max: int, sessions: int = 1) -> bool:
+    def defers_draft(self, k_max: int, sessions: int = 1, prompt: int = 0,
+                     remaining: int | None = None) -> bool:
         """Whether this generation opens its draft session only once a round asks for
         proposals: its rounds take the round's K (which may stay 0 at load), or the cost
         model already picks K = 0 for it (speculation does not pay at this load, e.g. where
-        a verify row costs nearly a whole target step): a draft prefill of the prompt would
-        then cost the first token and the services' time for nothing."""
-        return self.shares_rounds(sessions) or self._best(k_max) == 0
+        a verify row costs nearly a whole target step, or not enough to repay the prefill
+        of a `prompt`-token prompt within `remaining` tokens): a draft prefill of the prompt
+        would then cost the first token and the services' time for nothing."""
+        return self.shares_rounds(sessions) or self._best(k_max, prompt, remaining) == 0
 
-    def choose(self, k_max: int, draft_ready: bool = True, sessions: int = 1) -> int:
+    def choose(self, k_max: int, draft_ready: bool = True, sessions: int = 1,
+               behind: int = 0, remaining: int | None = None) -> int:
         """The K in [0, k_max] with the most expected tokens per second of round: at load
         under lockstep, the round's K (RoundK); otherwise from this session's acceptance
         and the cost model. draft_ready=False: this session cannot propose this round (its
         draft session is opening or lost), so the round does not measure its K. sessions:
-        generations running now."""
+        generations running now. behind: tokens the draft must prefill before it can
+        propose (DraftLeg.behind); remaining: the most tokens the request still generates
+        (None: unknown, the catch-up is not weighed)."""
         c = self.controller
         if self.shares_rounds(sessions) and k_max > 0:
             k = min(k_max, c.rounds.take(measures=draft_ready))
         else:
-            k = self._best(k_max)
+            k = self._best(k_max, behind, remaining)
         c.chosen[k] += 1
         return k
 
-    def _best(self, k_max: int) -> int:
+    def _best(self, k_max: int, behind: int = 0, remaining: int | None = None) -> int:
         c = self.controller
         if k_max <= 0:
             return k_max
@@ -307,7 +345,8 @@ class SessionK:
         # step's cost is seen before the next is taken.
         measured = c.verify.measured_k(n)
         k_max = min(k_max, 1 if measured is None else measured + 1)
-        best_k, best_rate = 0, 1.0 / c.verify(n, n)
+        rate_0 = 1.0 / c.verify(n, n)
+        best_k, best_rate = 0, rate_0
         survive, expected = 1.0, 1.0
         for k, alpha in enumerate(self.rates(k_max), start=1):
             survive *= alpha
@@ -315,6 +354,11 @@ class SessionK:
             rate = expected / (k * draft_step + c.verify(n, n * (k + 1)))
             if rate > best_rate:
                 best_k, best_rate = k, rate
+        if best_k and behind > 0 and remaining is not None:
+            # the catch-up must be repaid by the rest of the request (see the docstring)
+            saved = remaining / rate_0 - remaining / best_rate
+            if saved <= c.catch_up_s(behind, n):
+                return 0
         return best_k
 
     def record(self, proposed: int, accepted: int) -> None:

@@ -79,7 +79,8 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
         await tgt.open(history)
         if dft is not None:
             if chooser is not None and chooser.defers_draft(
-                    params.k, scheduler.active if scheduler is not None else 1):
+                    params.k, scheduler.active if scheduler is not None else 1,
+                    prompt=len(history), remaining=params.max_new_tokens):
                 dft.defer()  # opened once a round asks for proposals (K may stay 0)
             else:
                 await dft.open(history)  # a failure here only means target-only rounds
@@ -92,14 +93,19 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
                 dft.move()
                 ready = []
             # A round yields up to k + 1 tokens; never propose past max_new_tokens.
-            k = min(params.k, params.max_new_tokens - stats.generated_tokens - 1)
+            remaining = params.max_new_tokens - stats.generated_tokens
+            k = min(params.k, remaining - 1)
+            behind = dft.behind(len(history)) if dft is not None and not ready else 0
             if chooser is not None:
                 k = chooser.choose(k, draft_ready=dft is not None and dft.ready,
-                                   sessions=scheduler.active if scheduler is not None else 1)
+                                   sessions=scheduler.active if scheduler is not None else 1,
+                                   behind=behind, remaining=remaining)
+            started = time.perf_counter()
             if ready:  # proposed during the last verify
                 proposals, probs = dft.take(ready, k), []
             else:
                 proposals, probs = await dft.propose(history, k) if dft and k > 0 else ([], [])
+            proposed_at = time.perf_counter()
             ahead = None
             if (params.ahead and dft is not None and k > 0
                     and stats.generated_tokens + len(proposals) + 1 < params.max_new_tokens):
@@ -113,6 +119,10 @@ async def generate(session_id: str, prompt_ids: list[int], params: Params, draft
                 raise
             block = None if ahead is None else (await ahead)[0]
             stats.record_round(round_.proposed, round_.accepted)
+            log.debug("round", session_id=session_id, k=k, proposed=round_.proposed,
+                      accepted=round_.accepted, behind=behind,
+                      propose_ms=round((proposed_at - started) * 1e3, 1),
+                      verify_ms=round((time.perf_counter() - proposed_at) * 1e3, 1))
             if chooser is not None:
                 chooser.record(round_.proposed, round_.accepted)
             new_tokens = [*proposals[:round_.accepted], round_.next_token]

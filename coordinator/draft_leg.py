@@ -60,6 +60,14 @@ class DraftLeg(Leg):
         if self.deferred and self._reopening is None:
             self._start_reopen(history)
 
+    def behind(self, history_len: int) -> int:
+        """Tokens the draft must prefill before it can propose, beyond the one every round
+        leaves: those of rounds that did not propose, or (deferred, not yet opening) the whole
+        history. 0 while a session re-opens or is lost: that cost is under way already."""
+        if self.session_id is not None:
+            return max(0, len(self.append) - 1)
+        return history_len if self.deferred and self._reopening is None else 0
+
     @property
     def ready(self) -> bool:
         """The session is open and in step: the next Propose can propose."""

@@ -127,6 +127,8 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
         client.on_error = metrics.upstream_error
         client.on_cost = (adaptive.observe_propose if isinstance(client, DraftClient)
                           else adaptive.observe_verify)
+        if isinstance(client, DraftClient):
+            client.on_prefill = adaptive.observe_prefill
         if scheduler is not None:
             # The draft's closes stay out of the lockstep rounds, and its opens hold the
             # others back for at most one Propose budget (DraftClient.opens.hold_s): a draft

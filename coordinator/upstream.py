@@ -272,6 +272,8 @@ class DraftClient(ServiceClient):
         self.opens.hold_s = self._budgets["Propose"].timeout
         self.probs = self._batcher(
             "GetProbs", lambda items: draft_pb2.GetDraftProbsRequest(items=items))
+        # on_prefill(tokens, seconds): the compute of each OpenSession call (its prompts)
+        self.on_prefill: Callable[[int, float], None] = lambda tokens, seconds: None
 
     def budget(self, method: str) -> LatencyBudget | None:
         return self._budgets.get(method)
@@ -280,8 +282,13 @@ class DraftClient(ServiceClient):
         if method == "Propose":  # size: the most proposals an item asked for
             sessions = len(request.items) if reply is None else reply.batched_sessions
             seconds = timed_out_s if reply is None else reply.compute_time_us / 1e6
+            # catch-up: appended tokens beyond the one a round leaves (a prefill first)
+            catch_up = max(len(i.append_token_ids) for i in request.items) - 1
             self.on_cost(sessions, max(i.num_tokens for i in request.items), seconds,
-                         reply is None)
+                         reply is None, max(0, catch_up))
+        elif method == "OpenSession" and reply is not None:
+            self.on_prefill(sum(len(i.prompt_token_ids) for i in request.items),
+                            reply.compute_time_us / 1e6)
 
     async def propose(self, session_id: str, position: int, truncate_to: int | None,
                       append: list[int], k: int):

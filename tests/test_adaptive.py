@@ -164,3 +164,30 @@ def test_a_fresh_controller_climbs_where_rows_are_cheap_and_not_where_they_are_d
     # AVX2-like: a verify row costs 0.6 of a 1-row pass, a draft step a quarter -> K 0 or 1
     # (starting at k_max, it priced K = 0 at a 9-row pass and stayed at 8)
     assert simulate(0.15, 0.24, 0.1, alpha=0.6) <= 1
+
+
+def test_a_draft_behind_speculates_only_where_the_rest_of_the_request_repays_its_catch_up():
+    """A session back from K = 0 rounds (or never opened) must first prefill what its draft
+    missed: K > 0 only where the remaining tokens at the better rate save more than that."""
+    c = controller(0.17, 0.0005, 0.014, load=1)
+    chooser = c.session()
+    assert settle(chooser, alpha=0.9) >= 6
+    c.observe_prefill(100, 2.0)  # 20 ms a token: 40 tokens behind cost 0.8 s
+    assert chooser.choose(8, behind=0, remaining=5) >= 4  # in step: nothing to repay
+    assert chooser.choose(8, behind=40, remaining=5) == 0  # 5 tokens save ~0.5 s
+    assert chooser.choose(8, behind=40, remaining=100) >= 6  # 100 tokens save ~10 s
+    assert chooser.choose(8, behind=40) >= 6  # (remaining unknown: not weighed)
+    # a prompt of 2,000 tokens for 8 new ones: the draft is not worth opening
+    assert chooser.defers_draft(8, prompt=2000, remaining=8)
+    assert not chooser.defers_draft(8, prompt=50, remaining=128)
+
+
+def test_a_propose_that_caught_up_teaches_the_prefill_cost_not_the_step_cost():
+    c = controller(0.17, 0.0005, 0.014, load=1)
+    step = c.draft_step(1)
+    assert c.catch_up_s(40, 1) == pytest.approx(40 * step / 4)  # before any prefill: a prior
+    c.observe_propose(1, 2, 2 * step + 27 * 0.025, catch_up=27)  # 27 tokens caught up first
+    assert c.draft_step(1) == pytest.approx(step)
+    assert c.catch_up_s(40, 1) == pytest.approx(40 * 0.025)
+    c.observe_prefill(100, 1.0)  # an open: 10 ms a token, smoothed in
+    assert 0.010 < c.prefill < 0.025
