@@ -33,12 +33,18 @@ $(VENV)/.installed: requirements.txt
 proto: install
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
-test: install
-	$(PY) -m pytest -q
+# pytest-xdist workers, one test file each at a time (0 = one process). Most of a test's
+# time is one Python thread driving gRPC round trips, so 2 workers nearly halve the suite
+# on 2 cores; more share the same cores.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-# everything, the tests marked slow too (~13 min here)
+test: install
+	$(PYTEST)
+
+# everything, the tests marked slow too (see docs/testing.md for times)
 test-all: install
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PYTEST) -m "slow or not slow"
 
 models: install
 	$(PY) -m specdec.fetch qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
