@@ -92,6 +92,13 @@ class Stack:
     def live_sessions(self) -> tuple[int, int]:
         return len(self.draft[1].engine.sessions), len(self.target[1].engine.sessions)
 
+    def sessions_left(self, timeout: float = 5.0) -> tuple[int, int]:
+        """live_sessions() once both are 0, or when `timeout` has passed: a finished call's
+        draft session is closed in the background (DraftLeg.close), so it may outlive the
+        call by a moment (seen on a loaded machine)."""
+        wait_until(lambda: self.live_sessions() == (0, 0), timeout)
+        return self.live_sessions()
+
     def stop(self):
         for ch in self.channels:
             ch.close()

@@ -53,7 +53,7 @@ def test_drafting_ahead_equals_generate(ahead_stacks, reference, draft):  # noqa
         assert used < discarded
     else:  # both paths ran: blocks kept, and blocks rolled back
         assert used > 0 and discarded > 0
-    assert stack.live_sessions() == (0, 0)
+    assert stack.sessions_left() == (0, 0)
 
 
 def test_drafting_ahead_under_concurrency_equals_lone_runs(ahead_stacks, stacks, loop):
@@ -68,7 +68,7 @@ def test_drafting_ahead_under_concurrency_equals_lone_runs(ahead_stacks, stacks,
     for req, (ids_alone, _), (ids_together, _) in zip(reqs, alone, together, strict=True):
         assert ids_together == ids_alone, (req.prompt, req.num_speculative_tokens)
     assert sum(stats.ahead_used_blocks for _, stats in together) > 0
-    assert stack.live_sessions() == (0, 0)
+    assert stack.sessions_left() == (0, 0)
 
 
 def test_sampled_requests_run_ordinary_rounds(ahead_stacks, stacks):

@@ -84,7 +84,7 @@ def test_services_reject_unknown_closed_and_stale_sessions(stacks):
 
     for which in ("draft", "target", "coordinator"):
         assert stack.health(which) == health_pb2.HealthCheckResponse.SERVING
-    assert stack.live_sessions() == (0, 0)
+    assert stack.sessions_left() == (0, 0)
 
 
 def test_coordinator_refuses_services_whose_vocabularies_differ(loop, lms):

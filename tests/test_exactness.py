@@ -72,7 +72,7 @@ def test_speculative_equals_generate(stacks, reference, draft):
         assert rate < 0.5
     elif draft == "draft_perturbed":
         assert 0.3 < rate < 0.95
-    assert stack.live_sessions() == (0, 0)
+    assert stack.sessions_left() == (0, 0)
 
 
 @pytest.mark.parametrize("draft", ["draft_perturbed", "draft_perturbed_int4"])
@@ -89,7 +89,7 @@ def test_adaptive_k_equals_generate(stacks, reference, draft):
                 proposed[stats["proposed_draft_tokens"] * 10 // stats["rounds"]] += 1
     print(f"{draft}: requests by tenths of mean K {sorted(proposed.items())}")
     assert len(proposed) >= 5  # K really varied between requests (and rounds)
-    assert stack.live_sessions() == (0, 0)
+    assert stack.sessions_left() == (0, 0)
 
 
 def test_by_default_a_request_without_k_is_adaptive_up_to_default_k(loop, lms, reference):
@@ -132,7 +132,7 @@ def test_an_adaptive_session_opens_its_draft_only_where_speculation_pays(stacks,
         assert ids == reference[prompt], step_s
         assert len(opened) == opens, step_s
         assert (stats["proposed_draft_tokens"] > 0) == (opens > 0), step_s
-    assert stack.live_sessions() == (0, 0)
+    assert stack.sessions_left() == (0, 0)
 
 
 @pytest.mark.parametrize("proposer", ["ngram", "ngram+model"])
@@ -147,7 +147,7 @@ def test_prompt_lookup_equals_generate(stacks, reference, proposer):
     print(f"{proposer}: proposed {engine.proposed}")
     assert engine.proposed["ngram"] > 0  # lookups did propose
     assert (engine.proposed["model"] == 0) == (proposer == "ngram")
-    assert stack.live_sessions() == (0, 0)
+    assert stack.sessions_left() == (0, 0)
 
 
 def test_early_stop_by_draft_confidence_keeps_greedy_output(stacks, reference):

@@ -46,7 +46,7 @@ def test_eos_inside_a_block(loop, lms):
         ids, _, stats = client_generate(stack.addr, request(prompt, 30))
         assert ids == ref[:index + 1]
         assert stats["finish_reason"] == "FINISH_REASON_EOS"
-        assert stack.live_sessions() == (0, 0)
+        assert stack.sessions_left() == (0, 0)
     finally:
         stack.stop()
 
