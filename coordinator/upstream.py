@@ -287,8 +287,7 @@ class DraftClient(ServiceClient):
             self.on_cost(sessions, max(i.num_tokens for i in request.items), seconds,
                          reply is None, max(0, catch_up))
         elif method == "OpenSession" and reply is not None:
-            self.on_prefill(sum(len(i.prompt_token_ids) for i in request.items),
-                            reply.compute_time_us / 1e6)
+            self.on_prefill(self.size(method, request), reply.compute_time_us / 1e6)
 
     async def propose(self, session_id: str, position: int, truncate_to: int | None,
                       append: list[int], k: int):
