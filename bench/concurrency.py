@@ -31,7 +31,7 @@ import torch
 
 from bench.run import parse_k
 from bench.stats import percentile
-from specdec.config import default_cache_dir
+from specdec.config import QUANTIZATIONS, default_cache_dir
 from specdec.fetch import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model_dir
 from specdec.launch import start_local_stack
 from specdec.v1 import generator_pb2, generator_pb2_grpc
@@ -174,7 +174,7 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--dtype", default=None, help="default: float32 (tiny), bfloat16 (qwen)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per service")
-    p.add_argument("--draft-quantization", choices=["none", "int8", "int4"],
+    p.add_argument("--draft-quantization", choices=list(QUANTIZATIONS),
                    help="the draft's --quantization; default: int4 (qwen), none (tiny)")
     p.add_argument("--repeats", type=int, default=1,
                    help="runs of every K at each session count, the Ks interleaved within "

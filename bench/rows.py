@@ -1,14 +1,16 @@
 """What a verify row costs on this machine: one weight's product at 1..16 rows in each format.
 
 python -m bench.rows [--shape 8960x1536] [--weights 28] [--rows 1,2,3,5,9,16] [--threads 2]
-                     [--formats bfloat16,float32,int8,int4] [--out results/bench_rows.json]
+                     [--formats bfloat16,float32,int8,int4,fp16] [--out results/bench_rows.json]
 
 Speculation pays only where a pass of K+1 rows costs about one of 1 row (the target streams
 its weights once for all rows). This times `--weights` distinct weights of the 1.5B target's
 MLP shape in turn (together larger than the caches, as in a real pass), each format through
 specdec's own layers (specdec/quantize.py for int8/int4: the low-bit kernels; activations
-bf16), and prints milliseconds per weight and the ratio to 1 row. On an AVX-512-BF16 host a
-5-row bf16 product costs ~1.1x one row; on an AVX2-only host ~3.8x (docs/benchmarks.md).
+bf16; specdec/fp16_weights.py for fp16: fbgemm, activations float32), and prints
+milliseconds per weight and the ratio to 1 row. On an AVX-512-BF16 host a 5-row bf16
+product costs ~1.1x one row; on an AVX2-only host ~3.8x, and fp16 there ~1.2-1.4x
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from specdec.fp16_weights import Fp16Linear
 from specdec.quantize import Int4Linear, Int8Linear, fastest_pass, int4_group_size
 
 
@@ -32,6 +35,8 @@ def products(fmt: str, weights: list[torch.nn.Linear]):
     if fmt == "int4":
         group = int4_group_size(weights[0].in_features)
         return torch.bfloat16, [Int4Linear(w, group).low_bit for w in weights]
+    if fmt == "fp16":  # fbgemm: fp16 weights, float32 activations (specdec.fp16_weights)
+        return torch.float32, [Fp16Linear(w) for w in weights]
     dtype = getattr(torch, fmt)
     return dtype, [lambda x, w=w.weight.to(dtype): F.linear(x, w) for w in weights]
 
@@ -49,7 +54,7 @@ def main() -> None:
     p.add_argument("--weights", type=int, default=28)
     p.add_argument("--rows", default="1,2,3,5,9,16")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--formats", default="bfloat16,float32,int8,int4")
+    p.add_argument("--formats", default="bfloat16,float32,int8,int4,fp16")
     p.add_argument("--out", default="results/bench_rows.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

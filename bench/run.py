@@ -30,7 +30,7 @@ from bench.pairs import DEFAULT_PAIR, PAIRS
 from bench.prompts import DOMAINS, domain_prompts
 from bench.stats import speedup, summarize
 from coordinator.client import stats_dict
-from specdec.config import default_cache_dir
+from specdec.config import QUANTIZATIONS, default_cache_dir
 from specdec.fetch import resolve_model_dir
 from specdec.launch import start_local_stack
 from specdec.models import load_tokenizer
@@ -57,10 +57,10 @@ def parse_args(argv=None):
     p.add_argument("--target", help="target model (overrides --pair)")
     p.add_argument("--dtype", help="both models' dtype (default: the pair's)")
     p.add_argument("--draft-dtype", help="the draft's dtype, when it differs")
-    p.add_argument("--draft-quantization", choices=["none", "int8", "int4"],
+    p.add_argument("--draft-quantization", choices=list(QUANTIZATIONS),
                    help="the draft service's --quantization (weight-only; default: the pair's, "
                         "int4 for the Qwen pair)")
-    p.add_argument("--target-quantization", default="none", choices=["none", "int8", "int4"],
+    p.add_argument("--target-quantization", default="none", choices=list(QUANTIZATIONS),
                    help="the target service's --quantization (weight-only)")
     p.add_argument("--draft-min-confidence", type=float, default=0.0,
                    help="the draft service's --min-confidence (early stop of a round)")

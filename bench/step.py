@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from specdec.config import default_cache_dir
+from specdec.config import QUANTIZATIONS, default_cache_dir
 from specdec.draft_engine import DraftEngine, ProposeItem
 from specdec.models import load_model
 
@@ -27,7 +27,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.step", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
-    p.add_argument("--quantization", default="int4", choices=["none", "int8", "int4"])
+    p.add_argument("--quantization", default="int4", choices=list(QUANTIZATIONS))
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=64)

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import platformdirs
 
+# the --quantization schemes (specdec.quantize, specdec.fp16_weights)
+QUANTIZATIONS = ("none", "int8", "int4", "fp16")
+
 
 def env_name(flag: str) -> str:
     return "SPECDEC_" + flag.lstrip("-").upper().replace("-", "_")
@@ -103,10 +106,12 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
     p.add_option("--port", default=default_port, type=int, help="port to bind; 0 = any free")
     p.add_option("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                  help="weights' dtype; auto = bfloat16 on CUDA, float32 on CPU")
-    p.add_option("--quantization", default="none", choices=["none", "int8", "int4"],
+    p.add_option("--quantization", default="none", choices=list(QUANTIZATIONS),
                  help="weight-only quantization of the linear layers (CPU): int8 or int4 "
                       "weights, activations in --dtype; cheaper 1-token steps (a draft), "
-                      "costlier multi-token passes (docs/benchmarks.md)")
+                      "costlier multi-token passes; fp16: fp16 weights, float32 activations "
+                      "(fbgemm; chosen for bf16 on CPUs without bf16 kernels) "
+                      "(docs/benchmarks.md)")
     p.add_option("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N")
     p.add_option("--threads", default=0, type=int, help="torch CPU threads; 0 = torch's default")
     p.add_option("--max-sessions", default=64, type=int,

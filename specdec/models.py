@@ -14,7 +14,7 @@ import structlog
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from . import token_map
+from . import fp16_weights, token_map
 from .config import default_cache_dir
 from .errors import InvalidArgument
 from .fetch import resolve_model_dir
@@ -139,7 +139,9 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
                head_vocab: str = "") -> LoadedModel:
     """Load a model and its tokenizer. cache_dir: where fetched and converted weights go
     (None = the services' default, specdec.config.default_cache_dir); quantization: "none",
-    "int8" or "int4" weight-only linear layers (specdec.quantize), applied after loading;
+    "int8" or "int4" weight-only linear layers (specdec.quantize), or "fp16" weights with
+    float32 activations (specdec.fp16_weights; chosen by itself for bf16 with no other scheme
+    on a CPU without bf16 matrix kernels), applied after loading;
     head_vocab: restrict the output head to these tokens (a draft's --draft-vocab,
     specdec.token_map), before quantizing."""
     dev = resolve_device(device)
@@ -157,7 +159,22 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
     eos = eos_token_ids(model, tokenizer)
     ids = token_map.resolve(head_vocab, tokenizer, fingerprint, vocab_size, eos, cache_dir)
     head_ids = None if ids is None else token_map.restrict_head(model, ids)
-    if quantization != "none":
+    slow_bf16 = dt == torch.bfloat16 and dev.type == "cpu" and not cpu_bf16_fast()
+    if slow_bf16 and quantization == "none" and fp16_weights.available():
+        quantization = fp16_weights.SCHEME
+        log.warning("this CPU has no bf16 matrix kernels (oneDNN needs AVX-512 or AMX): the "
+                    "bf16 weights are held as fp16 (exact for bf16 values) and multiplied in "
+                    "float32 by fbgemm, so a verify row costs ~a tenth of a step instead of "
+                    "a whole one; activations are float32 (docs/benchmarks.md)", model=spec)
+    if quantization == fp16_weights.SCHEME:
+        if dev.type != "cpu":
+            raise InvalidArgument(f"--quantization fp16 is for CPUs (fbgemm); on {dev} use "
+                                  "--dtype float16 or bfloat16")
+        counts = quantize(model, quantization)
+        dt, slow_bf16 = torch.float32, False
+        (log.warning if counts["inexact_weights"] else log.info)(
+            "fp16 weights, float32 activations", model=spec, **counts)
+    elif quantization != "none":
         if dev.type != "cpu":
             raise InvalidArgument(f"--quantization {quantization} runs on CPU only for now "
                                   f"(device {dev})")
@@ -166,7 +183,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
         max_rows = calibrate(model)
         log.info("quantized", model=spec, scheme=quantization, cache=str(cache),
                  low_bit_max_rows=max_rows, **counts)
-    if dt == torch.bfloat16 and dev.type == "cpu" and not cpu_bf16_fast():
+    if slow_bf16:
         layers = upcast_wide_passes(model)
         log.warning("this CPU has no bf16 matrix kernels (oneDNN needs AVX-512 or AMX): each "
                     "row of a bf16 pass costs almost a 1-token step, so verify passes are "

@@ -18,6 +18,7 @@ up to rounding. Where the two cross depends on the shapes and the machine (4-5 r
 measures it on the model's own layers when it is loaded. So quantization speeds up small
 passes and costs memory (the low-bit copy on top of the dense one). Layers whose shapes a
 kernel does not take stay as they are (counted in the returned summary). CPU only for now.
+The scheme "fp16" (fp16 weights, float32 activations, fbgemm) lives in specdec.fp16_weights.
 
 Quantizing a 0.5B model takes tens of seconds on a small CPU, so the packed weights can be
 cached (`cache_file`): a later start with the same weights, scheme and torch version loads
@@ -34,9 +35,12 @@ import structlog
 import torch
 from torch import nn
 
+from . import fp16_weights
+from .config import QUANTIZATIONS
+
 log = structlog.get_logger(__name__)
 
-SCHEMES = ("none", "int8", "int4")
+SCHEMES = QUANTIZATIONS
 INT4_GROUP_SIZES = (128, 64, 32)
 INT4_INNER_K_TILES = 2
 SMALL_ROWS = 4  # passes of at most this many rows use the low-bit kernels (until calibrated)
@@ -199,6 +203,8 @@ def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> d
     counts = {"quantized": 0, "kept": 0, "cached": 0}
     if scheme == "none":
         return counts
+    if scheme == fp16_weights.SCHEME:  # fbgemm packs in a second or so: nothing to cache
+        return {**fp16_weights.use_fp16_weights(model), "cached": 0}
     saved = None
     if cache_file is not None and cache_file.exists():
         try:

@@ -36,6 +36,8 @@ def lms(model_dirs, tmp_path_factory):
     for scheme in ("int8", "int4"):  # weight-only quantized drafts (specdec.quantize)
         lms[f"draft_perturbed_{scheme}"] = load_model(str(model_dirs["draft_perturbed"]),
                                                       "float32", "cpu", cache, scheme)
+    # the target on fp16 weights with float32 activations (specdec.fp16_weights)
+    lms["target_fp16"] = load_model(str(model_dirs["target"]), "float32", "cpu", cache, "fp16")
     # the draft's head restricted to the half of the vocabulary most frequent in the prompts
     tokenizer = lms["target"].tokenizer
     ids = frequent_tokens(tokenizer, PROMPTS, lms["target"].vocab_size // 2)

@@ -68,6 +68,6 @@ def test_bench_rows_times_every_format_at_every_row_count(tmp_path, monkeypatch)
                                       "--rows", "1,3", "--threads", "1", "--out", str(out)])
     rows.main()
     result = json.loads(out.read_text())
-    assert set(result["ms_per_weight"]) == {"bfloat16", "float32", "int8", "int4"}
+    assert set(result["ms_per_weight"]) == {"bfloat16", "float32", "int8", "int4", "fp16"}
     for times in result["ms_per_weight"].values():
         assert set(times) == {"1", "3"} and all(t > 0 for t in times.values())

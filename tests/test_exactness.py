@@ -92,6 +92,34 @@ def test_adaptive_k_equals_generate(stacks, reference, draft):
     assert stack.sessions_left() == (0, 0)
 
 
+def test_a_target_on_fp16_weights_speculates_to_its_own_greedy_output(loop, lms):
+    """A target on fp16 weights (--quantization fp16, or bf16 on a CPU without bf16 kernels):
+    fixed and adaptive K give exactly what that target's own generate() gives."""
+    target = lms["target_fp16"]
+    want = {}
+    for prompt in PROMPTS:
+        ids = target.tokenizer(prompt).input_ids
+        with torch.inference_mode():
+            gen = target.model.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW,
+                                        do_sample=False, eos_token_id=target.eos_token_ids,
+                                        pad_token_id=target.eos_token_ids[0])
+        want[prompt] = gen[0, len(ids):].tolist()
+    stack = start_stack(loop, lms["draft_perturbed_int4"], target)
+    try:
+        accepted = 0
+        for k, prompt in pairs(every=False):
+            ids, _, stats = run(stack, prompt, k)
+            assert ids == want[prompt], (k, prompt)
+            accepted += stats["accepted_draft_tokens"]
+        with gpu_like_costs(stack.coordinator):
+            for prompt in PROMPTS:
+                ids, _, _ = run(stack, prompt, 8, adaptive=True)
+                assert ids == want[prompt], ("adaptive", prompt)
+        assert accepted > 0
+    finally:
+        stack.stop()
+
+
 def test_by_default_a_request_without_k_is_adaptive_up_to_default_k(loop, lms, reference):
     """With the coordinator's default flags (--adaptive-k 1, --default-k 8), a request that
     sets neither K nor adaptive_k has each round's K chosen, up to 8; adaptive_k=false keeps

@@ -40,10 +40,12 @@ def test_loaded_model_reports_its_facts(lms):
 
 def test_without_bf16_kernels_wide_bf16_passes_compute_in_float32(model_dirs, monkeypatch,
                                                                    tmp_path):
-    """On a CPU without bf16 matrix kernels, a bf16 model's passes of WIDE_ROWS rows or more
-    (prefills) multiply in float32, and narrower ones (steps, verify passes) stay as they
-    are; the model computes the same logits up to bf16 rounding either way."""
+    """On a CPU without bf16 matrix kernels, where a bf16 model cannot run on fp16 weights
+    (no fbgemm: test_fp16_weights.py; or int8/int4 layers' dense paths), its passes of
+    WIDE_ROWS rows or more (prefills) multiply in float32, and narrower ones (steps, verify
+    passes) stay as they are; the model computes the same logits up to bf16 rounding."""
     monkeypatch.setattr(models, "cpu_bf16_usable", lambda: True)
+    monkeypatch.setattr(models.fp16_weights, "available", lambda: False)
     loaded = {}
     for fast in (True, False):
         monkeypatch.setattr(models, "cpu_bf16_fast", lambda fast=fast: fast)

