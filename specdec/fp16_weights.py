@@ -31,8 +31,10 @@ def available() -> bool:
 
 
 class Fp16Linear(nn.Module):
-    """An nn.Linear whose weight is packed as fp16 for fbgemm; float32 in and out. The
-    packed weight is not a parameter or buffer: `.float()` / `.to()` leave it as it is."""
+    """An nn.Linear whose weight is packed as fp16 for fbgemm; computes in float32 and
+    returns the input's dtype (float32 in a model on fp16 weights; bf16 where it stands in for
+    a bf16 layer's product, specdec.quantize.use_fp16_dense_paths). The packed weight is not
+    a parameter or buffer: `.float()` / `.to()` leave it as it is."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -45,7 +47,7 @@ class Fp16Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:                  # [..., K] -> [..., N]
         rows = x.reshape(-1, self.in_features).float()
         y = torch.ops.quantized.linear_dynamic_fp16(rows, self.packed)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp16"

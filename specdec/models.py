@@ -18,7 +18,7 @@ from . import fp16_weights, token_map
 from .config import default_cache_dir
 from .errors import InvalidArgument
 from .fetch import resolve_model_dir
-from .quantize import calibrate, quantize
+from .quantize import calibrate, quantize, use_fp16_dense_paths
 from .wide_rows import WIDE_ROWS, upcast_wide_passes
 
 log = structlog.get_logger(__name__)
@@ -180,6 +180,12 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
                                   f"(device {dev})")
         cache = quantized_cache_file(path, cache_dir, quantization, dt, head_ids)
         counts = quantize(model, quantization, cache)
+        if slow_bf16 and fp16_weights.available():
+            dense = use_fp16_dense_paths(model)
+            slow_bf16 = False
+            log.info("no bf16 matrix kernels on this CPU: passes of many rows (prefills) "
+                     "multiply fp16 copies of the weights in float32 (fbgemm)", model=spec,
+                     layers=dense)
         max_rows = calibrate(model)
         log.info("quantized", model=spec, scheme=quantization, cache=str(cache),
                  low_bit_max_rows=max_rows, **counts)

@@ -54,7 +54,9 @@ class _LowBit(nn.Module):
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        self.dense = linear
+        self.dense = linear  # (or an fp16_weights.Fp16Linear of it: use_fp16_dense_paths)
+        self.bias = linear.bias  # (shared with the dense layer)
+        self.dtype = linear.weight.dtype  # of the activations
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.max_rows = SMALL_ROWS  # passes of more rows use the dense product
 
@@ -68,7 +70,7 @@ class _LowBit(nn.Module):
         if rows.shape[0] > self.max_rows:
             return self.dense(x)
         y = self.low_bit(rows).reshape(*x.shape[:-1], self.out_features)
-        return y if self.dense.bias is None else y + self.dense.bias
+        return y if self.bias is None else y + self.bias
 
     def low_bit(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -176,7 +178,7 @@ def calibrate(model: nn.Module, repeats: int = 2) -> int:
     layers = [m for m in model.modules() if isinstance(m, _LowBit)]
     if not layers:
         return SMALL_ROWS
-    dtype = layers[0].dense.weight.dtype
+    dtype = layers[0].dtype
 
     def seconds(path, rows: int) -> float:
         xs = [torch.randn(rows, layer.in_features, dtype=dtype) for layer in layers]
@@ -192,6 +194,25 @@ def calibrate(model: nn.Module, repeats: int = 2) -> int:
     for layer in layers:
         layer.max_rows = limit
     return limit
+
+
+def use_fp16_dense_paths(model: nn.Module) -> int:
+    """For a bf16 model on a CPU without bf16 matrix kernels: the dense paths of its low-bit
+    layers (passes of more than max_rows rows: prefills) and the linear layers left dense
+    multiply fp16 copies of their weights in float32 (fbgemm; exact for bf16 weights) instead
+    of bf16 products that cost ~a 1-token step per row there. Call before calibrate(), which
+    then compares the low-bit kernels with these. Returns how many layers that covers."""
+    count = 0
+    for layer in [m for m in model.modules() if isinstance(m, _LowBit)]:
+        layer.dense = fp16_weights.Fp16Linear(layer.dense)
+        count += 1
+    names = [name for name, m in model.named_modules() if type(m) is nn.Linear]
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child,
+                fp16_weights.Fp16Linear(model.get_submodule(name)))
+        count += 1
+    return count
 
 
 def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> dict[str, int]:

@@ -9,6 +9,7 @@ from torch import nn
 from specdec import fp16_weights, models
 from specdec.fp16_weights import Fp16Linear, use_fp16_weights
 from specdec.models import load_model
+from specdec.quantize import _LowBit
 
 pytestmark = pytest.mark.skipif(not fp16_weights.available(),
                                 reason="this torch has no fbgemm (non-x86 build)")
@@ -79,3 +80,25 @@ def test_fp16_can_be_chosen_for_float32_weights(model_dirs, tmp_path):
     lm = load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", str(tmp_path), "fp16")
     assert (lm.dtype, lm.quantization) == (torch.float32, "fp16")
     assert any(isinstance(m, Fp16Linear) for m in lm.model.modules())
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_without_bf16_kernels_wide_passes_of_low_bit_layers_use_fp16_weights(
+        model_dirs, monkeypatch, tmp_path, scheme):
+    """bf16 with int8/int4 on a CPU without bf16 kernels: a low-bit layer's passes of more than
+    max_rows rows (prefills) multiply an fp16 copy of its dequantized weights in float32,
+    which computes the same quantized model as its low-bit kernels do row by row."""
+    monkeypatch.setattr(models, "cpu_bf16_usable", lambda: True)
+    monkeypatch.setattr(models, "cpu_bf16_fast", lambda: False)
+    lm = load_model(str(model_dirs["target"]), "bfloat16", "cpu", str(tmp_path), scheme)
+    assert (lm.dtype, lm.quantization) == (torch.bfloat16, scheme)
+    layers = [m for m in lm.model.modules() if isinstance(m, _LowBit)]
+    assert layers and all(isinstance(layer.dense, Fp16Linear) for layer in layers)
+    layer = layers[0]
+    torch.manual_seed(0)
+    x = torch.randn(1, layer.max_rows + 3, layer.in_features, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        many = layer(x)                                                  # the fp16 path
+        one_by_one = torch.cat([layer(x[:, i:i + 1]) for i in range(x.shape[1])], dim=1)
+    assert many.dtype == torch.bfloat16
+    torch.testing.assert_close(many.float(), one_by_one.float(), rtol=0.02, atol=0.02)
