@@ -170,6 +170,9 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
         if dev.type != "cpu":
             raise InvalidArgument(f"--quantization fp16 is for CPUs (fbgemm); on {dev} use "
                                   "--dtype float16 or bfloat16")
+        if not fp16_weights.available():
+            raise InvalidArgument("--quantization fp16 needs fbgemm, which this torch build "
+                                  "lacks (x86 builds have it); use --dtype float32 or bfloat16")
         counts = quantize(model, quantization)
         dt, slow_bf16 = torch.float32, False
         (log.warning if counts["inexact_weights"] else log.info)(

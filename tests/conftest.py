@@ -8,6 +8,7 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from specdec import fp16_weights  # noqa: E402
 from specdec.logs import configure_logging  # noqa: E402
 from specdec.models import load_model  # noqa: E402
 from specdec.token_map import frequent_tokens  # noqa: E402
@@ -37,7 +38,9 @@ def lms(model_dirs, tmp_path_factory):
         lms[f"draft_perturbed_{scheme}"] = load_model(str(model_dirs["draft_perturbed"]),
                                                       "float32", "cpu", cache, scheme)
     # the target on fp16 weights with float32 activations (specdec.fp16_weights)
-    lms["target_fp16"] = load_model(str(model_dirs["target"]), "float32", "cpu", cache, "fp16")
+    if fp16_weights.available():  # (x86 torch builds)
+        lms["target_fp16"] = load_model(str(model_dirs["target"]), "float32", "cpu", cache,
+                                        "fp16")
     # the draft's head restricted to the half of the vocabulary most frequent in the prompts
     tokenizer = lms["target"].tokenizer
     ids = frequent_tokens(tokenizer, PROMPTS, lms["target"].vocab_size // 2)

@@ -7,6 +7,7 @@ import torch
 
 from coordinator.client import generate as client_generate
 from coordinator.config import parser
+from specdec import fp16_weights
 from specdec.v1 import generator_pb2
 from stack import draft_opens, gpu_like_costs, start_stack
 from tiny_models import PROMPTS
@@ -92,6 +93,7 @@ def test_adaptive_k_equals_generate(stacks, reference, draft):
     assert stack.sessions_left() == (0, 0)
 
 
+@pytest.mark.skipif(not fp16_weights.available(), reason="no fbgemm in this torch (non-x86)")
 def test_a_target_on_fp16_weights_speculates_to_its_own_greedy_output(loop, lms):
     """A target on fp16 weights (--quantization fp16, or bf16 on a CPU without bf16 kernels):
     fixed and adaptive K give exactly what that target's own generate() gives."""

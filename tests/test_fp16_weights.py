@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from specdec import fp16_weights, models
+from specdec.errors import InvalidArgument
 from specdec.fp16_weights import Fp16Linear, use_fp16_weights
 from specdec.models import load_model
 from specdec.quantize import _LowBit
@@ -102,3 +103,9 @@ def test_without_bf16_kernels_wide_passes_of_low_bit_layers_use_fp16_weights(
         one_by_one = torch.cat([layer(x[:, i:i + 1]) for i in range(x.shape[1])], dim=1)
     assert many.dtype == torch.bfloat16
     torch.testing.assert_close(many.float(), one_by_one.float(), rtol=0.02, atol=0.02)
+
+
+def test_fp16_without_fbgemm_is_refused_with_a_clear_error(model_dirs, monkeypatch, tmp_path):
+    monkeypatch.setattr(models.fp16_weights, "available", lambda: False)
+    with pytest.raises(InvalidArgument, match="needs fbgemm"):
+        load_model(str(model_dirs["target"]), "float32", "cpu", str(tmp_path), "fp16")
