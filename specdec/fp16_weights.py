@@ -4,9 +4,10 @@ Where oneDNN has no bf16 matrix kernels (x86 CPUs with AVX2 but no AVX-512 or AM
 product costs about as much per row as a whole 1-token step, so a (K+1)-row verify costs
 ~K+1 steps and speculation cannot pay (docs/benchmarks.md). fbgemm, built into every x86
 torch, multiplies fp16 weights (converted to float32 in registers, F16C) with float32
-activations at any number of rows. Measured on a 2-core AVX2 host, one 8960x1536 weight:
-0.98 ms for 1 row and 1.16 ms for 5 (bf16: 1.41 and 6.60); the 1.5B target's step 149 ms,
-its 5-row verify 188 ms, its 120-token prefill 2.5 s (bf16: 204 ms, 804 ms, 7.5 s).
+activations at any number of rows. Measured on a 2-core AVX2 host (`python -m bench.rows`),
+one 8960x1536 weight: 1.41 ms for 1 row and 2.02 ms for 5 (bf16: 1.84 and 6.93); the 1.5B
+target's step ~170 ms, its 5-row verify ~200-240 ms, its 120-token prefill ~1.9 s (bf16:
+~200-350 ms, ~800-1,000 ms, 7-8 s; docs/benchmarks.md).
 
 A bf16 checkpoint loses nothing: a bf16 value is exact in fp16 unless its magnitude is above
 65504 or below ~2^-17 (fp16's subnormals); `use_fp16_weights` counts the weights fp16 rounds
