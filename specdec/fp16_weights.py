@@ -54,13 +54,16 @@ class Fp16Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp16"
 
 
-def use_fp16_weights(model: nn.Module) -> dict[str, int]:
-    """Replace the CPU nn.Linear layers of `model` (the output head included) with Fp16Linear
-    and make everything else float32, in place. Returns {"quantized": layers replaced,
-    "kept": layers left (not on the CPU), "inexact_weights": weights fp16 rounded}."""
-    if not available():
-        raise RuntimeError("this torch has no fbgemm fp16 kernels (x86 builds do): "
-                           "--quantization fp16 cannot run here")
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule called `name` is."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def pack_linears(model: nn.Module) -> dict[str, int]:
+    """Replace the CPU nn.Linear layers of `model` (the output head included) with Fp16Linear,
+    in place. Returns {"quantized": layers replaced, "kept": layers left (not on the CPU),
+    "inexact_weights": weights fp16 rounded}."""
     counts = {"quantized": 0, "kept": 0, "inexact_weights": 0}
     names = [name for name, m in model.named_modules() if type(m) is nn.Linear]
     for name in names:  # (by name: each bf16 layer is freed as soon as it is replaced)
@@ -69,9 +72,18 @@ def use_fp16_weights(model: nn.Module) -> dict[str, int]:
             counts["kept"] += 1
             continue
         new = Fp16Linear(linear)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+        replace_module(model, name, new)
         counts["quantized"] += 1
         counts["inexact_weights"] += new.inexact
+    return counts
+
+
+def use_fp16_weights(model: nn.Module) -> dict[str, int]:
+    """pack_linears, then make everything else float32, in place; returns pack_linears'
+    counts."""
+    if not available():
+        raise RuntimeError("this torch has no fbgemm fp16 kernels (x86 builds do): "
+                           "--quantization fp16 cannot run here")
+    counts = pack_linears(model)
     model.float()  # embeddings, norms: float32 activations throughout
     return counts

@@ -202,17 +202,10 @@ def use_fp16_dense_paths(model: nn.Module) -> int:
     multiply fp16 copies of their weights in float32 (fbgemm; exact for bf16 weights) instead
     of bf16 products that cost ~a 1-token step per row there. Call before calibrate(), which
     then compares the low-bit kernels with these. Returns how many layers that covers."""
-    count = 0
-    for layer in [m for m in model.modules() if isinstance(m, _LowBit)]:
+    low_bit = [m for m in model.modules() if isinstance(m, _LowBit)]
+    for layer in low_bit:
         layer.dense = fp16_weights.Fp16Linear(layer.dense)
-        count += 1
-    names = [name for name, m in model.named_modules() if type(m) is nn.Linear]
-    for name in names:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child,
-                fp16_weights.Fp16Linear(model.get_submodule(name)))
-        count += 1
-    return count
+    return len(low_bit) + fp16_weights.pack_linears(model)["quantized"]
 
 
 def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> dict[str, int]:
@@ -248,8 +241,7 @@ def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> d
         if new is None:
             counts["kept"] += 1
             continue
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        fp16_weights.replace_module(model, name, new)
         counts["quantized"] += 1
     if cache_file is not None and saved is None:
         packed = {name: m.packed() for name, m in model.named_modules()

@@ -25,10 +25,8 @@ def pairs(every: bool):
             if every or (i + j) % 2 == 0]
 
 
-@pytest.fixture(scope="module")
-def reference(lms):
-    """Token ids of target.generate(do_sample=False) for every prompt."""
-    lm = lms["target"]
+def greedy_outputs(lm) -> dict[str, list[int]]:
+    """Token ids of lm's generate(do_sample=False) for every prompt."""
     out = {}
     for prompt in PROMPTS:
         ids = lm.tokenizer(prompt).input_ids
@@ -37,6 +35,12 @@ def reference(lms):
                                     eos_token_id=lm.eos_token_ids, pad_token_id=lm.eos_token_ids[0])
         out[prompt] = gen[0, len(ids):].tolist()
     return out
+
+
+@pytest.fixture(scope="module")
+def reference(lms):
+    """The target's own greedy output for every prompt."""
+    return greedy_outputs(lms["target"])
 
 
 def run(stack, prompt, k, adaptive=False):
@@ -98,14 +102,7 @@ def test_a_target_on_fp16_weights_speculates_to_its_own_greedy_output(loop, lms)
     """A target on fp16 weights (--quantization fp16, or bf16 on a CPU without bf16 kernels):
     fixed and adaptive K give exactly what that target's own generate() gives."""
     target = lms["target_fp16"]
-    want = {}
-    for prompt in PROMPTS:
-        ids = target.tokenizer(prompt).input_ids
-        with torch.inference_mode():
-            gen = target.model.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW,
-                                        do_sample=False, eos_token_id=target.eos_token_ids,
-                                        pad_token_id=target.eos_token_ids[0])
-        want[prompt] = gen[0, len(ids):].tolist()
+    want = greedy_outputs(target)
     stack = start_stack(loop, lms["draft_perturbed_int4"], target)
     try:
         accepted = 0
