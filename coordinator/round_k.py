@@ -12,7 +12,11 @@ and K, the tokens the rounds produced per second of the services' compute. The n
 takes the best K measured at its load; every EXPLORE rounds it tries a neighbour of the
 best (K-1 or K+1, the less measured), and after an exploration that did not win it waits
 twice as long before the next (up to MAX_EXPLORE rounds): each round at K > 0 after rounds
-at K = 0 first catches the draft up, so exploring costs more than its own round.
+at K = 0 first catches the draft up, so exploring costs more than its own round. While a
+neighbour of the best is not measured at this load yet it tries it after SURVEY rounds
+instead: a request at load lasts only ~20-30 rounds, and walking from START_K to K = 0 one
+step per EXPLORE rounds took longer than that. Each load keeps its own schedule, and rounds
+no session took (lone sessions on their own model) count for nothing.
 
 Round boundaries come from the calls themselves: a round ends at the first call after its
 Verify (the tokens its sessions record arrive in between), so a decision reaches the round
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 
 EXPLORE = 8  # rounds between explorations, at first
 MAX_EXPLORE = 64
+SURVEY = 2  # rounds before trying a neighbour of the best not measured at this load yet
 START_K = 2  # a load not measured yet starts here (or lower: the nearest measured load's best)
 LOADED_BUCKET = 2  # adaptive.session_bucket(2): loads of two sessions and more
 
@@ -46,6 +51,13 @@ class _Tally:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass
+class _Schedule:
+    """When a load explores next: in `due` rounds, then every `every`."""
+    due: int = EXPLORE
+    every: int = EXPLORE
+
+
 class RoundK:
     def __init__(self, k_max: int = 8, decay: float = 0.9):
         self.k_max, self.decay = k_max, decay
@@ -56,8 +68,9 @@ class RoundK:
         self._round_k = START_K  # the K of the round being tallied
         self._measures = self._taken_measures = True  # every session of it could propose
         self._cost, self._tokens, self._verified, self._open = 0.0, 0, False, False
-        self._explore_in, self._explore_every = EXPLORE, EXPLORE
+        self._schedules: dict[int, _Schedule] = {}  # load bucket -> its explorations
         self._exploring: tuple[int, int] | None = None  # (K tried, closes since)
+        self._taken_by_any = False  # some session of the round being tallied took its K
 
     # ---- what the coordinator sees
     def take(self, measures: bool = True) -> int:
@@ -81,6 +94,7 @@ class RoundK:
             self._close()
         if not self._open:  # the round's first call: its sessions have taken their K
             self._open, self._round_k = True, self.k if self._taken is None else self._taken
+            self._taken_by_any = self._taken is not None
             self._measures, self._taken, self._taken_measures = self._taken_measures, None, True
         self._cost += seconds
 
@@ -90,12 +104,14 @@ class RoundK:
 
     # ---- the decision
     def _close(self) -> None:
+        taken = self._taken_by_any  # else lone sessions chose their own K: nothing to learn
         fresh = not self._measured(self.bucket)  # the first round at this load
-        if self._tokens and self._cost > 0 and self._measures:
+        if taken and self._tokens and self._cost > 0 and self._measures:
             key = (self.bucket, self._round_k)
             self.tallies.setdefault(key, _Tally()).add(self._tokens, self._cost, self.decay)
         self._cost, self._tokens, self._verified, self._open = 0.0, 0, False, False
-        self.k = self._start() if fresh else self._next()
+        if taken:
+            self.k = self._start() if fresh else self._next()
 
     def _measured(self, bucket: int) -> dict[int, _Tally]:
         return {k: t for (b, k), t in self.tallies.items() if b == bucket}
@@ -103,20 +119,22 @@ class RoundK:
     def _next(self) -> int:
         measured = self._measured(self.bucket)
         best = self._best(measured)
+        schedule = self._schedules.setdefault(self.bucket, _Schedule())
         if self._exploring is not None:
             explored, closes = self._exploring
             if self._round_k == explored or closes >= 3:  # its round is in (or never came)
                 won = best == explored
-                self._explore_every = (EXPLORE if won
-                                       else min(MAX_EXPLORE, 2 * self._explore_every))
-                self._explore_in, self._exploring = self._explore_every, None
+                schedule.every = EXPLORE if won else min(MAX_EXPLORE, 2 * schedule.every)
+                schedule.due, self._exploring = schedule.every, None
             else:
                 self._exploring = (explored, closes + 1)
-            return best
-        self._explore_in -= 1
-        if self._explore_in > 0:
-            return best
+                return best
         neighbours = [k for k in (best - 1, best + 1) if 0 <= k <= self.k_max]
+        if any(k not in measured for k in neighbours):
+            schedule.due = min(schedule.due, SURVEY)
+        schedule.due -= 1
+        if schedule.due > 0:
+            return best
         explored = min(neighbours, key=lambda k: measured[k].weight if k in measured else 0.0)
         self._exploring = (explored, 0)
         return explored

@@ -2,7 +2,7 @@
 their K, the round's Propose and Verify report their costs, each session records its
 tokens, in the order the coordinator produces them."""
 
-from coordinator.round_k import EXPLORE, START_K, RoundK
+from coordinator.round_k import EXPLORE, START_K, SURVEY, RoundK
 
 SESSIONS = 8
 
@@ -103,3 +103,20 @@ def test_a_round_in_which_a_session_could_not_propose_is_not_tallied():
     rk.on_verify(6, 0.1)
     assert list(rk.tallies) == [(6, START_K)]
     assert rk.tallies[6, START_K].rate == SESSIONS * 2 / 0.1
+
+
+def test_a_load_after_lone_sessions_reaches_k0_within_a_short_request():
+    """Lone sessions choose their own K (nobody takes the round's): their rounds must not
+    move the loaded rounds' exploration schedule. And a load new to the controller walks
+    from START_K to K = 0 within a request's ~30 rounds, neighbours not measured yet tried
+    after SURVEY rounds (at one step per EXPLORE rounds it never got there: HumanEval at 8
+    sessions on the Qwen pair stayed at K=2 for all 27 rounds)."""
+    rk = RoundK(k_max=8)
+    for _ in range(100):
+        rk.on_propose(0.05)
+        rk.on_verify(0, 0.1)
+        rk.record(3)
+    assert rk.tallies == {} and rk.k == START_K
+    _, taken = simulate(30, lambda k: 0.24 + 0.25 * k, expected, controller=rk)
+    assert taken.index(0) <= START_K * (SURVEY + 2), taken
+    assert taken[-12:].count(0) >= 10, taken
