@@ -36,9 +36,9 @@ class Batcher:
         # (arrival, item, future, counted: its generation waits on it, see Scheduler.park)
         self.queue: list[tuple[int, Any, asyncio.Future, bool]] = []
         self.scheduler: Scheduler | None = None
-        # lockstep: the most seconds the dispatcher waits for this batcher's call before it
-        # sends the next (the call goes on alongside); None = wait for it to end
-        self.hold_s: Callable[[], float] | None = None
+        # lockstep: the most seconds the dispatcher waits for this batcher's call (given its
+        # items) before it sends the next (the call goes on alongside); None = wait for it
+        self.hold_s: Callable[[list[Any]], float] | None = None
         self._task: asyncio.Task | None = None
 
     async def submit(self, item: Any, counted: bool = True) -> tuple[Any, Any]:
@@ -165,7 +165,8 @@ class Scheduler:
                     woken = await oldest.flush_once()  # (not `running += await`: read after)
                     self.running += woken
                 else:
-                    await self._flush_held(oldest, oldest.hold_s())
+                    items = [item for _, item, _, _ in oldest.queue[:oldest.max_items]]
+                    await self._flush_held(oldest, oldest.hold_s(items))
                 await asyncio.sleep(0)  # let the woken generations run
         finally:
             self._task = None

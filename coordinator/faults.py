@@ -76,6 +76,10 @@ class LatencyBudget:
             return self.initial_s
         return max(self.floor_s, self.factor * self.mean_s * size)
 
+    def expected(self, size: float = 1.0) -> float | None:
+        """What a call of this size takes at the recent average (None before the first)."""
+        return None if self.mean_s is None else self.mean_s * size
+
     def observe(self, seconds: float, size: float = 1.0) -> None:
         """A call's latency (a call that timed out counts as taking its whole budget)."""
         per_unit = seconds / max(size, 1.0)

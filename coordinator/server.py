@@ -131,7 +131,7 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
             client.on_prefill = adaptive.observe_prefill
         if scheduler is not None:
             # The draft's closes stay out of the lockstep rounds, and its opens hold the
-            # others back for at most one Propose budget (DraftClient.opens.hold_s): a draft
+            # others back for about what they should take (upstream.open_hold_s): a draft
             # that hangs must not hold up the target's calls for longer.
             scheduler.add([client.proposals, client.probs, client.opens]
                           if isinstance(client, DraftClient) else client.batchers)

@@ -246,6 +246,20 @@ class ServiceClient:
         await self.channel.close()
 
 
+OPEN_HOLD_MARGIN = 1.5  # an open holds the others back for up to 1.5x what it should take
+
+
+def open_hold_s(propose: LatencyBudget, open_: LatencyBudget, tokens: int) -> float:
+    """How long lockstep waits for a draft open (prefill) of `tokens` prompt tokens before
+    the next call goes out alongside it: what such an open took lately (x the margin), at
+    least one Propose budget. (Holding only one Propose budget let a batched open of 16
+    prompts, 5.6 s alone on the Qwen draft, run beside the target's verifies for 9.6 s
+    while each verify took 3x its time: two passes on two cores at once.)"""
+    expected = open_.expected(tokens)
+    floor = propose.timeout()
+    return floor if expected is None else max(floor, OPEN_HOLD_MARGIN * expected)
+
+
 class DraftClient(ServiceClient):
     """The draft's calls on a generation's path have adaptive timeouts and no retries: a
     draft that fails or is slower than its budget costs a round its proposals, never the
@@ -267,9 +281,11 @@ class DraftClient(ServiceClient):
                                          initial_s=10.0)}
         self.proposals = self._batcher(
             "Propose", lambda items: draft_pb2.ProposeRequest(items=items))
-        # in lockstep an open (a prefill) holds the target's calls back for at most one
-        # Propose budget: a draft that hangs must not stall every generation for longer
-        self.opens.hold_s = self._budgets["Propose"].timeout
+        # in lockstep an open (a prefill) holds the target's calls back while it should
+        # take (open_hold_s): a draft that hangs must not stall every generation for longer
+        self.opens.hold_s = lambda items: open_hold_s(
+            self._budgets["Propose"], self._budgets["OpenSession"],
+            sum(len(item.prompt_token_ids) for item in items))
         self.probs = self._batcher(
             "GetProbs", lambda items: draft_pb2.GetDraftProbsRequest(items=items))
         # on_prefill(tokens, seconds): the compute of each OpenSession call (its prompts)

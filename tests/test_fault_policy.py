@@ -6,6 +6,7 @@ import asyncio
 import pytest
 
 from coordinator.faults import Backoff, Deadline, LatencyBudget, derive_seed
+from coordinator.upstream import open_hold_s
 from specdec.errors import DeadlineExceeded, FailedPrecondition
 from specdec.sessions import Session, SessionStore
 
@@ -59,6 +60,18 @@ def test_latency_budget_scales_with_the_size_of_a_call():
     assert budget.timeout(100) == pytest.approx(1.2)
     assert budget.timeout(800) == pytest.approx(9.6)
     assert budget.timeout(10) == 0.5  # the floor still holds
+
+
+def test_lockstep_holds_a_draft_open_about_as_long_as_it_should_take():
+    """A batched open of 800 prompt tokens, where one of 100 took 0.3 s, holds the other
+    calls back 1.5 x 2.4 s (running the target beside it would slow both); never less than
+    one Propose budget, nor more than the margin over what opens took lately."""
+    propose = LatencyBudget(None, floor_s=1.0, initial_s=2.0)
+    opens = LatencyBudget(None, floor_s=2.0, initial_s=10.0, alpha=1.0)
+    assert open_hold_s(propose, opens, 800) == 2.0  # nothing measured: one Propose budget
+    opens.observe(0.3, size=100)
+    assert open_hold_s(propose, opens, 800) == pytest.approx(3.6)
+    assert open_hold_s(propose, opens, 100) == 2.0
 
 
 def test_backoff_doubles_up_to_its_cap_and_resets():

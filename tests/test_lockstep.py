@@ -48,7 +48,7 @@ def opens_and_verifies(log: list, open_s: float, hold_s: float | None = None,
     o = Batcher(Service("open", log, open_s).send)
     v = Batcher(Service("verify", log, 0.01).send)
     if hold_s is not None:
-        o.hold_s = lambda: hold_s
+        o.hold_s = lambda items: hold_s
     return o, v, Scheduler([o, v], quiet_timeout_s=quiet_timeout_s)
 
 
