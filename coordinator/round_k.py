@@ -10,7 +10,7 @@ sessions it kept proposing 1-5 tokens where target-only rounds were a third fast
 RoundK measures instead of predicting: per load (sessions per verify, adaptive.session_bucket)
 and K, the tokens the rounds produced per second of the services' compute. The next round
 takes the best K measured at its load; every EXPLORE rounds it tries a neighbour of the
-best (K-1 or K+1, the less measured), and after an exploration that did not win it waits
+best (K-1, K+1 or 0, the least measured), and after an exploration that did not win it waits
 twice as long before the next (up to MAX_EXPLORE rounds): each round at K > 0 after rounds
 at K = 0 first catches the draft up, so exploring costs more than its own round. While a
 neighbour of the best is not measured at this load yet it tries it after SURVEY rounds
@@ -129,7 +129,10 @@ class RoundK:
             else:
                 self._exploring = (explored, closes + 1)
                 return best
-        neighbours = [k for k in (best - 1, best + 1) if 0 <= k <= self.k_max]
+        # K = 0 is always a neighbour: with no Propose call at all a round costs a step less
+        # than K = 1's, so a best K that beats K = 1 may still lose to K = 0 (16 sessions here)
+        neighbours = [k for k in dict.fromkeys((0, best - 1, best + 1))
+                      if 0 <= k <= self.k_max and k != best]
         if any(k not in measured for k in neighbours):
             schedule.due = min(schedule.due, SURVEY)
         schedule.due -= 1

@@ -120,3 +120,19 @@ def test_a_load_after_lone_sessions_reaches_k0_within_a_short_request():
     _, taken = simulate(30, lambda k: 0.24 + 0.25 * k, expected, controller=rk)
     assert taken.index(0) <= START_K * (SURVEY + 2), taken
     assert taken[-12:].count(0) >= 10, taken
+
+
+def test_k0_is_tried_even_where_k1_is_the_worst():
+    """A round without a Propose call saves a whole call: K = 0 can beat a best K = 2 that
+    beats K = 1, and hill-climbing through K = 1 would never reach it."""
+    def tokens(k):
+        return expected(k, 0.9)
+
+    def cost(k):
+        return 0.12 if k == 0 else 0.3 + 0.05 * k
+
+    rates = {k: tokens(k) / cost(k) for k in range(9)}
+    assert rates[0] > rates[2] > rates[1]
+    _, taken = simulate(100, cost, tokens)
+    tail = taken[-50:]
+    assert tail.count(0) >= 0.8 * len(tail), taken
