@@ -209,7 +209,17 @@ class AdaptiveK:
         self.clock = clock
         # session bucket -> (seconds per step of a timed-out Propose, when): see the docstring
         self._timeouts: dict[int, tuple[float, float]] = {}
-        self.rounds = RoundK(k_max) if lockstep else None
+        self.rounds = RoundK(k_max, expected=self.expected_tokens) if lockstep else None
+
+    def expected_tokens(self, k: int) -> float:
+        """New tokens a session's round at K yields, at every session's acceptance per
+        position (the population's, shrunk towards the pooled rate where rarely reached)."""
+        prior = self.population.pooled(BASE_ALPHA, 2.0)
+        survive, expected = 1.0, 1.0
+        for alpha in self.population.rates(k, prior, 4.0):
+            survive *= alpha
+            expected += survive
+        return expected
 
     def observe_verify(self, sessions: int, rows: int, seconds: float) -> None:
         """A Verify call of `sessions` items verified `rows` rows (proposals + 1 each)."""

@@ -18,6 +18,12 @@ instead: a request at load lasts only ~20-30 rounds, and walking from START_K to
 step per EXPLORE rounds took longer than that. Each load keeps its own schedule, and rounds
 no session took (lone sessions on their own model) count for nothing.
 
+A round's tokens are noisy (each session keeps 1 to K+1 of them), its cost much less so.
+Given `expected` (new tokens per session in a round at K, from the acceptance measured per
+position across all rounds: adaptive.AdaptiveK), a K's rate is its session-rounds times
+that over its seconds, so one lucky exploration no longer moves K; without it, the tokens
+the rounds recorded.
+
 Round boundaries come from the calls themselves: a round ends at the first call after its
 Verify (the tokens its sessions record arrive in between), so a decision reaches the round
 after next; each round is tallied under the K its sessions took (take()). Pure arithmetic,
@@ -26,6 +32,7 @@ no transport.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 EXPLORE = 8  # rounds between explorations, at first
@@ -37,17 +44,20 @@ LOADED_BUCKET = 2  # adaptive.session_bucket(2): loads of two sessions and more
 
 @dataclass
 class _Tally:
-    weight: float = 0.0
+    weight: float = 0.0  # rounds
+    sessions: float = 0.0  # session-rounds
     tokens: float = 0.0
     seconds: float = 0.0
 
-    def add(self, tokens: float, seconds: float, decay: float) -> None:
+    def add(self, sessions: int, tokens: float, seconds: float, decay: float) -> None:
         self.weight = decay * self.weight + 1
+        self.sessions = decay * self.sessions + sessions
         self.tokens = decay * self.tokens + tokens
         self.seconds = decay * self.seconds + seconds
 
     @property
     def rate(self) -> float:
+        """Tokens per second, as recorded."""
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
@@ -59,8 +69,10 @@ class _Schedule:
 
 
 class RoundK:
-    def __init__(self, k_max: int = 8, decay: float = 0.9):
-        self.k_max, self.decay = k_max, decay
+    def __init__(self, k_max: int = 8, decay: float = 0.9,
+                 expected: Callable[[int], float] | None = None):
+        """expected(K): new tokens per session of a round at K (see the module docstring)."""
+        self.k_max, self.decay, self.expected = k_max, decay, expected
         self.tallies: dict[tuple[int, int], _Tally] = {}  # (load bucket, K) -> rounds
         self.k = START_K  # what the next rounds take
         self.bucket: int | None = None
@@ -68,6 +80,7 @@ class RoundK:
         self._round_k = START_K  # the K of the round being tallied
         self._measures = self._taken_measures = True  # every session of it could propose
         self._cost, self._tokens, self._verified, self._open = 0.0, 0, False, False
+        self._sessions = 0  # sessions that recorded the round being tallied
         self._schedules: dict[int, _Schedule] = {}  # load bucket -> its explorations
         self._exploring: tuple[int, int] | None = None  # (K tried, closes since)
         self._taken_by_any = False  # some session of the round being tallied took its K
@@ -101,6 +114,7 @@ class RoundK:
     def record(self, tokens: int) -> None:
         """A session of the round ended it with `tokens` new tokens."""
         self._tokens += tokens
+        self._sessions += 1
 
     # ---- the decision
     def _close(self) -> None:
@@ -108,8 +122,10 @@ class RoundK:
         fresh = not self._measured(self.bucket)  # the first round at this load
         if taken and self._tokens and self._cost > 0 and self._measures:
             key = (self.bucket, self._round_k)
-            self.tallies.setdefault(key, _Tally()).add(self._tokens, self._cost, self.decay)
+            self.tallies.setdefault(key, _Tally()).add(self._sessions, self._tokens, self._cost,
+                                                       self.decay)
         self._cost, self._tokens, self._verified, self._open = 0.0, 0, False, False
+        self._sessions = 0
         if taken:
             self.k = self._start() if fresh else self._next()
 
@@ -152,6 +168,11 @@ class RoundK:
         near = min(loaded, key=lambda b: abs(b - self.bucket))
         return min(START_K, self._best(self._measured(near)))
 
-    @staticmethod
-    def _best(measured: dict[int, _Tally]) -> int:
-        return max(measured, key=lambda k: measured[k].rate)
+    def rate(self, k: int, tally: _Tally) -> float:
+        """Tokens per second of the services' compute of rounds at K (expected or recorded)."""
+        if self.expected is None or tally.seconds <= 0:
+            return tally.rate
+        return tally.sessions * self.expected(k) / tally.seconds
+
+    def _best(self, measured: dict[int, _Tally]) -> int:
+        return max(measured, key=lambda k: self.rate(k, measured[k]))
