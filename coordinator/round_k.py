@@ -152,7 +152,7 @@ class RoundK:
         if any(k not in measured for k in neighbours):
             schedule.due = min(schedule.due, SURVEY)
         schedule.due -= 1
-        if schedule.due > 0:
+        if schedule.due > 0 or not neighbours:  # (none: k_max = 0)
             return best
         explored = min(neighbours, key=lambda k: measured[k].weight if k in measured else 0.0)
         self._exploring = (explored, 0)
