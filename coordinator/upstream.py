@@ -99,9 +99,7 @@ class ServiceClient:
     @staticmethod
     def size(method: str, request) -> float:
         """What a call's budget scales with: an open's prompt tokens, else 1."""
-        if method == "OpenSession":
-            return sum(len(item.prompt_token_ids) for item in request.items)
-        return 1.0
+        return prompt_tokens(request.items) if method == "OpenSession" else 1.0
 
     async def call(self, method: str, request):
         budget = self.budget(method)
@@ -246,6 +244,11 @@ class ServiceClient:
         await self.channel.close()
 
 
+def prompt_tokens(items) -> int:
+    """The prompt tokens of an open's items (what its budget and its hold scale with)."""
+    return sum(len(item.prompt_token_ids) for item in items)
+
+
 OPEN_HOLD_MARGIN = 1.5  # an open holds the others back for up to 1.5x what it should take
 
 
@@ -284,8 +287,7 @@ class DraftClient(ServiceClient):
         # in lockstep an open (a prefill) holds the target's calls back while it should
         # take (open_hold_s): a draft that hangs must not stall every generation for longer
         self.opens.hold_s = lambda items: open_hold_s(
-            self._budgets["Propose"], self._budgets["OpenSession"],
-            sum(len(item.prompt_token_ids) for item in items))
+            self._budgets["Propose"], self._budgets["OpenSession"], prompt_tokens(items))
         self.probs = self._batcher(
             "GetProbs", lambda items: draft_pb2.GetDraftProbsRequest(items=items))
         # on_prefill(tokens, seconds): the compute of each OpenSession call (its prompts)
