@@ -80,6 +80,8 @@ class ServiceClient:
         self._tasks: set[asyncio.Task] = set()
         self._batchers: list[Batcher] = []
         self.sessions = 0  # sessions of this coordinator open (or opening) on this service
+        # its last call got no answer (timed out or unreachable); False again once one does
+        self.unanswered = False
         self.opens = self._batcher("OpenSession", lambda items: open_request(items=items))
         self.closes = self._batcher("CloseSession", lambda ids: close_request(session_ids=ids))
 
@@ -110,8 +112,9 @@ class ServiceClient:
             reply = await getattr(self.stub, method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             code = e.code().name
+            self.unanswered = code in ("DEADLINE_EXCEEDED", "UNAVAILABLE")
             if budget is not None and code == "DEADLINE_EXCEEDED":
-                budget.observe(timeout, size)
+                budget.observe(timeout, size, timed_out=True)
                 # what the call cost is at least its timeout: a draft that times out at
                 # some load must not look free at that load (adaptive K would ask again)
                 self._report_cost(method, request, None, timeout)
@@ -119,6 +122,7 @@ class ServiceClient:
             detail = (f"no answer within {timeout:.3g}s" if code == "DEADLINE_EXCEEDED"
                       else e.details())
             raise UpstreamError(code, f"{self.role} service at {self.addr}: {detail}") from None
+        self.unanswered = False
         if budget is not None:
             budget.observe(time.monotonic() - start, size)
         self._report_cost(method, request, reply)
@@ -254,10 +258,11 @@ OPEN_HOLD_MARGIN = 1.5  # an open holds the others back for up to 1.5x what it s
 
 def open_hold_s(propose: LatencyBudget, open_: LatencyBudget, tokens: int) -> float:
     """How long lockstep waits for a draft open (prefill) of `tokens` prompt tokens before
-    the next call goes out alongside it: what such an open took lately (x the margin), at
-    least one Propose budget. (Holding only one Propose budget let a batched open of 16
-    prompts, 5.6 s alone on the Qwen draft, run beside the target's verifies for 9.6 s
-    while each verify took 3x its time: two passes on two cores at once.)"""
+    the next call goes out alongside it: what answered opens of that size took lately (x the
+    margin), at least one Propose budget; opens that timed out do not lengthen it
+    (LatencyBudget.expected). (A hold of one Propose budget alone would let a large batched
+    open run beside the target's verifies on shared cores: docs/benchmarks.md, "Adaptive K
+    under load".)"""
     expected = open_.expected(tokens)
     floor = propose.timeout()
     return floor if expected is None else max(floor, OPEN_HOLD_MARGIN * expected)
@@ -284,10 +289,7 @@ class DraftClient(ServiceClient):
                                          initial_s=10.0)}
         self.proposals = self._batcher(
             "Propose", lambda items: draft_pb2.ProposeRequest(items=items))
-        # in lockstep an open (a prefill) holds the target's calls back while it should
-        # take (open_hold_s): a draft that hangs must not stall every generation for longer
-        self.opens.hold_s = lambda items: open_hold_s(
-            self._budgets["Propose"], self._budgets["OpenSession"], prompt_tokens(items))
+        self.opens.hold_s = self._open_hold_s
         self.probs = self._batcher(
             "GetProbs", lambda items: draft_pb2.GetDraftProbsRequest(items=items))
         # on_prefill(tokens, seconds): the compute of each OpenSession call (its prompts)
@@ -295,6 +297,16 @@ class DraftClient(ServiceClient):
 
     def budget(self, method: str) -> LatencyBudget | None:
         return self._budgets.get(method)
+
+    def _open_hold_s(self, items) -> float:
+        """How long an open (a prefill) holds the target's calls back in lockstep: about what
+        it should take (open_hold_s); while the draft's last call went unanswered, one Propose
+        budget at most. A draft that fails must not cost the other generations' rounds more
+        than the budget the user gave its calls."""
+        propose = self._budgets["Propose"]
+        if self.unanswered:
+            return propose.timeout()
+        return open_hold_s(propose, self._budgets["OpenSession"], prompt_tokens(items))
 
     def _report_cost(self, method: str, request, reply, timed_out_s: float = 0.0) -> None:
         if method == "Propose":  # size: the most proposals an item asked for
