@@ -20,7 +20,7 @@ CPU ?=
 COMPOSE = docker compose -f compose.yaml $(if $(CPU),-f compose.cpu.yaml)
 PROTOS := $(wildcard protos/specdec/v1/*.proto)
 
-.PHONY: install proto test test-all run demo models lint clean bench bench-quick bench-rtt bench-concurrency bench-pipeline llama-cpp up down
+.PHONY: install proto test test-all test-stress run demo models lint clean bench bench-quick bench-rtt bench-concurrency bench-pipeline llama-cpp up down
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,11 @@ PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test: install
 	$(PYTEST)
+
+# the default suite on a loaded machine: one busy-looping process per core runs beside it
+# (tests/cpu_load.py), so a test that depends on the machine's speed fails here first
+test-stress: install
+	$(PY) tests/cpu_load.py -- $(PYTEST)
 
 # everything, the tests marked slow too (see docs/testing.md for times)
 test-all: install
