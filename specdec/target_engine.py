@@ -119,7 +119,8 @@ class TargetEngine(Engine):
                                    [len(r[1].draft_token_ids) + 1 for r in runs])
         outcomes = []
         for (_, item, s, _), base, logits in zip(runs, bases, all_logits, strict=True):
-            draft_ids = torch.tensor(item.draft_token_ids, dtype=torch.int64)   # [K]
+            draft_ids = torch.tensor(item.draft_token_ids, dtype=torch.int64,
+                                     device=logits.device)                  # [K]
             if item.resume_rejected:  # rejected before: straight to the recovered token
                 n, next_token = 0, None
                 s.recovery = self._start_recovery(s, 0, warp(logits, s.sampling)[0])
@@ -162,9 +163,10 @@ class TargetEngine(Engine):
         Returns (num_accepted, bonus token), or (num_accepted, None) with s.recovery set."""
         k = draft_ids.shape[0]
         p = warp(logits, s.sampling)                                      # [K+1, V]
-        uniforms = torch.rand(k, generator=s.generator, dtype=torch.float64)   # [K]
-        q = torch.tensor(draft_q, dtype=torch.float32).double()          # [K], as sent
-        n = self.accept_rule(p[torch.arange(k), draft_ids], q, uniforms)
+        uniforms = torch.rand(k, generator=s.generator, dtype=torch.float64,
+                              device=s.generator.device)                   # [K]
+        q = torch.tensor(draft_q, dtype=torch.float32, device=p.device).double()  # [K], as sent
+        n = self.accept_rule(p[torch.arange(k, device=p.device), draft_ids], q, uniforms)
         if n == k:
             return n, sample(p[k], s.generator)                           # bonus token
         s.recovery = self._start_recovery(s, n, p[n])
@@ -177,7 +179,8 @@ class TargetEngine(Engine):
             ids, uniforms = support, None
         else:
             ids = torch.multinomial(p_row, m, replacement=True, generator=s.generator)  # [M]
-            uniforms = torch.rand(m, generator=s.generator, dtype=torch.float64)      # [M]
+            uniforms = torch.rand(m, generator=s.generator, dtype=torch.float64,
+                                  device=s.generator.device)                  # [M]
         return Recovery(ProbsQuery(index, tuple(ids.tolist())), p_row, ids, uniforms)
 
     def _recover(self, s: Session, item: VerifyItem) -> VerifyOutcome:
@@ -196,6 +199,7 @@ class TargetEngine(Engine):
         if not bool(((q >= 0) & (q <= 1)).all()):
             raise InvalidArgument("draft_probs_answer holds values outside [0, 1]")
         p = r.target_row
+        q = q.to(p.device)  # (the answer arrives on the CPU; p may be on a GPU)
         if r.query.all_tokens:
             token = sample(residual(p, q), s.generator)
         elif r.uniforms is None:  # ids = p's whole support: the residual lives on them
