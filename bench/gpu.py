@@ -1,0 +1,242 @@
+"""make bench-gpu: a one-shot GPU benchmark of the current engine (issue 28, item 5).
+
+python -m bench.gpu [--device cuda] [--out results/bench-gpu] [--tokens 128]
+                    [--phases ABCD] [--e2e-model draft|target] [--time-budget-s 420]
+
+Real-shaped models with random weights (timing does not depend on weights): a Qwen2.5-7B-
+shaped target and a Qwen2.5-0.5B-shaped draft, bf16, built directly on the GPU (or --target /
+--draft DIR: a real model on disk). Phases, each with its share of --time-budget-s:
+  A  per-pass ms through specdec's engines: DraftEngine Propose (per step), TargetEngine
+     verify of 1, 2, 3, 5, 9 rows, at 1 and 8 sessions; and bare HF forwards of the same
+  B  target-only decoding: Hugging Face `generate` vs our TargetEngine, tokens/s
+  C  expected speedup at acceptance 0.6 / 0.8, K = 2, 4, 8 (formula in the report)
+  D  end to end through the three services (real gRPC processes) with draft == target
+     (acceptance 1): K = 0, 2, 4; fixed cost per round; predicted vs measured tokens/s
+After every phase bench-gpu.json and bench-gpu.md are (re)written under --out. With
+--device cpu the defaults are tiny shapes, so the test suite runs the same code path.
+Phase D needs the services' modules (bench/gpu-wheels.sh); A-C need torch + transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from bench import gpu_models as gm
+
+log = partial(print, flush=True)
+SHARES = {"A": 0.35, "B": 0.15, "D": 0.45}  # of --time-budget-s (C is instant)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="default: bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--target", help=f"a shape ({', '.join(gm.SHAPES)}) or a model "
+                   "directory; default: qwen2.5-7b on cuda, tiny-target on cpu")
+    p.add_argument("--draft", help="as --target; default: qwen2.5-0.5b on cuda, tiny-draft")
+    p.add_argument("--layers", type=int, default=0,
+                   help="override both shapes' layer count (a quick shape check); 0 = real")
+    p.add_argument("--out", type=Path, default=Path("results/bench-gpu"))
+    p.add_argument("--tokens", type=int, default=128, help="new tokens in phases B and D")
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--sessions", default="1,8", help="session counts of phase A")
+    p.add_argument("--phases", default="ABCD", help="a subset of ABCD")
+    p.add_argument("--e2e-model", choices=["draft", "target"], default="draft",
+                   help="phase D's model (draft == target): the draft's shape saves and loads "
+                        "in seconds; the 7B target's 15 GB take minutes")
+    p.add_argument("--e2e-ks", default="0,2,4")
+    p.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--time-budget-s", type=float, default=420.0)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads of this process; 0 = torch's default")
+    args = p.parse_args(argv)
+    cpu = args.device == "cpu"
+    args.dtype = args.dtype or ("float32" if cpu else "bfloat16")
+    args.target = args.target or ("tiny-target" if cpu else "qwen2.5-7b")
+    args.draft = args.draft or ("tiny-draft" if cpu else "qwen2.5-0.5b")
+    args.phases = args.phases.upper()
+    return args
+
+
+class Run:
+    """The results so far, the clock, and the files rewritten after every phase."""
+
+    def __init__(self, args, argv):
+        self.args, self.start = args, time.monotonic()
+        self.dev, self.dtype = torch.device(args.device), getattr(torch, args.dtype)
+        args.out.mkdir(parents=True, exist_ok=True)
+        import transformers
+        name = (torch.cuda.get_device_name(self.dev) if self.dev.type == "cuda"
+                else f"CPU ({platform.processor() or platform.machine()})")
+        self.res: dict = {"meta": {
+            "command": " ".join(["python -m bench.gpu", *(sys.argv[1:] if argv is None
+                                                          else argv)]),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": args.device,
+            "device_name": name, "dtype": args.dtype, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "target": args.target, "draft": args.draft, "layers_override": args.layers,
+            "prompt_tokens": args.prompt_tokens, "tokens": args.tokens,
+            "target_params": 0, "draft_params": 0, "phase_s": {}}}
+
+    def left(self) -> float:
+        return self.args.time_budget_s - (time.monotonic() - self.start)
+
+    def budget(self, phase: str) -> float:
+        return max(1.0, min(SHARES[phase] * self.args.time_budget_s, self.left()))
+
+    def write(self) -> None:
+        from bench.gpu_report import markdown
+        out = self.args.out
+        (out / "bench-gpu.json").write_text(json.dumps(self.res, indent=1))
+        (out / "bench-gpu.md").write_text(markdown(self.res))
+
+    def phase(self, key: str, fn) -> None:
+        if key not in self.args.phases:
+            return
+        if self.left() <= 0:
+            self.res[key] = {"error": "skipped: --time-budget-s spent"}
+        else:
+            log(f"== phase {key} ({self.left():.0f}s of the budget left)")
+            t0 = time.monotonic()
+            try:
+                self.res[key] = fn()
+            except Exception as e:  # keep the other phases' figures
+                traceback.print_exc()
+                self.res[key] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            self.res["meta"]["phase_s"][key] = round(time.monotonic() - t0, 1)
+            log(f"== phase {key} done in {self.res['meta']['phase_s'][key]}s")
+        self.write()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    stubbed = gm.stub_missing_modules()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Run(args, argv)
+    m = run.res["meta"]
+    log(f"bench.gpu on {m['device_name']}: torch {m['torch']}, transformers "
+        f"{m['transformers']}, {args.dtype}; stand-ins for missing {stubbed or 'nothing'}")
+    models: dict = {}
+
+    def model(role: str):
+        if role not in models:
+            t0 = time.monotonic()
+            spec = getattr(args, role)
+            models[role] = gm.build_model(spec, run.dev, run.dtype, args.layers,
+                                          seed=1 if role == "target" else 2)
+            m[f"{role}_params"] = gm.param_count(models[role])
+            log(f"  built {role} {spec}: {m[f'{role}_params'] / 1e9:.2f} B params in "
+                f"{time.monotonic() - t0:.1f}s")
+        return models[role]
+
+    sessions = [int(s) for s in args.sessions.split(",")]
+    prompt = {role: None for role in ("draft", "target")}
+
+    def ids(role):
+        if prompt[role] is None:
+            vocab = model(role).get_output_embeddings().weight.shape[0]
+            prompt[role] = gm.prompt_ids(args.prompt_tokens, vocab)
+        return prompt[role]
+
+    def phase_a():
+        from bench.gpu_timing import bare_costs, engine_costs
+        out: dict = {}
+        each = run.budget("A") / (2 * len(sessions) * 2)
+        kw = dict(warmup=args.warmup, repeats=args.repeats, budget_s=each)
+        for role in ("target", "draft"):
+            lm = gm.loaded(model(role), role)
+            out[role] = {"engine": {}, "bare": {}}
+            for n in sessions:
+                e = out[role]["engine"][str(n)] = engine_costs(lm, ids(role), n, **kw)
+                b = out[role]["bare"][str(n)] = bare_costs(lm.model, ids(role), n, **kw)
+                log(f"  A: {role} x{n}: step {e['draft_step_ms']:.2f} ms, verify 1/5/9 rows "
+                    f"{e['verify_1']['ms']:.2f}/{e['verify_5']['ms']:.2f}/"
+                    f"{e['verify_9']['ms']:.2f} ms (bare {b['forward_1']['ms']:.2f}/"
+                    f"{b['forward_5']['ms']:.2f}/{b['forward_9']['ms']:.2f})")
+        return out
+
+    def phase_b():
+        from bench.gpu_timing import engine_target_only, hf_generate
+        runs = 2 if run.budget("B") > 20 else 1
+        target = model("target")
+        hf = hf_generate(target, ids("target"), args.tokens, runs)
+        log(f"  B: HF generate {hf['tokens_per_s']:.1f} tok/s")
+        ours = engine_target_only(gm.loaded(target, "target"), ids("target"), args.tokens, runs)
+        log(f"  B: our engine target-only {ours['tokens_per_s']:.1f} tok/s")
+        return {"hf_generate": hf, "engine_target_only": ours,
+                "ratio": round(ours["tokens_per_s"] / hf["tokens_per_s"], 3)}
+
+    def phase_c():
+        from bench.gpu_report import speedup_table
+        a = run.res.get("A") or {}
+        if "engine" not in a.get("target", {}):
+            raise RuntimeError("phase C needs phase A's figures")
+        d = run.res.get("D") or {}
+        k4 = next((r for r in d.get("runs", []) if r["k"] == 4), None)
+        c = {"engine_only": speedup_table(a["draft"]["engine"], a["target"]["engine"], {}),
+             "fixed_note": "0 (phase D has not measured it)"}
+        if k4:
+            c["with_fixed"] = speedup_table(a["draft"]["engine"], a["target"]["engine"],
+                                            {"1": k4["fixed_ms_per_round"]})
+            c["fixed_note"] = (f"{k4['fixed_ms_per_round']:.2f} ms (phase D, K=4, 1 session; "
+                               "rows for more sessions: 0)")
+        return c
+
+    def phase_d():
+        from bench.gpu_e2e import missing_modules, run_e2e
+        missing = missing_modules(stubbed)
+        if missing:
+            msg = f"missing {', '.join(missing)} (install bench/gpu-wheels.sh's wheels)"
+            log(f"phase D skipped: {msg}")
+            return {"skipped": msg}
+        budget, role = run.budget("D"), args.e2e_model
+        a_costs = ((run.res.get("A") or {}).get(role, {}).get("engine", {}).get("1"))
+        text = gm.prompt_text(args.prompt_tokens)
+        with tempfile.TemporaryDirectory(prefix="bench-gpu-model-") as tmp:
+            t0 = time.monotonic()
+            gm.save_model_dir(model(role), Path(tmp))
+            log(f"  D: saved the {role} ({getattr(args, role)}) in {time.monotonic() - t0:.1f}s")
+            models.clear()  # the services load their own copies
+            gc.collect()
+            if run.dev.type == "cuda":
+                torch.cuda.empty_cache()
+            d = run_e2e(Path(tmp), getattr(args, role), device=args.device, dtype=args.dtype,
+                        prompt=text, tokens=args.tokens,
+                        ks=tuple(int(k) for k in args.e2e_ks.split(",")), costs=a_costs,
+                        out=args.out, timeout_s=budget - (time.monotonic() - t0), log=log)
+        c = run.res.get("C") or {}
+        k4 = next((r for r in d["runs"] if r["k"] == 4), None)
+        pair = next((r for r in c.get("engine_only", []) if r["sessions"] == "1"
+                     and r["k"] == 4 and r["alpha"] == 0.8), None)
+        if k4 and pair:
+            fixed = k4["fixed_ms_per_round"]
+            d["fixed_share_of_pair_round"] = round(fixed / (pair["round_ms"] + fixed), 4)
+        return d
+
+    for key, fn in (("A", phase_a), ("B", phase_b), ("C", phase_c), ("D", phase_d)):
+        run.phase(key, fn)
+    if "D" in args.phases and "C" in args.phases and "error" not in run.res.get("D", {}):
+        run.phase("C", phase_c)  # again, with the fixed cost D measured
+    log(f"total {time.monotonic() - run.start:.0f}s; results: {args.out}/bench-gpu.json, "
+        "bench-gpu.md\n")
+    log((args.out / "bench-gpu.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

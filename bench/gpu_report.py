@@ -1,0 +1,138 @@
+"""bench.gpu's expected-speedup model (phase C) and its markdown report."""
+
+from __future__ import annotations
+
+ALPHAS = (0.6, 0.8)
+KS = (2, 4, 8)
+FORMULA = ("E[tokens/round] = (1 - a^(K+1)) / (1 - a) (K + 1 when a = 1); round = K * "
+           "t_draft_step + t_verify(K+1 rows) + fixed; speedup = E / round * t_target_only, "
+           "t_target_only = t_verify(1 row) (the same target engine with no proposals)")
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    return k + 1.0 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def round_ms(draft: dict, target: dict, k: int, fixed_ms: float) -> float:
+    """draft, target: engine_costs() of the draft and the target model at one load."""
+    return k * draft["draft_step_ms"] + target[f"verify_{k + 1}"]["ms"] + fixed_ms
+
+
+def speedup_table(draft_costs: dict, target_costs: dict, fixed_ms: dict) -> list[dict]:
+    """Rows for every sessions count, alpha and K. fixed_ms: {sessions: fixed cost per round}
+    (0 where none was measured)."""
+    rows = []
+    for sessions, target in target_costs.items():
+        draft = draft_costs[sessions]
+        base = target["verify_1"]["ms"]
+        fixed = fixed_ms.get(sessions, 0.0)
+        for alpha in ALPHAS:
+            for k in KS:
+                e = expected_tokens(alpha, k)
+                t = round_ms(draft, target, k, fixed)
+                rows.append({"sessions": sessions, "alpha": alpha, "k": k,
+                             "expected_tokens": round(e, 4), "round_ms": round(t, 3),
+                             "fixed_ms": round(fixed, 3), "fixed_share": round(fixed / t, 4),
+                             "speedup": round(e / t * base, 3)})
+    return rows
+
+
+def _num(v, digits=2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _goal(ok) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def goals(res: dict) -> list[tuple[str, str, str]]:
+    b, c, d = res.get("B") or {}, res.get("C") or {}, res.get("D") or {}
+    ours, hf = (b.get("engine_target_only") or {}), (b.get("hf_generate") or {})
+    ratio = (ours["tokens_per_s"] / hf["tokens_per_s"]) if ours and hf else None
+    row = next((r for r in c.get("with_fixed") or c.get("engine_only") or []
+                if r["sessions"] == "1" and r["k"] == 4 and r["alpha"] == 0.8), None)
+    fixed_share = d.get("fixed_share_of_pair_round")
+    check = next((r for r in d.get("runs", []) if r.get("k") == 4), None)
+    err = check.get("predicted_error") if check else None
+    return [
+        ("our target-only tokens/s vs HF generate", _num(ratio) + "x",
+         _goal(None if ratio is None else ratio >= 1)),
+        ("fixed cost < 10% of a round (K=4, 1 session)", _num(fixed_share and
+                                                             fixed_share * 100, 1) + "%",
+         _goal(None if fixed_share is None else fixed_share < 0.10)),
+        ("predicted speedup >= 1.8x at a=0.8, K=4, 1 session"
+         + ("" if c.get("with_fixed") else " (no fixed cost)"),
+         _num(row and row["speedup"]) + "x", _goal(None if row is None else row["speedup"] >= 1.8)),
+        ("predicted vs measured tokens/s within 10% (draft == target, K=4)",
+         _num(err and err * 100, 1) + "%", _goal(None if err is None else abs(err) <= 0.10)),
+    ]
+
+
+def markdown(res: dict) -> str:
+    m = res["meta"]
+    out = [f"# bench.gpu — {m['device_name']}", "",
+           f"`{m['command']}`  ", f"{m['time']}; torch {m['torch']}, transformers "
+           f"{m['transformers']}, {m['dtype']}; prompt {m['prompt_tokens']} tokens; target "
+           f"{m['target']} ({m['target_params']/1e9:.2f} B params), draft {m['draft']} "
+           f"({m['draft_params']/1e9:.2f} B params); random weights. Current engine (no CUDA "
+           "graphs): before figures.", "", "## Goals", "", "| goal | value | |", "|---|---|---|"]
+    out += [f"| {g} | {v} | {s} |" for g, v, s in goals(res)]
+    a = res.get("A")
+    if a and "error" not in a:
+        out += ["", "## A. Per-pass ms through the engines (median) vs bare HF forward", "",
+                "| model | op | 1 session | 8 sessions | bare HF 1 | bare HF 8 |",
+                "|---|---|---|---|---|---|"]
+        for role in [r for r in ("draft", "target") if r in a]:
+            eng, bare = a[role]["engine"], a[role].get("bare", {})
+            for op in ["propose_1", "propose_4"] + [k for k in eng["1"] if k.startswith("v")]:
+                fw = "forward_" + op.split("_")[1] if op.startswith("verify") else None
+                cells = [_num(eng.get(s, {}).get(op, {}).get("ms")) for s in ("1", "8")]
+                cells += [_num(bare.get(s, {}).get(fw, {}).get("ms")) if fw else "" for s in
+                          ("1", "8")]
+                out.append(f"| {role} | {op} | " + " | ".join(cells) + " |")
+        out.append("")
+        out.append("draft step (Propose of 4 / 4): " + ", ".join(
+            f"{s} session(s) {_num(a['draft']['engine'][s]['draft_step_ms'])} ms"
+            for s in a.get("draft", {}).get("engine", {})))
+    b = res.get("B")
+    if b and "error" not in b:
+        out += ["", "## B. Target-only decoding, 1 session", "", "| system | tokens | s | "
+                "tokens/s |", "|---|---|---|---|"]
+        for name in ("hf_generate", "engine_target_only"):
+            r = b.get(name)
+            if r:
+                out.append(f"| {name} | {r['tokens']} | {r['s']} | {r['tokens_per_s']} |")
+    c = res.get("C")
+    if c and "error" not in c:
+        table = c.get("with_fixed") or c["engine_only"]
+        out += ["", "## C. Expected speedup over target-only", "", f"{FORMULA}.", "",
+                f"fixed cost per round: {c['fixed_note']}", "",
+                "| sessions | a | K | E[tokens/round] | round ms | fixed share | speedup |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['sessions']} | {r['alpha']} | {r['k']} | {r['expected_tokens']:.2f} | "
+                f"{r['round_ms']:.2f} | {r['fixed_share']*100:.1f}% | {r['speedup']:.2f}x |"
+                for r in table]
+    d = res.get("D")
+    if d and "error" not in d:
+        out += ["", "## D. End to end through the three services, draft == target", ""]
+        if d.get("skipped"):
+            out.append(f"skipped: {d['skipped']}")
+        else:
+            out += [f"model {d['model']}, {d['tokens']} new tokens, greedy, 1 session, fixed "
+                    f"K (adaptive off), lockstep. Predicted = phase A's costs of this model "
+                    f"+ the fixed cost per round measured on the run named in `fixed from`.",
+                    "", "| K | tokens | rounds | acceptance | measured tok/s | predicted tok/s"
+                    " | error | forward ms/round | fixed ms/round | fixed from |",
+                    "|---|---|---|---|---|---|---|---|---|---|"]
+            for r in d["runs"]:
+                out.append(
+                    f"| {r['k']} | {r['generated_tokens']} | {r['rounds']} | "
+                    f"{r['acceptance_rate']:.3f} | {r['tokens_per_s']:.1f} | "
+                    f"{_num(r.get('predicted_tokens_per_s'), 1)} | "
+                    f"{_num(r.get('predicted_error') and r['predicted_error'] * 100, 1)}% | "
+                    f"{r['forward_ms_per_round']:.2f} | {r['fixed_ms_per_round']:.2f} | "
+                    f"{r.get('fixed_from', '')} |")
+    errors = {k: v["error"] for k, v in res.items() if isinstance(v, dict) and "error" in v}
+    if errors:
+        out += ["", "## Errors", ""] + [f"- phase {k}: {v}" for k, v in errors.items()]
+    return "\n".join(out) + "\n"
