@@ -20,6 +20,10 @@ from .upstream import UpstreamError
 log = structlog.get_logger(__name__)
 
 DEADLINE_RESERVE_S = 0.1  # target calls give up this long before the request's deadline
+# Waiting for an unreachable target stops this long before the request's deadline, so that
+# the client reads UNAVAILABLE (the target is down) rather than its own DEADLINE_EXCEEDED,
+# also when a busy event loop wakes the retry late.
+RECOVER_RESERVE_S = 0.25
 # Target failures recovered by re-opening the session from the history: the session is gone
 # (restart), the service is unreachable or hung, or its view of the session diverged.
 TARGET_RECOVERABLE = {"NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED", "FAILED_PRECONDITION",
@@ -199,7 +203,7 @@ class TargetLeg(Leg):
                     f"{self.where} did not come back within "
                     f"--target-retry-s {self.policy.target_retry_s:g}s: {last}") from None
             remaining = self.deadline.remaining()
-            if remaining is not None and remaining < delay + 0.05:
+            if remaining is not None and remaining < delay + RECOVER_RESERVE_S:
                 raise Unavailable(
                     f"{self.where} is unreachable and the request's "
                     f"deadline leaves no time to wait for it: {last}") from None
