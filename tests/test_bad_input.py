@@ -74,7 +74,7 @@ def test_generate_answers_every_request_cleanly(stack, req):
         assert e.code() not in BAD_CODES, (e.code(), e.details(), req)
         assert e.details()
     # (a failed generation closes its sessions in the background, right after its status)
-    assert stack.sessions_left(timeout=2) == (0, 0)
+    assert stack.sessions_left(timeout=30) == (0, 0)  # (the wait only bounds a hang)
 
 
 def sampling():

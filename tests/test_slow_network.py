@@ -44,4 +44,4 @@ def test_target_gone_past_retry_budget_gives_unavailable(behind_proxies):
                  timeout_s=30)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "did not come back within --target-retry-s 1s" in e.value.details()
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 5  # --target-retry-s 1 with a 5x margin
