@@ -20,7 +20,7 @@ CPU ?=
 COMPOSE = docker compose -f compose.yaml $(if $(CPU),-f compose.cpu.yaml)
 PROTOS := $(wildcard protos/specdec/v1/*.proto)
 
-.PHONY: install proto test test-all test-stress run demo models lint clean bench bench-quick bench-rtt bench-concurrency bench-pipeline llama-cpp up down
+.PHONY: install proto test test-all test-stress run demo models lint clean bench bench-quick bench-rtt bench-concurrency bench-pipeline bench-gpu llama-cpp up down
 
 install: $(VENV)/.installed
 
@@ -84,6 +84,12 @@ bench-rtt: install
 # Aggregate tokens/s and latency for 1..16 concurrent sessions, K=0, K=4 and adaptive K <= 8.
 bench-concurrency: install
 	for pair in $(PAIRS); do $(PY) -m bench.concurrency --pair $$pair || exit 1; done
+
+# One-shot GPU benchmark (~3 min on one H200): per-step costs of 7B- and 0.5B-shaped bf16
+# models in the engine, Hugging Face generate, expected speedups, draft == target end to end.
+# On a machine without network: bench/gpu-wheels.sh first (see docs/benchmarks.md).
+bench-gpu: install
+	$(PY) -m bench.gpu --out results/bench-gpu $(BENCH_ARGS)
 
 # Drafting in turns vs drafting ahead (--draft-ahead), shared CPUs vs pinned one core each,
 # side by side (~8 min here).
