@@ -1,7 +1,7 @@
 """make bench-gpu: a one-shot GPU benchmark of the current engine (issue 28, item 5).
 
 python -m bench.gpu [--device cuda] [--out results/bench-gpu] [--tokens 128]
-                    [--phases ABCD] [--e2e-model draft|target] [--time-budget-s 420]
+                    [--phases ABCDE] [--e2e-model draft|target] [--time-budget-s 420]
 
 Real-shaped models with random weights (timing does not depend on weights): a Qwen2.5-7B-
 shaped target and a Qwen2.5-0.5B-shaped draft, bf16, built directly on the GPU (or --target /
@@ -12,6 +12,9 @@ shaped target and a Qwen2.5-0.5B-shaped draft, bf16, built directly on the GPU (
   C  expected speedup at acceptance 0.6 / 0.8, K = 2, 4, 8 (formula in the report)
   D  end to end through the three services (real gRPC processes) with draft == target
      (acceptance 1): K = 0, 2, 4; fixed cost per round; predicted vs measured tokens/s
+  E  where a pass inside a service goes (bench/gpu_where.py): a 1-row verify on the calling
+     thread vs the model worker thread beside an asyncio loop and a grpc.aio server; and a
+     bare 1-token forward eager vs replayed from a CUDA graph
 After every phase bench-gpu.json and bench-gpu.md are (re)written under --out. With
 --device cpu the defaults are tiny shapes, so the test suite runs the same code path.
 Phase D needs the services' modules (bench/gpu-wheels.sh); A-C need torch + transformers.
@@ -35,7 +38,7 @@ import torch
 from bench import gpu_models as gm
 
 log = partial(print, flush=True)
-SHARES = {"A": 0.35, "B": 0.15, "D": 0.45}  # of --time-budget-s (C is instant)
+SHARES = {"A": 0.3, "B": 0.12, "D": 0.4, "E": 0.18}  # of --time-budget-s (C is instant)
 
 
 def parse_args(argv=None):
@@ -53,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--tokens", type=int, default=128, help="new tokens in phases B and D")
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--sessions", default="1,8", help="session counts of phase A")
-    p.add_argument("--phases", default="ABCD", help="a subset of ABCD")
+    p.add_argument("--phases", default="ABCDE", help="a subset of ABCDE")
     p.add_argument("--e2e-model", choices=["draft", "target"], default="draft",
                    help="phase D's model (draft == target): the draft's shape saves and loads "
                         "in seconds; the 7B target's 15 GB take minutes")
@@ -197,6 +200,33 @@ def main(argv=None) -> int:
                                "rows for more sessions: 0)")
         return c
 
+    def phase_e():
+        from bench.gpu_where import graph_step, loaded_pass, where_pass
+        each = run.budget("E") / 6
+        kw = dict(warmup=args.warmup, repeats=args.repeats, budget_s=each)
+        out: dict = {}
+        for role in ("draft", "target"):
+            w = where_pass(gm.loaded(model(role), role), ids(role), **kw)
+            if role == "draft":  # (the target's 15 GB would take minutes to write)
+                lp = loaded_pass(model(role), ids(role), **kw)
+                w["loaded_calling_thread"] = lp["calling_thread"]
+                log(f"  E: loaded through load_model: {lp}")
+            out[role] = {"where": w}
+            log(f"  E: {role}: 1-row verify " + ", ".join(
+                f"{k} {(v.get('pass') or v)['ms']:.2f}" for k, v in w.items()) + " ms")
+            run.res["E"] = out
+            run.write()
+        for role in ("draft", "target"):  # last: a failed capture can poison the context
+            try:
+                g = graph_step(model(role), ids(role), repeats=args.repeats, budget_s=each)
+            except Exception as e:
+                traceback.print_exc()
+                g = {"error": f"{type(e).__name__}: {e}"[:500]}
+            out[role]["graph"] = g
+            log(f"  E: {role}: bare step " + (f"eager {g['eager']['ms']:.2f} / graph "
+                f"{g['graph']['ms']:.2f} ms" if "graph" in g else str(g)))
+        return out
+
     def phase_d():
         from bench.gpu_e2e import missing_modules, run_e2e
         missing = missing_modules(stubbed)
@@ -228,7 +258,8 @@ def main(argv=None) -> int:
             d["fixed_share_of_pair_round"] = round(fixed / (pair["round_ms"] + fixed), 4)
         return d
 
-    for key, fn in (("A", phase_a), ("B", phase_b), ("C", phase_c), ("D", phase_d)):
+    for key, fn in (("A", phase_a), ("B", phase_b), ("C", phase_c), ("D", phase_d),
+                    ("E", phase_e)):
         run.phase(key, fn)
     if "D" in args.phases and "C" in args.phases and "error" not in run.res.get("D", {}):
         run.phase("C", phase_c)  # again, with the fixed cost D measured

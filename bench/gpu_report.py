@@ -132,7 +132,30 @@ def markdown(res: dict) -> str:
                     f"{_num(r.get('predicted_error') and r['predicted_error'] * 100, 1)}% | "
                     f"{r['forward_ms_per_round']:.2f} | {r['fixed_ms_per_round']:.2f} | "
                     f"{r.get('fixed_from', '')} |")
+    out += where_section(res.get("E"))
     errors = {k: v["error"] for k, v in res.items() if isinstance(v, dict) and "error" in v}
     if errors:
         out += ["", "## Errors", ""] + [f"- phase {k}: {v}" for k, v in errors.items()]
     return "\n".join(out) + "\n"
+
+
+def where_section(e: dict | None) -> list[str]:
+    """Phase E: a 1-row verify's own time (and the await of it) per setting; graphs."""
+    if not e or "error" in e:
+        return []
+    out = ["", "## E. Where a pass inside a service goes (1 session, 1-row verify, ms)", "",
+           "| model | setting | pass | await from the loop |", "|---|---|---|---|"]
+    for role, r in e.items():
+        for name, v in r["where"].items():
+            ms, wait = (v["pass"]["ms"], v["await"]["ms"]) if "pass" in v else (v["ms"], None)
+            out.append(f"| {role} | {name} | {_num(ms)} | {_num(wait)} |")
+    out += ["", "| model | bare 1-token step eager | from a CUDA graph | speedup |",
+            "|---|---|---|---|"]
+    for role, r in e.items():
+        g = r.get("graph", {"error": "not measured"})
+        if "graph" in g:
+            out.append(f"| {role} | {_num(g['eager']['ms'])} | {_num(g['graph']['ms'])} | "
+                       f"{g['speedup']}x |")
+        else:
+            out.append(f"| {role} | {g.get('skipped') or g.get('error')} | | |")
+    return out
