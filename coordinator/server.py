@@ -17,18 +17,18 @@ from specdec.rpc.server import RunningServer, start_server
 from specdec.rpc.tolerant import add_tolerant
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
-from .adaptive import AdaptiveK
-from .addresses import parse_entries
-from .batcher import Scheduler
+from .api.http_server import HttpServer, start_http
+from .api.openai_api import OpenAIFrontEnd, create_app
+from .api.servicer import GeneratorServicer
 from .config import CoordinatorConfig
-from .core import GenerationCore, Limits
-from .faults import FaultPolicy
-from .http_server import HttpServer, start_http
-from .metrics import CoordinatorMetrics
-from .openai_api import OpenAIFrontEnd, create_app
-from .replicas import ReplicaSet
-from .servicer import GeneratorServicer
-from .upstream import DraftClient, TargetClient, check_compatible
+from .generation.core import GenerationCore, Limits
+from .generation.faults import FaultPolicy
+from .generation.metrics import CoordinatorMetrics
+from .speculation.adaptive import AdaptiveK
+from .upstream.addresses import parse_entries
+from .upstream.batcher import Scheduler
+from .upstream.clients import DraftClient, TargetClient, check_compatible
+from .upstream.replicas import ReplicaSet
 
 log = structlog.get_logger(__name__)
 
@@ -131,7 +131,7 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
             client.on_prefill = adaptive.observe_prefill
         if scheduler is not None:
             # The draft's closes stay out of the lockstep rounds, and its opens hold the
-            # others back for about what they should take (upstream.open_hold_s): a draft
+            # others back for about what they should take (upstream.budgets.open_hold_s): a draft
             # that hangs must not hold up the target's calls for longer.
             scheduler.add([client.proposals, client.probs, client.opens]
                           if isinstance(client, DraftClient) else client.batchers)

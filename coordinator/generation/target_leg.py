@@ -11,11 +11,11 @@ import structlog
 
 from specdec.errors import DeadlineExceeded, Unavailable
 
+from ..upstream.clients import UpstreamError
 from .draft_leg import DraftLeg
 from .faults import Deadline, FaultPolicy
 from .legs import Leg
 from .stats import Stats
-from .upstream import UpstreamError
 
 log = structlog.get_logger(__name__)
 

@@ -23,8 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from specdec.errors import InvalidArgument, NotFound, SpecdecError
 
-from .core import GenerateArgs, GenerationCore
-from .decode import Finish, Stats, Token
+from ..generation.core import GenerateArgs, GenerationCore
+from ..generation.decode import Finish, Stats, Token
 from .openai_schema import (
     ChatRequest,
     CompletionRequest,

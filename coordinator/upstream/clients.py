@@ -23,7 +23,7 @@ from specdec.sampling import SamplingParams
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 
 from .batcher import Batcher
-from .faults import LatencyBudget
+from .budgets import LatencyBudget, open_hold_s
 
 log = structlog.get_logger(__name__)
 
@@ -247,20 +247,6 @@ class ServiceClient:
 def prompt_tokens(items) -> int:
     """The prompt tokens of an open's items (what its budget and its hold scale with)."""
     return sum(len(item.prompt_token_ids) for item in items)
-
-
-OPEN_HOLD_MARGIN = 1.5  # an open holds the others back for up to 1.5x what it should take
-
-
-def open_hold_s(propose: LatencyBudget, open_: LatencyBudget, tokens: int) -> float:
-    """How long lockstep waits for a draft open (prefill) of `tokens` prompt tokens before
-    the next call goes out alongside it: what such an open took lately (x the margin), at
-    least one Propose budget. (Holding only one Propose budget let a batched open of 16
-    prompts, 5.6 s alone on the Qwen draft, run beside the target's verifies for 9.6 s
-    while each verify took 3x its time: two passes on two cores at once.)"""
-    expected = open_.expected(tokens)
-    floor = propose.timeout()
-    return floor if expected is None else max(floor, OPEN_HOLD_MARGIN * expected)
 
 
 class DraftClient(ServiceClient):

@@ -17,7 +17,7 @@ import structlog
 from specdec.errors import InvalidArgument, SpecdecError, Unavailable
 from specdec.sampling import GREEDY, SamplingParams
 
-from .adaptive import AdaptiveK
+from ..speculation.adaptive import AdaptiveK
 from .decode import Params, Stats, Token, generate
 from .faults import Deadline, FaultPolicy
 from .metrics import CoordinatorMetrics

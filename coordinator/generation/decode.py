@@ -18,7 +18,7 @@ import structlog
 
 from specdec.sampling import GREEDY, SamplingParams
 
-from .adaptive import AdaptiveK
+from ..speculation.adaptive import AdaptiveK
 from .draft_leg import DraftLeg
 from .faults import Deadline, FaultPolicy
 from .stats import Finish, Stats

@@ -29,7 +29,7 @@ import structlog
 from specdec.errors import Unavailable
 
 from .addresses import Entry, resolve_all
-from .upstream import ServiceClient, UpstreamError
+from .clients import ServiceClient, UpstreamError
 
 log = structlog.get_logger(__name__)
 

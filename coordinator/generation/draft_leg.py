@@ -6,10 +6,10 @@ import asyncio
 
 import structlog
 
+from ..upstream.clients import UpstreamError
 from .faults import Backoff, Deadline, FaultPolicy
 from .legs import Leg, fallback_reason
 from .stats import Stats
-from .upstream import UpstreamError
 
 log = structlog.get_logger(__name__)
 
