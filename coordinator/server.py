@@ -77,6 +77,7 @@ class Coordinator:
         if self.http:
             await self.http.stop()
         await self.server.server.stop(0.5)
+        await self.core.services.background.settle()  # (it closes sessions: before the channels)
         await asyncio.gather(self.draft.close(), self.target.close())
         if self.metrics_server:
             self.metrics_server.stop()

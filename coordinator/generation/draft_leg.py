@@ -7,9 +7,8 @@ import asyncio
 import structlog
 
 from ..upstream.clients import UpstreamError
-from .faults import Backoff, Deadline, FaultPolicy
-from .legs import Leg, fallback_reason
-from .stats import Stats
+from .faults import Backoff
+from .legs import Leg, Request, fallback_reason
 
 log = structlog.get_logger(__name__)
 
@@ -17,10 +16,9 @@ log = structlog.get_logger(__name__)
 class DraftLeg(Leg):
     """The draft session of one generation, or its absence (see the module docstring)."""
 
-    def __init__(self, pool, session_id: str, sampling, max_tokens: int, deadline: Deadline,
-                 stats: Stats, policy: FaultPolicy):
-        super().__init__(pool, session_id, sampling, max_tokens, deadline, stats)
-        self.backoff = Backoff(policy.draft_retry_initial_s, policy.draft_retry_max_s)
+    def __init__(self, pool, request: Request):
+        super().__init__(pool, request)
+        self.backoff = Backoff(self.policy.draft_retry_initial_s, self.policy.draft_retry_max_s)
         self.reason = ""  # why the draft is missing, while it is
         self.position = 0  # tokens the draft session holds (final + last proposals)
         self.keep: int | None = None  # where it must roll back to on the next Propose
@@ -91,7 +89,7 @@ class DraftLeg(Leg):
             _, reply = await call
             return sid, length, reply
         self._reopening = asyncio.get_running_loop().create_task(reopen())
-        self.pool.keep_task(self._reopening)
+        self.background.keep(self._reopening)
         self._reopening_id, self._reopening_client = sid, client
 
     def _adopt_reopened(self, history: list[int]) -> None:

@@ -13,9 +13,7 @@ from specdec.errors import DeadlineExceeded, Unavailable
 
 from ..upstream.clients import UpstreamError
 from .draft_leg import DraftLeg
-from .faults import Deadline, FaultPolicy
-from .legs import Leg
-from .stats import Stats
+from .legs import Leg, Request
 
 log = structlog.get_logger(__name__)
 
@@ -43,10 +41,8 @@ class Verified:
 class TargetLeg(Leg):
     """The target session of one generation (see the module docstring)."""
 
-    def __init__(self, pool, session_id: str, sampling, max_tokens: int, deadline: Deadline,
-                 stats: Stats, policy: FaultPolicy):
-        super().__init__(pool, session_id, sampling, max_tokens, deadline, stats)
-        self.policy = policy
+    def __init__(self, pool, request: Request):
+        super().__init__(pool, request)
         self.position = 0
 
     def _add_time(self, us: int) -> None:

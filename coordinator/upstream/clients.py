@@ -22,6 +22,7 @@ from specdec.rpc.status import code_name
 from specdec.sampling import SamplingParams
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 
+from .background import Background
 from .batcher import Batcher
 from .budgets import LatencyBudget, open_hold_s
 
@@ -77,7 +78,7 @@ class ServiceClient:
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._info_request = info_request
         self._close_request = close_request
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = Background()
         self._batchers: list[Batcher] = []
         self.sessions = 0  # sessions of this coordinator open (or opening) on this service
         self.opens = self._batcher("OpenSession", lambda items: open_request(items=items))
@@ -207,13 +208,12 @@ class ServiceClient:
 
     def keep_task(self, task: asyncio.Task) -> None:
         """Hold a reference to a background task until it ends (the loop holds weak ones)."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.keep(task)
 
     @property
     def background_tasks(self) -> list[asyncio.Task]:
         """Background work still running (sessions being closed)."""
-        return list(self._tasks)
+        return self._tasks.tasks
 
     async def wait_serving(self, timeout_s: float) -> None:
         """Wait until the service's health reports SERVING (models take a while to load)."""
