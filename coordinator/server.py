@@ -126,16 +126,9 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
 
     def added(client) -> None:
         client.on_error = metrics.upstream_error
-        client.on_cost = (adaptive.observe_propose if isinstance(client, DraftClient)
-                          else adaptive.observe_verify)
-        if isinstance(client, DraftClient):
-            client.on_prefill = adaptive.observe_prefill
+        client.on_cost = adaptive.observe
         if scheduler is not None:
-            # The draft's closes stay out of the lockstep rounds, and its opens hold the
-            # others back for about what they should take (upstream.budgets.open_hold_s): a draft
-            # that hangs must not hold up the target's calls for longer.
-            scheduler.add([client.proposals, client.probs, client.opens]
-                          if isinstance(client, DraftClient) else client.batchers)
+            scheduler.add(client.lockstep_batchers)
 
     def removed(client) -> None:
         if scheduler is not None:

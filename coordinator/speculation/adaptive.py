@@ -50,6 +50,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..upstream.costs import CostEvent, PrefillCall, ProposeCall, VerifyCall
 from .round_k import RoundK
 
 MIN_OBSERVATIONS = 3  # calls of each service measured before the model is trusted
@@ -220,6 +221,16 @@ class AdaptiveK:
             survive *= alpha
             expected += survive
         return expected
+
+    def observe(self, event: CostEvent) -> None:
+        """What an upstream call cost (the clients' on_cost)."""
+        match event:
+            case VerifyCall(sessions, rows, seconds):
+                self.observe_verify(sessions, rows, seconds)
+            case ProposeCall(sessions, steps, seconds, timed_out, catch_up):
+                self.observe_propose(sessions, steps, seconds, timed_out, catch_up)
+            case PrefillCall(tokens, seconds):
+                self.observe_prefill(tokens, seconds)
 
     def observe_verify(self, sessions: int, rows: int, seconds: float) -> None:
         """A Verify call of `sessions` items verified `rows` rows (proposals + 1 each)."""

@@ -25,6 +25,7 @@ from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target
 from .background import Background
 from .batcher import Batcher
 from .budgets import LatencyBudget, open_hold_s
+from .costs import CostEvent, PrefillCall, ProposeCall, VerifyCall
 
 log = structlog.get_logger(__name__)
 
@@ -71,9 +72,8 @@ class ServiceClient:
             addr, options=[*CHANNEL_OPTIONS, *RECONNECT_OPTIONS, *retry])
         # on_error(service role, status code name): every failed call or item (metrics)
         self.on_error: Callable[[str, str], None] = lambda role, code: None
-        # on_cost(sessions, size, seconds[, timed_out]): the compute of each batched Verify,
-        # or of each Propose / the timeout it exceeded (adaptive.AdaptiveK learns from these)
-        self.on_cost: Callable[..., None] = lambda *args: None
+        # on_cost(event): what each batched call cost (costs.py; the K policy learns from it)
+        self.on_cost: Callable[[CostEvent], None] = lambda event: None
         self.stub = stub_cls(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._info_request = info_request
@@ -92,6 +92,11 @@ class ServiceClient:
     @property
     def batchers(self) -> list[Batcher]:
         return list(self._batchers)
+
+    @property
+    def lockstep_batchers(self) -> list[Batcher]:
+        """The batchers a lockstep Scheduler dispatches (in its rounds): all of them."""
+        return self.batchers
 
     def budget(self, method: str) -> LatencyBudget | None:
         """The adaptive timeout of `method`, if it has one (the draft's calls do)."""
@@ -126,7 +131,7 @@ class ServiceClient:
         return reply
 
     def _report_cost(self, method: str, request, reply, timed_out_s: float = 0.0) -> None:
-        """Pass a batched call's size and compute time to on_cost (per service); reply None:
+        """Report a batched call's cost to on_cost (each service its own kinds); reply None:
         the call timed out after timed_out_s."""
 
     async def submit(self, batcher: Batcher, item, counted: bool = True):
@@ -276,11 +281,16 @@ class DraftClient(ServiceClient):
             self._budgets["Propose"], self._budgets["OpenSession"], prompt_tokens(items))
         self.probs = self._batcher(
             "GetProbs", lambda items: draft_pb2.GetDraftProbsRequest(items=items))
-        # on_prefill(tokens, seconds): the compute of each OpenSession call (its prompts)
-        self.on_prefill: Callable[[int, float], None] = lambda tokens, seconds: None
 
     def budget(self, method: str) -> LatencyBudget | None:
         return self._budgets.get(method)
+
+    @property
+    def lockstep_batchers(self) -> list[Batcher]:
+        """The draft's closes stay out of the lockstep rounds, and its opens hold the others
+        back for about what they should take (open_hold_s): a draft that hangs must not hold
+        up the target's calls for longer."""
+        return [self.proposals, self.probs, self.opens]
 
     def _report_cost(self, method: str, request, reply, timed_out_s: float = 0.0) -> None:
         if method == "Propose":  # size: the most proposals an item asked for
@@ -288,10 +298,10 @@ class DraftClient(ServiceClient):
             seconds = timed_out_s if reply is None else reply.compute_time_us / 1e6
             # catch-up: appended tokens beyond the one a round leaves (a prefill first)
             catch_up = max(len(i.append_token_ids) for i in request.items) - 1
-            self.on_cost(sessions, max(i.num_tokens for i in request.items), seconds,
-                         reply is None, max(0, catch_up))
+            self.on_cost(ProposeCall(sessions, max(i.num_tokens for i in request.items), seconds,
+                                     reply is None, max(0, catch_up)))
         elif method == "OpenSession" and reply is not None:
-            self.on_prefill(self.size(method, request), reply.compute_time_us / 1e6)
+            self.on_cost(PrefillCall(prompt_tokens(request.items), reply.compute_time_us / 1e6))
 
     async def propose(self, session_id: str, position: int, truncate_to: int | None,
                       append: list[int], k: int):
@@ -324,7 +334,7 @@ class TargetClient(ServiceClient):
     def _report_cost(self, method: str, request, reply, timed_out_s: float = 0.0) -> None:
         if method == "Verify" and reply is not None:  # size: rows (answers need no pass)
             rows = [len(i.draft_token_ids) + 1 for i in request.items if not i.draft_probs_answer]
-            self.on_cost(len(rows), sum(rows), reply.compute_time_us / 1e6)
+            self.on_cost(VerifyCall(len(rows), sum(rows), reply.compute_time_us / 1e6))
 
     async def truncate(self, session_id: str, position: int, length: int) -> int:
         """Roll a session back to `length` tokens (unbatched; rare). Returns its position."""
