@@ -2,9 +2,10 @@
 
 Transport-agnostic (works with any replica sets whose clients offer open/propose/verify/
 get_probs/truncate/close) and free of tensor math: the accept/reject rule runs inside the
-target service; after a sampled rejection the loop ferries the few draft probabilities the
-target asks for from the draft to the target. Faults of either service are handled by its
-leg (legs.py) from the token history this loop keeps.
+target service; after a sampled rejection the target leg returns a Rejection and the loop
+ferries the few draft probabilities it asks for from the draft to the target
+(Generation._verify). Faults of either service are handled by its leg (legs.py) from the
+token history this loop keeps.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .draft_leg import DraftLeg
 from .faults import Deadline, FaultPolicy
 from .legs import Request
 from .stats import Finish, Stats
-from .target_leg import TargetLeg
+from .target_leg import Rejection, TargetLeg, Verified
 from .textstream import TextStream
 
 log = structlog.get_logger(__name__)
@@ -132,7 +133,7 @@ class Generation:
         proposed_at = time.perf_counter()
         ahead = self._draft_ahead(k, len(proposals))
         try:
-            verified = await self.target.verify(self.history, proposals, probs, self.draft)
+            verified = await self._verify(proposals, probs)
         except BaseException:
             if ahead is not None:
                 ahead.cancel()
@@ -153,6 +154,19 @@ class Generation:
         if self.draft is not None and self.draft.deferred and k > 0:
             self.draft.open_later(self.history)  # (after the Verify: the first token comes first)
         return new_tokens
+
+    async def _verify(self, proposals: list[int], probs: list[float]) -> Verified:
+        """Verify the round's proposals; a sampled rejection is resolved here: the draft's q
+        at the rejected proposal goes to the target, which then draws its token."""
+        outcome = await self.target.verify(self.history, proposals, probs)
+        while isinstance(outcome, Rejection):
+            answer = await self.draft.answer(self.history, outcome)
+            if answer is None:
+                log.warning("round dropped after a sampled rejection: the draft is gone",
+                            reason=self.draft.reason)
+                return await self.target.drop(self.history, outcome)
+            outcome = await self.target.answer(self.history, outcome, answer)
+        return outcome
 
     async def _move_if_draining(self) -> None:
         """Sessions on a draining replica move at a round boundary (nothing is in flight)."""

@@ -9,6 +9,7 @@ import structlog
 from ..upstream.clients import UpstreamError
 from .faults import Backoff
 from .legs import Leg, Request, fallback_reason
+from .target_leg import Rejection
 
 log = structlog.get_logger(__name__)
 
@@ -183,6 +184,16 @@ class DraftLeg(Leg):
         log.info("draft session re-synchronised after a timeout", session_id=self.session_id,
                  tokens=length)
         return True
+
+    async def answer(self, history: list[int], rejection: Rejection) -> bytes | None:
+        """The draft's q at a rejected proposal, at the ids the target asks for: from the
+        session that proposed, or (that one lost) from a fresh session on the same prefix;
+        None if the draft cannot be reached."""
+        answer = await self.probs(rejection.query, rejection.accepted)
+        if answer is None:
+            prefix = history + rejection.proposals[:rejection.accepted]
+            answer = await self.recompute_probs(prefix, rejection.query)
+        return answer
 
     async def probs(self, query, index: int) -> bytes | None:
         """q at `index` of the last proposal, at the ids a target's DraftProbsQuery names;
