@@ -151,7 +151,7 @@ class Generation:
             self.ready = self.draft.commit(verified.proposed, verified.accepted, new_tokens,
                                            block)
         self.history.extend(new_tokens)
-        if self.draft is not None and self.draft.deferred and k > 0:
+        if self.draft is not None and k > 0:  # a deferred draft opens now
             self.draft.open_later(self.history)  # (after the Verify: the first token comes first)
         return new_tokens
 
