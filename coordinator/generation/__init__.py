@@ -1,3 +1,4 @@
 """One generation from request to last token: validation and metrics (core), the round loop
-(decode), each service's side of a request with its fault handling (legs, draft_leg,
-target_leg, faults), stop strings (textstream), counters (stats, metrics)."""
+(decode.Generation), each service's side of a request with its fault handling (legs,
+draft_leg + draft_state, target_leg, faults), stop strings (textstream), counters (stats,
+metrics). Imports speculation/ (the choice of K) and upstream/ (the services), never api/."""

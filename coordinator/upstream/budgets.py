@@ -42,9 +42,9 @@ OPEN_HOLD_MARGIN = 1.5  # an open holds the others back for up to 1.5x what it s
 def open_hold_s(propose: LatencyBudget, open_: LatencyBudget, tokens: int) -> float:
     """How long lockstep waits for a draft open (prefill) of `tokens` prompt tokens before
     the next call goes out alongside it: what such an open took lately (x the margin), at
-    least one Propose budget. (Holding only one Propose budget let a batched open of 16
-    prompts, 5.6 s alone on the Qwen draft, run beside the target's verifies for 9.6 s
-    while each verify took 3x its time: two passes on two cores at once.)"""
+    least one Propose budget. (One Propose budget alone lets a large batched open run
+    beside the target's verifies, two passes on shared cores at once, slowing both:
+    docs/benchmarks.md#figures-behind-the-coordinators-rules.)"""
     expected = open_.expected(tokens)
     floor = propose.timeout()
     return floor if expected is None else max(floor, OPEN_HOLD_MARGIN * expected)
