@@ -109,21 +109,11 @@ async def watch_upstreams(server: RunningServer, core: GenerationCore,
         await asyncio.sleep(interval_s)
 
 
-async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
-    """Wait for a replica of each tier, check they are compatible, then serve. Raises
-    SpecdecError (FailedPrecondition for an incompatible pair, Unavailable for a tier without
-    a serving replica, InvalidArgument for a malformed address or flags)."""
-    if cfg.draft_ahead and cfg.schedule != "pipelined":
-        raise InvalidArgument("--draft-ahead 1 needs --schedule pipelined (lockstep sends one "
-                              "call at a time, so the draft could not work during a verify)")
-    scheduler = Scheduler([]) if cfg.schedule == "lockstep" else None
-    metrics = CoordinatorMetrics(CollectorRegistry())
-
-    # (lockstep: one K per round at load, RoundK; k_max: what the services allow is checked
-    # below, and every session clamps to its own maximum anyway)
-    adaptive = AdaptiveK(lockstep=scheduler is not None, k_max=cfg.max_speculative_tokens)
-    metrics.track_adaptive(adaptive)
-
+def replica_sets(cfg: CoordinatorConfig, scheduler: Scheduler | None,
+                 metrics: CoordinatorMetrics, adaptive: AdaptiveK
+                 ) -> tuple[ReplicaSet, ReplicaSet]:
+    """Both tiers' replica sets; each client that joins reports its errors to the metrics
+    and its costs to the K policy, and (lockstep) is dispatched by the scheduler."""
     def added(client) -> None:
         client.on_error = metrics.upstream_error
         client.on_cost = adaptive.observe
@@ -141,30 +131,61 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     target = ReplicaSet("target", parse_entries(cfg.target),
                         lambda addr: TargetClient(addr, cfg.rpc_timeout_s),
                         cfg.resolve_interval_s, on_added=added, on_removed=removed)
-    try:
-        draft_info, target_info = await asyncio.gather(draft.start(cfg.connect_timeout_s),
-                                                       target.start(cfg.connect_timeout_s))
-        check_compatible(draft_info.model, target_info.model)
-        if tokenizer is None:
-            tokenizer = await asyncio.to_thread(
-                load_tokenizer, cfg.tokenizer or target_info.model.model_name, cfg.cache_dir)
-        if tokenizer_fingerprint(tokenizer) != target_info.model.tokenizer_fingerprint:
-            raise FailedPrecondition("the coordinator's tokenizer differs from the target's; "
-                                     "pass --tokenizer with the target's model")
-        max_k = min(cfg.max_speculative_tokens, draft_info.max_proposal_tokens,
-                    target_info.max_proposal_tokens)
-        if cfg.default_k > max_k:
-            raise InvalidArgument(f"--default-k {cfg.default_k} exceeds the largest K the "
-                                  f"coordinator and services allow ({max_k})")
-    except BaseException:
-        await asyncio.gather(draft.close(), target.close())
-        raise
-    limits = Limits(
+    return draft, target
+
+
+async def check_pair(cfg: CoordinatorConfig, draft_info, target_info, tokenizer=None):
+    """Refuse a draft/target pair that does not share the target's tokenizer (and ours);
+    returns the tokenizer (loaded from the target's model when not given)."""
+    check_compatible(draft_info.model, target_info.model)
+    if tokenizer is None:
+        tokenizer = await asyncio.to_thread(
+            load_tokenizer, cfg.tokenizer or target_info.model.model_name, cfg.cache_dir)
+    if tokenizer_fingerprint(tokenizer) != target_info.model.tokenizer_fingerprint:
+        raise FailedPrecondition("the coordinator's tokenizer differs from the target's; "
+                                 "pass --tokenizer with the target's model")
+    return tokenizer
+
+
+def make_limits(cfg: CoordinatorConfig, draft_info, target_info) -> Limits:
+    """What requests may ask for: the flags within what both services allow."""
+    max_k = min(cfg.max_speculative_tokens, draft_info.max_proposal_tokens,
+                target_info.max_proposal_tokens)
+    if cfg.default_k > max_k:
+        raise InvalidArgument(f"--default-k {cfg.default_k} exceeds the largest K the "
+                              f"coordinator and services allow ({max_k})")
+    return Limits(
         max_new_tokens=cfg.max_new_tokens_limit, max_k=max_k, default_k=cfg.default_k,
         max_context=min(draft_info.model.max_context_length,
                         target_info.model.max_context_length),
         target_context=target_info.model.max_context_length, adaptive_k=cfg.adaptive_k,
         draft_ahead=cfg.draft_ahead)
+
+
+async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
+    """Wait for a replica of each tier, check they are compatible, then serve. Raises
+    SpecdecError (FailedPrecondition for an incompatible pair, Unavailable for a tier without
+    a serving replica, InvalidArgument for a malformed address or flags)."""
+    if cfg.draft_ahead and cfg.schedule != "pipelined":
+        raise InvalidArgument("--draft-ahead 1 needs --schedule pipelined (lockstep sends one "
+                              "call at a time, so the draft could not work during a verify)")
+    scheduler = Scheduler([]) if cfg.schedule == "lockstep" else None
+    metrics = CoordinatorMetrics(CollectorRegistry())
+
+    # (lockstep: one K per round at load, RoundK; k_max: what the services allow is checked
+    # below, and every session clamps to its own maximum anyway)
+    adaptive = AdaptiveK(lockstep=scheduler is not None, k_max=cfg.max_speculative_tokens)
+    metrics.track_adaptive(adaptive)
+
+    draft, target = replica_sets(cfg, scheduler, metrics, adaptive)
+    try:
+        draft_info, target_info = await asyncio.gather(draft.start(cfg.connect_timeout_s),
+                                                       target.start(cfg.connect_timeout_s))
+        tokenizer = await check_pair(cfg, draft_info, target_info, tokenizer)
+        limits = make_limits(cfg, draft_info, target_info)
+    except BaseException:
+        await asyncio.gather(draft.close(), target.close())
+        raise
     policy = FaultPolicy(target_retry_s=cfg.target_retry_s)
     core = GenerationCore(draft, target, tokenizer, set(target_info.model.eos_token_ids),
                           limits, scheduler, policy, metrics, adaptive)
