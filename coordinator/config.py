@@ -61,6 +61,33 @@ def parser() -> EnvDefaultsParser:
     p.add_option("--cache-dir", default=default_cache_dir(), help="model cache directory")
     p.add_option("--max-new-tokens-limit", default=4096, type=int,
                  help="largest max_new_tokens a request may ask for")
+    add_speculation_options(p)
+    p.add_option("--rpc-timeout-s", default=120.0, type=float,
+                 help="deadline of each call to the draft and target services")
+    p.add_option("--connect-timeout-s", default=900.0, type=float,
+                 help="how long to wait at start for both services to report SERVING")
+    p.add_option("--draft-timeout-ms", default=0.0, type=float,
+                 help="budget of each Propose call: a draft slower than this costs "
+                      "the round its proposals (it runs target-only), never the request; "
+                      "0 = 4x the draft's recent mean latency, at least 1 s")
+    p.add_option("--target-retry-s", default=30.0, type=float,
+                 help="how long a request waits for an unreachable target (re-opening its "
+                      "session from the token history) before failing with UNAVAILABLE")
+    add_operations_options(p, drain="refuse new requests, and let running ones finish")
+    p.add_option("--http-port", default=-1, type=int,
+                 help="serve the OpenAI-compatible HTTP API (/v1/completions, "
+                      "/v1/chat/completions, /v1/models, /health, /metrics) on this port; "
+                      "0 = any free port (logged), -1 = off")
+    p.add_option("--http-timeout-s", default=600.0, type=float,
+                 help="longest an HTTP request may run before 504")
+    p.add_option("--served-model-name", default="",
+                 help="the model name of the HTTP API; empty = the target's model name")
+    add_logging_options(p)
+    return p
+
+
+def add_speculation_options(p: EnvDefaultsParser) -> None:
+    """How many tokens a round proposes (K) and how the rounds are scheduled."""
     p.add_option("--max-speculative-tokens", default=16, type=int,
                  help="largest num_speculative_tokens (K) a request may ask for (also capped by "
                       "the services' --max-proposal-tokens)")
@@ -85,28 +112,6 @@ def parser() -> EnvDefaultsParser:
                       "is accepted; a wrong guess is rolled back (greedy requests only; "
                       "pays where draft and target have their own devices: "
                       "docs/sampling.md#drafting-ahead)")
-    p.add_option("--rpc-timeout-s", default=120.0, type=float,
-                 help="deadline of each call to the draft and target services")
-    p.add_option("--connect-timeout-s", default=900.0, type=float,
-                 help="how long to wait at start for both services to report SERVING")
-    p.add_option("--draft-timeout-ms", default=0.0, type=float,
-                 help="budget of each Propose call: a draft slower than this costs "
-                      "the round its proposals (it runs target-only), never the request; "
-                      "0 = 4x the draft's recent mean latency, at least 1 s")
-    p.add_option("--target-retry-s", default=30.0, type=float,
-                 help="how long a request waits for an unreachable target (re-opening its "
-                      "session from the token history) before failing with UNAVAILABLE")
-    add_operations_options(p, drain="refuse new requests, and let running ones finish")
-    p.add_option("--http-port", default=-1, type=int,
-                 help="serve the OpenAI-compatible HTTP API (/v1/completions, "
-                      "/v1/chat/completions, /v1/models, /health, /metrics) on this port; "
-                      "0 = any free port (logged), -1 = off")
-    p.add_option("--http-timeout-s", default=600.0, type=float,
-                 help="longest an HTTP request may run before 504")
-    p.add_option("--served-model-name", default="",
-                 help="the model name of the HTTP API; empty = the target's model name")
-    add_logging_options(p)
-    return p
 
 
 def from_args(args) -> CoordinatorConfig:

@@ -17,18 +17,18 @@ from specdec.rpc.server import RunningServer, start_server
 from specdec.rpc.tolerant import add_tolerant
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
-from .adaptive import AdaptiveK
-from .addresses import parse_entries
-from .batcher import Scheduler
+from .api.http_server import HttpServer, start_http
+from .api.openai_api import OpenAIFrontEnd, create_app
+from .api.servicer import GeneratorServicer
 from .config import CoordinatorConfig
-from .core import GenerationCore, Limits
-from .faults import FaultPolicy
-from .http_server import HttpServer, start_http
-from .metrics import CoordinatorMetrics
-from .openai_api import OpenAIFrontEnd, create_app
-from .replicas import ReplicaSet
-from .servicer import GeneratorServicer
-from .upstream import DraftClient, TargetClient, check_compatible
+from .generation.core import GenerationCore, Limits
+from .generation.faults import FaultPolicy
+from .generation.metrics import CoordinatorMetrics
+from .speculation.adaptive import AdaptiveK
+from .upstream.addresses import parse_entries
+from .upstream.batcher import Scheduler
+from .upstream.clients import DraftClient, TargetClient, check_compatible
+from .upstream.replicas import ReplicaSet
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +77,7 @@ class Coordinator:
         if self.http:
             await self.http.stop()
         await self.server.server.stop(0.5)
+        await self.core.services.background.settle()  # (it closes sessions: before the channels)
         await asyncio.gather(self.draft.close(), self.target.close())
         if self.metrics_server:
             self.metrics_server.stop()
@@ -108,6 +109,59 @@ async def watch_upstreams(server: RunningServer, core: GenerationCore,
         await asyncio.sleep(interval_s)
 
 
+def replica_sets(cfg: CoordinatorConfig, scheduler: Scheduler | None,
+                 metrics: CoordinatorMetrics, adaptive: AdaptiveK
+                 ) -> tuple[ReplicaSet, ReplicaSet]:
+    """Both tiers' replica sets; each client that joins reports its errors to the metrics
+    and its costs to the K policy, and (lockstep) is dispatched by the scheduler."""
+    def added(client) -> None:
+        client.on_error = metrics.upstream_error
+        client.on_cost = adaptive.observe
+        if scheduler is not None:
+            scheduler.add(client.lockstep_batchers)
+
+    def removed(client) -> None:
+        if scheduler is not None:
+            scheduler.remove(client.batchers)
+
+    draft_timeout = cfg.draft_timeout_ms / 1e3 if cfg.draft_timeout_ms > 0 else None
+    draft = ReplicaSet("draft", parse_entries(cfg.draft),
+                       lambda addr: DraftClient(addr, cfg.rpc_timeout_s, draft_timeout),
+                       cfg.resolve_interval_s, on_added=added, on_removed=removed)
+    target = ReplicaSet("target", parse_entries(cfg.target),
+                        lambda addr: TargetClient(addr, cfg.rpc_timeout_s),
+                        cfg.resolve_interval_s, on_added=added, on_removed=removed)
+    return draft, target
+
+
+async def check_pair(cfg: CoordinatorConfig, draft_info, target_info, tokenizer=None):
+    """Refuse a draft/target pair that does not share the target's tokenizer (and ours);
+    returns the tokenizer (loaded from the target's model when not given)."""
+    check_compatible(draft_info.model, target_info.model)
+    if tokenizer is None:
+        tokenizer = await asyncio.to_thread(
+            load_tokenizer, cfg.tokenizer or target_info.model.model_name, cfg.cache_dir)
+    if tokenizer_fingerprint(tokenizer) != target_info.model.tokenizer_fingerprint:
+        raise FailedPrecondition("the coordinator's tokenizer differs from the target's; "
+                                 "pass --tokenizer with the target's model")
+    return tokenizer
+
+
+def make_limits(cfg: CoordinatorConfig, draft_info, target_info) -> Limits:
+    """What requests may ask for: the flags within what both services allow."""
+    max_k = min(cfg.max_speculative_tokens, draft_info.max_proposal_tokens,
+                target_info.max_proposal_tokens)
+    if cfg.default_k > max_k:
+        raise InvalidArgument(f"--default-k {cfg.default_k} exceeds the largest K the "
+                              f"coordinator and services allow ({max_k})")
+    return Limits(
+        max_new_tokens=cfg.max_new_tokens_limit, max_k=max_k, default_k=cfg.default_k,
+        max_context=min(draft_info.model.max_context_length,
+                        target_info.model.max_context_length),
+        target_context=target_info.model.max_context_length, adaptive_k=cfg.adaptive_k,
+        draft_ahead=cfg.draft_ahead)
+
+
 async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     """Wait for a replica of each tier, check they are compatible, then serve. Raises
     SpecdecError (FailedPrecondition for an incompatible pair, Unavailable for a tier without
@@ -123,54 +177,15 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     adaptive = AdaptiveK(lockstep=scheduler is not None, k_max=cfg.max_speculative_tokens)
     metrics.track_adaptive(adaptive)
 
-    def added(client) -> None:
-        client.on_error = metrics.upstream_error
-        client.on_cost = (adaptive.observe_propose if isinstance(client, DraftClient)
-                          else adaptive.observe_verify)
-        if isinstance(client, DraftClient):
-            client.on_prefill = adaptive.observe_prefill
-        if scheduler is not None:
-            # The draft's closes stay out of the lockstep rounds, and its opens hold the
-            # others back for about what they should take (upstream.open_hold_s): a draft
-            # that hangs must not hold up the target's calls for longer.
-            scheduler.add([client.proposals, client.probs, client.opens]
-                          if isinstance(client, DraftClient) else client.batchers)
-
-    def removed(client) -> None:
-        if scheduler is not None:
-            scheduler.remove(client.batchers)
-
-    draft_timeout = cfg.draft_timeout_ms / 1e3 if cfg.draft_timeout_ms > 0 else None
-    draft = ReplicaSet("draft", parse_entries(cfg.draft),
-                       lambda addr: DraftClient(addr, cfg.rpc_timeout_s, draft_timeout),
-                       cfg.resolve_interval_s, on_added=added, on_removed=removed)
-    target = ReplicaSet("target", parse_entries(cfg.target),
-                        lambda addr: TargetClient(addr, cfg.rpc_timeout_s),
-                        cfg.resolve_interval_s, on_added=added, on_removed=removed)
+    draft, target = replica_sets(cfg, scheduler, metrics, adaptive)
     try:
         draft_info, target_info = await asyncio.gather(draft.start(cfg.connect_timeout_s),
                                                        target.start(cfg.connect_timeout_s))
-        check_compatible(draft_info.model, target_info.model)
-        if tokenizer is None:
-            tokenizer = await asyncio.to_thread(
-                load_tokenizer, cfg.tokenizer or target_info.model.model_name, cfg.cache_dir)
-        if tokenizer_fingerprint(tokenizer) != target_info.model.tokenizer_fingerprint:
-            raise FailedPrecondition("the coordinator's tokenizer differs from the target's; "
-                                     "pass --tokenizer with the target's model")
-        max_k = min(cfg.max_speculative_tokens, draft_info.max_proposal_tokens,
-                    target_info.max_proposal_tokens)
-        if cfg.default_k > max_k:
-            raise InvalidArgument(f"--default-k {cfg.default_k} exceeds the largest K the "
-                                  f"coordinator and services allow ({max_k})")
+        tokenizer = await check_pair(cfg, draft_info, target_info, tokenizer)
+        limits = make_limits(cfg, draft_info, target_info)
     except BaseException:
         await asyncio.gather(draft.close(), target.close())
         raise
-    limits = Limits(
-        max_new_tokens=cfg.max_new_tokens_limit, max_k=max_k, default_k=cfg.default_k,
-        max_context=min(draft_info.model.max_context_length,
-                        target_info.model.max_context_length),
-        target_context=target_info.model.max_context_length, adaptive_k=cfg.adaptive_k,
-        draft_ahead=cfg.draft_ahead)
     policy = FaultPolicy(target_retry_s=cfg.target_retry_s)
     core = GenerationCore(draft, target, tokenizer, set(target_info.model.eos_token_ids),
                           limits, scheduler, policy, metrics, adaptive)

@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import draft_service.servicer as draft_server
 import target_service.servicer as target_server
 from coordinator import server as coordinator_server
-from coordinator.adaptive import CostCurve, VerifyCost
 from coordinator.config import CoordinatorConfig
+from coordinator.speculation.adaptive import CostCurve, VerifyCost
 from specdec.config import ModelServiceConfig
 from specdec.v1 import draft_pb2_grpc, generator_pb2_grpc, target_pb2_grpc
 

@@ -1,11 +1,11 @@
-"""Adaptive K (coordinator.adaptive) on constructed costs and acceptance."""
+"""Adaptive K (coordinator.speculation.adaptive) on constructed costs and acceptance."""
 
 import random
 import statistics
 
 import pytest
 
-from coordinator.adaptive import Acceptance, AdaptiveK, CostCurve, VerifyCost
+from coordinator.speculation.adaptive import Acceptance, AdaptiveK, CostCurve, VerifyCost
 
 
 def test_cost_curve_interpolates_between_sizes_and_never_falls():

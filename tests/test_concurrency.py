@@ -5,7 +5,7 @@ import asyncio
 import grpc
 import pytest
 
-from coordinator.round_k import RoundK
+from coordinator.speculation.round_k import RoundK
 from specdec.v1 import common_pb2, generator_pb2, target_pb2
 from stack import draft_opens, generate_all, start_stack, wait_until
 from tiny_models import PROMPTS

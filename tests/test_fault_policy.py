@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
-from coordinator.faults import Backoff, Deadline, LatencyBudget, derive_seed
-from coordinator.upstream import open_hold_s
+from coordinator.generation.faults import Backoff, Deadline, derive_seed
+from coordinator.upstream.budgets import LatencyBudget, open_hold_s
 from specdec.errors import DeadlineExceeded, FailedPrecondition
 from specdec.sessions import Session, SessionStore
 

@@ -13,7 +13,7 @@ from kustomize import containers, find, load_docs, render
 from prometheus_client import CollectorRegistry
 
 import coordinator.config
-from coordinator.addresses import parse_entries
+from coordinator.upstream.addresses import parse_entries
 from specdec.config import env_name, model_service_parser
 from specdec.rpc.metrics import ServiceMetrics
 from specdec.rpc.server import LIVENESS

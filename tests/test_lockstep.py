@@ -1,4 +1,4 @@
-"""The lockstep dispatcher (coordinator.batcher) on real asyncio with stand-in services:
+"""The lockstep dispatcher (coordinator.upstream.batcher) on real asyncio with stand-in services:
 one call at a time, a held call (a draft's open) that outlasts its hold goes on alongside
 the next calls, and items sent from background tasks take their turns and leave the count
 of running generations balanced."""
@@ -8,7 +8,7 @@ import contextlib
 import time
 from types import SimpleNamespace
 
-from coordinator.batcher import Batcher, Scheduler
+from coordinator.upstream.batcher import Batcher, Scheduler
 
 
 class Service:

@@ -11,8 +11,8 @@ import asyncio
 import grpc
 import pytest
 
-from coordinator.faults import LatencyBudget
-from coordinator.upstream import DraftClient, UpstreamError
+from coordinator.upstream.budgets import LatencyBudget
+from coordinator.upstream.clients import DraftClient, UpstreamError
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 
 PROPOSE_BUDGET_S = 0.3  # --draft-timeout-ms 300

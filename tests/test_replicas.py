@@ -4,9 +4,9 @@ is in test_scale_out.py."""
 
 import pytest
 
-from coordinator.addresses import parse_entries
-from coordinator.replicas import Replica, ReplicaSet
-from coordinator.upstream import TargetClient, UpstreamError
+from coordinator.upstream.addresses import parse_entries
+from coordinator.upstream.clients import TargetClient, UpstreamError
+from coordinator.upstream.replicas import Replica, ReplicaSet
 from specdec.errors import InvalidArgument
 from specdec.v1 import common_pb2, target_pb2
 

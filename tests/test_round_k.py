@@ -4,7 +4,7 @@ tokens, in the order the coordinator produces them."""
 
 import random
 
-from coordinator.round_k import EXPLORE, START_K, SURVEY, RoundK
+from coordinator.speculation.round_k import EXPLORE, START_K, SURVEY, RoundK
 
 SESSIONS = 8
 

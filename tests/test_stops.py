@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from coordinator.client import generate as client_generate
-from coordinator.textstream import TextStream
+from coordinator.generation.textstream import TextStream
 from specdec.v1 import generator_pb2
 from stack import start_stack, with_eos
 from tiny_models import PROMPTS

@@ -20,10 +20,14 @@ distribution given the history before it.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import structlog
 
-from .faults import Deadline, derive_seed
+from specdec.sampling import SamplingParams
+
+from ..upstream.background import Background
+from .faults import Deadline, FaultPolicy, derive_seed
 from .stats import Stats
 
 log = structlog.get_logger(__name__)
@@ -34,15 +38,27 @@ def fallback_reason(err: Exception) -> str:
     return "timeout" if code == "DEADLINE_EXCEEDED" else str(code).lower()
 
 
+@dataclass(frozen=True)
+class Request:
+    """What both legs of one generation share."""
+    session_id: str
+    sampling: SamplingParams
+    max_tokens: int  # the most tokens a session holds (prompt + new tokens + K)
+    deadline: Deadline
+    stats: Stats  # where the legs count
+    policy: FaultPolicy
+    background: Background  # where work that outlives a call is kept
+
+
 class Leg:
     """What both sides share: the session (re-)opened from the history, and closing it."""
 
-    def __init__(self, pool, session_id: str, sampling, max_tokens: int, deadline: Deadline,
-                 stats: Stats):
-        """pool: the tier's replicas.ReplicaSet; each session is opened on the replica it
-        picks and stays there (self.client) until it is lost or moved."""
-        self.pool, self.base_id, self.sampling = pool, session_id, sampling
-        self.max_tokens, self.deadline, self.stats = max_tokens, deadline, stats
+    def __init__(self, pool, request: Request):
+        """pool: the tier's upstream.replicas.ReplicaSet; each session is opened on the
+        replica it picks and stays there (self.client) until it is lost or moved."""
+        self.pool, self.base_id, self.sampling = pool, request.session_id, request.sampling
+        self.max_tokens, self.deadline = request.max_tokens, request.deadline
+        self.stats, self.policy, self.background = request.stats, request.policy, request.background
         self.client = None  # the replica holding the session (a ServiceClient)
         self.session_id: str | None = None
         self.incarnation = 0  # 0 = the first session, n = the n-th re-opened one
@@ -104,4 +120,4 @@ class Leg:
                 self.client.close_later(sid)
 
 
-__all__ = ["Leg", "fallback_reason"]
+__all__ = ["Leg", "Request", "fallback_reason"]

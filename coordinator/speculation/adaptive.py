@@ -25,10 +25,9 @@ starts from the coordinator's acceptance.
 A draft that is behind (a session back from K = 0 rounds, or a deferred one never opened)
 must first prefill the tokens it missed: its next Propose costs that catch-up too. The
 catch-up is paid once and repaid by the rest of the request, so a session behind leaves K = 0
-only where the remaining tokens at the better rate save more than the catch-up costs
-(measured here, bf16 on an AVX2-only CPU: a 27-token catch-up added ~0.55 s to a
-Propose; a deferred 140-token open run beside the target's verifies stretched four of them
-by 3.8 s; both for an estimated gain of a few percent). The draft's prefill cost per token
+only where the remaining tokens at the better rate save more than the catch-up costs (a
+catch-up can cost more than the gain it is for; figures:
+docs/benchmarks.md#figures-behind-the-coordinators-rules). The draft's prefill cost per token
 is learnt from its opens (and from Proposes that caught up), apart from its cost per step.
 
 A Propose that times out costs at least its timeout, but that cost is kept apart and fades
@@ -50,6 +49,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..upstream.costs import CostEvent, PrefillCall, ProposeCall, VerifyCall
 from .round_k import RoundK
 
 MIN_OBSERVATIONS = 3  # calls of each service measured before the model is trusted
@@ -61,8 +61,8 @@ class CostCurve:
 
     Bucket b holds sizes in [2**b, 2**(b+1)), with exponentially weighted means of x and y.
     A bucket forgets only through its own observations, so what a high load cost is
-    remembered through a quiet spell (one linear fit over recent calls forgot it within a
-    few dozen single-session rounds, and the first rounds at load then speculated deep).
+    remembered through a quiet spell (a fit over recent calls alone forgets it, and the
+    first rounds back at load speculate deep).
     Between buckets: linear interpolation; above the largest seen: the steeper of its last
     slope and the prior (cost doubling every prior_rows); below the smallest: its cost.
     Never decreasing in x."""
@@ -147,15 +147,15 @@ SHARED_ROUNDS_LOAD = 1.5  # sessions per verify above which lockstep rounds shar
 
 def session_bucket(sessions: float) -> int:
     """Buckets of sessions a half power of two wide (1, 1.4, 2, 2.8, 4, 5.7, 8, 11, 16, ...):
-    per-session costs are steep enough on a CPU that 13 sessions priced as 8 misled."""
+    per-session costs can be steep enough that a power of two per bucket misprices."""
     return round(2 * math.log2(max(1.0, sessions)))
 
 
 class VerifyCost:
     """T(sessions, rows): a CostCurve over rows per bucket of sessions. A batched verify
     costs per session as well as per row (each session's cache is stacked into the batch and
-    attended over), so 16 sessions of 1 row cost far more than 1 session of 16 rows: one
-    curve over rows alone mispredicted loads it had not seen by 2x. A bucket of sessions
+    attended over), so 16 sessions of 1 row cost far more than 1 session of 16 rows, and
+    one curve over rows alone mispredicts loads it has not seen. A bucket of sessions
     not measured yet borrows the nearest measured one, scaled by the ratio of sessions
     (pessimistic where per-session costs are small, as on a GPU, until measured)."""
 
@@ -220,6 +220,16 @@ class AdaptiveK:
             survive *= alpha
             expected += survive
         return expected
+
+    def observe(self, event: CostEvent) -> None:
+        """What an upstream call cost (the clients' on_cost)."""
+        match event:
+            case VerifyCall(sessions, rows, seconds):
+                self.observe_verify(sessions, rows, seconds)
+            case ProposeCall(sessions, steps, seconds, timed_out, catch_up):
+                self.observe_propose(sessions, steps, seconds, timed_out, catch_up)
+            case PrefillCall(tokens, seconds):
+                self.observe_prefill(tokens, seconds)
 
     def observe_verify(self, sessions: int, rows: int, seconds: float) -> None:
         """A Verify call of `sessions` items verified `rows` rows (proposals + 1 each)."""
@@ -346,13 +356,11 @@ class SessionK:
         if not c.verify.ready or draft_step is None:
             # nothing measured yet: K = 1, then one step more per round while it pays. (Not
             # k_max: below the rows it measured the verify curve is flat, so a model that
-            # started deep priced K = 0 at a deep verify's cost and stayed deep even where a
-            # verify row costs half a step: 0.70x of K=0 on an AVX2-only CPU.)
+            # started deep would price K = 0 at a deep verify's cost and stay deep.)
             return min(k_max, 1)
-        # Verify costs rise faster than linearly in rows at load (measured here: 14 ms a row
-        # from 4 to 20 rows of 4 sessions, 59 ms from 20 to 33), so K grows at most one past
-        # the largest K measured at this load, and to 1 at a load not measured yet: each
-        # step's cost is seen before the next is taken.
+        # Verify costs can rise faster than linearly in rows at load, so K grows at most one
+        # past the largest K measured at this load, and to 1 at a load not measured yet:
+        # each step's cost is seen before the next is taken.
         measured = c.verify.measured_k(n)
         k_max = min(k_max, 1 if measured is None else measured + 1)
         rate_0 = 1.0 / c.verify(n, n)

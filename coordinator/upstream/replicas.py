@@ -29,7 +29,7 @@ import structlog
 from specdec.errors import Unavailable
 
 from .addresses import Entry, resolve_all
-from .upstream import ServiceClient, UpstreamError
+from .clients import ServiceClient, UpstreamError
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +109,6 @@ class ReplicaSet:
     reference: object | None = None  # the GetInfo reply every replica must agree with
     _resolved_at: float = -1e9
     _turn: itertools.count = field(default_factory=itertools.count)
-    _tasks: set = field(default_factory=set)
 
     # ----- placement (called by the legs)
 
@@ -147,10 +146,6 @@ class ReplicaSet:
         r = self.replicas.get(client.addr)
         if r is not None:
             r.failed_at = time.monotonic()
-
-    def keep_task(self, task: asyncio.Task) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # ----- state
 
@@ -262,8 +257,7 @@ class ReplicaSet:
     async def close(self, grace_s: float = 2.0) -> None:
         """Give background work (sessions of ended requests being closed) up to grace_s to
         finish, cancel what is left (the services' session TTL is the backstop), close."""
-        tasks = [*self._tasks,
-                 *(t for r in self.replicas.values() for t in r.client.background_tasks)]
+        tasks = [t for r in self.replicas.values() for t in r.client.background_tasks]
         if tasks:
             _, left = await asyncio.wait(tasks, timeout=grace_s)
             for task in left:

@@ -22,8 +22,10 @@ from specdec.rpc.status import code_name
 from specdec.sampling import SamplingParams
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 
+from .background import Background
 from .batcher import Batcher
-from .faults import LatencyBudget
+from .budgets import LatencyBudget, open_hold_s
+from .costs import CostEvent, PrefillCall, ProposeCall, VerifyCall
 
 log = structlog.get_logger(__name__)
 
@@ -70,14 +72,13 @@ class ServiceClient:
             addr, options=[*CHANNEL_OPTIONS, *RECONNECT_OPTIONS, *retry])
         # on_error(service role, status code name): every failed call or item (metrics)
         self.on_error: Callable[[str, str], None] = lambda role, code: None
-        # on_cost(sessions, size, seconds[, timed_out]): the compute of each batched Verify,
-        # or of each Propose / the timeout it exceeded (adaptive.AdaptiveK learns from these)
-        self.on_cost: Callable[..., None] = lambda *args: None
+        # on_cost(event): what each batched call cost (costs.py; the K policy learns from it)
+        self.on_cost: Callable[[CostEvent], None] = lambda event: None
         self.stub = stub_cls(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self._info_request = info_request
         self._close_request = close_request
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = Background()
         self._batchers: list[Batcher] = []
         self.sessions = 0  # sessions of this coordinator open (or opening) on this service
         # its last call got no answer (timed out or unreachable); False again once one does
@@ -93,6 +94,11 @@ class ServiceClient:
     @property
     def batchers(self) -> list[Batcher]:
         return list(self._batchers)
+
+    @property
+    def lockstep_batchers(self) -> list[Batcher]:
+        """The batchers a lockstep Scheduler dispatches (in its rounds): all of them."""
+        return self.batchers
 
     def budget(self, method: str) -> LatencyBudget | None:
         """The adaptive timeout of `method`, if it has one (the draft's calls do)."""
@@ -129,7 +135,7 @@ class ServiceClient:
         return reply
 
     def _report_cost(self, method: str, request, reply, timed_out_s: float = 0.0) -> None:
-        """Pass a batched call's size and compute time to on_cost (per service); reply None:
+        """Report a batched call's cost to on_cost (each service its own kinds); reply None:
         the call timed out after timed_out_s."""
 
     async def submit(self, batcher: Batcher, item, counted: bool = True):
@@ -211,13 +217,12 @@ class ServiceClient:
 
     def keep_task(self, task: asyncio.Task) -> None:
         """Hold a reference to a background task until it ends (the loop holds weak ones)."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.keep(task)
 
     @property
     def background_tasks(self) -> list[asyncio.Task]:
         """Background work still running (sessions being closed)."""
-        return list(self._tasks)
+        return self._tasks.tasks
 
     async def wait_serving(self, timeout_s: float) -> None:
         """Wait until the service's health reports SERVING (models take a while to load)."""
@@ -253,21 +258,6 @@ def prompt_tokens(items) -> int:
     return sum(len(item.prompt_token_ids) for item in items)
 
 
-OPEN_HOLD_MARGIN = 1.5  # an open holds the others back for up to 1.5x what it should take
-
-
-def open_hold_s(propose: LatencyBudget, open_: LatencyBudget, tokens: int) -> float:
-    """How long lockstep waits for a draft open (prefill) of `tokens` prompt tokens before
-    the next call goes out alongside it: what answered opens of that size took lately (x the
-    margin), at least one Propose budget; opens that timed out do not lengthen it
-    (LatencyBudget.expected). (A hold of one Propose budget alone would let a large batched
-    open run beside the target's verifies on shared cores: docs/benchmarks.md, "Adaptive K
-    under load".)"""
-    expected = open_.expected(tokens)
-    floor = propose.timeout()
-    return floor if expected is None else max(floor, OPEN_HOLD_MARGIN * expected)
-
-
 class DraftClient(ServiceClient):
     """The draft's calls on a generation's path have adaptive timeouts and no retries: a
     draft that fails or is slower than its budget costs a round its proposals, never the
@@ -292,8 +282,6 @@ class DraftClient(ServiceClient):
         self.opens.hold_s = self._open_hold_s
         self.probs = self._batcher(
             "GetProbs", lambda items: draft_pb2.GetDraftProbsRequest(items=items))
-        # on_prefill(tokens, seconds): the compute of each OpenSession call (its prompts)
-        self.on_prefill: Callable[[int, float], None] = lambda tokens, seconds: None
 
     def budget(self, method: str) -> LatencyBudget | None:
         return self._budgets.get(method)
@@ -308,16 +296,23 @@ class DraftClient(ServiceClient):
             return propose.timeout()
         return open_hold_s(propose, self._budgets["OpenSession"], prompt_tokens(items))
 
+    @property
+    def lockstep_batchers(self) -> list[Batcher]:
+        """The draft's closes stay out of the lockstep rounds, and its opens hold the others
+        back for about what they should take (open_hold_s): a draft that hangs must not hold
+        up the target's calls for longer."""
+        return [self.proposals, self.probs, self.opens]
+
     def _report_cost(self, method: str, request, reply, timed_out_s: float = 0.0) -> None:
         if method == "Propose":  # size: the most proposals an item asked for
             sessions = len(request.items) if reply is None else reply.batched_sessions
             seconds = timed_out_s if reply is None else reply.compute_time_us / 1e6
             # catch-up: appended tokens beyond the one a round leaves (a prefill first)
             catch_up = max(len(i.append_token_ids) for i in request.items) - 1
-            self.on_cost(sessions, max(i.num_tokens for i in request.items), seconds,
-                         reply is None, max(0, catch_up))
+            self.on_cost(ProposeCall(sessions, max(i.num_tokens for i in request.items), seconds,
+                                     reply is None, max(0, catch_up)))
         elif method == "OpenSession" and reply is not None:
-            self.on_prefill(self.size(method, request), reply.compute_time_us / 1e6)
+            self.on_cost(PrefillCall(prompt_tokens(request.items), reply.compute_time_us / 1e6))
 
     async def propose(self, session_id: str, position: int, truncate_to: int | None,
                       append: list[int], k: int):
@@ -350,7 +345,7 @@ class TargetClient(ServiceClient):
     def _report_cost(self, method: str, request, reply, timed_out_s: float = 0.0) -> None:
         if method == "Verify" and reply is not None:  # size: rows (answers need no pass)
             rows = [len(i.draft_token_ids) + 1 for i in request.items if not i.draft_probs_answer]
-            self.on_cost(len(rows), sum(rows), reply.compute_time_us / 1e6)
+            self.on_cost(VerifyCall(len(rows), sum(rows), reply.compute_time_us / 1e6))
 
     async def truncate(self, session_id: str, position: int, length: int) -> int:
         """Roll a session back to `length` tokens (unbatched; rare). Returns its position."""

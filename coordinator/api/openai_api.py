@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,8 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from specdec.errors import InvalidArgument, NotFound, SpecdecError
 
-from .core import GenerateArgs, GenerationCore
-from .decode import Finish, Stats, Token
+from ..generation.core import GenerateArgs, GenerationCore
+from ..generation.decode import Finish, Stats, Token
 from .openai_schema import (
     ChatRequest,
     CompletionRequest,
@@ -203,71 +204,84 @@ def create_app(front: OpenAIFrontEnd, registry: CollectorRegistry | None = None)
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         args = front.completion_args(req)
-        return await respond(req, args, request, chat=False)
+        return await respond(front, req, args, request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
         args = front.chat_args(req)
-        return await respond(req, args, request, chat=True)
-
-    async def respond(req: OpenAIRequest, args: GenerateArgs, request: Request, chat: bool):
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        created = int(time.time())
-        head = {"id": rid, "created": created, "model": front.model_name}
-        if not req.stream:
-            text, stats = await run_to_end(core, args, front.timeout_s, request)
-            finish = FINISH_REASON[stats.finish]
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text},
-                       "finish_reason": finish, "logprobs": None} if chat else
-                      {"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
-            return {**head, "object": "chat.completion" if chat else "text_completion",
-                    "choices": [choice], "usage": usage(stats),
-                    "speculative_decoding": spec_stats(stats)}
-        events, first = await stream_events(core, args, front.timeout_s)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        obj = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(delta_text: str | None, finish: str | None, role: bool = False) -> dict:
-            if chat:
-                delta = {"role": "assistant", "content": ""} if role else (
-                    {} if delta_text is None else {"content": delta_text})
-                choice = {"index": 0, "delta": delta, "finish_reason": finish,
-                          "logprobs": None}
-            else:
-                choice = {"index": 0, "text": delta_text or "", "finish_reason": finish,
-                          "logprobs": None}
-            out = {**head, "object": obj, "choices": [choice]}
-            if include_usage:
-                out["usage"] = None
-            return out
-
-        async def body():
-            async with contextlib.aclosing(events):
-                if chat:
-                    yield sse(chunk(None, None, role=True))
-                event = first
-                while True:
-                    if isinstance(event, Token):
-                        if event.text:
-                            yield sse(chunk(event.text, None))
-                    else:
-                        spec = spec_stats(event)
-                        yield sse({**chunk(None, FINISH_REASON[event.finish]),
-                                   "speculative_decoding": spec})
-                        if include_usage:
-                            yield sse({**head, "object": obj, "choices": [],
-                                       "usage": usage(event), "speculative_decoding": spec})
-                        break
-                    try:
-                        event = await anext(events)
-                    except SpecdecError as e:  # after the headers: an error event
-                        status = HTTP_STATUS.get(e.code, 500)
-                        yield sse(error_body(status, str(e)))
-                        break
-            yield sse("[DONE]")
-
-        return StreamingResponse(body(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return await respond(front, req, args, request, chat=True)
 
     return app
 
+
+
+async def respond(front: OpenAIFrontEnd, req: OpenAIRequest, args: GenerateArgs,
+                  request: Request, chat: bool):
+    """A completion (chat=False) or chat completion: whole, or streamed as server-sent
+    events (req.stream)."""
+    rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    created = int(time.time())
+    head = {"id": rid, "created": created, "model": front.model_name}
+    if not req.stream:
+        text, stats = await run_to_end(front.core, args, front.timeout_s, request)
+        finish = FINISH_REASON[stats.finish]
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text},
+                   "finish_reason": finish, "logprobs": None} if chat else
+                  {"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
+        return {**head, "object": "chat.completion" if chat else "text_completion",
+                "choices": [choice], "usage": usage(stats),
+                "speculative_decoding": spec_stats(stats)}
+    events, first = await stream_events(front.core, args, front.timeout_s)
+    chunks = Chunks(head, chat, bool(req.stream_options and req.stream_options.include_usage))
+    return StreamingResponse(chunks.body(events, first), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """The server-sent events of one streamed response."""
+    head: dict  # id, created, model
+    chat: bool
+    include_usage: bool
+
+    @property
+    def obj(self) -> str:
+        return "chat.completion.chunk" if self.chat else "text_completion"
+
+    def chunk(self, delta_text: str | None, finish: str | None, role: bool = False) -> dict:
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if role else (
+                {} if delta_text is None else {"content": delta_text})
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": delta_text or "", "finish_reason": finish,
+                      "logprobs": None}
+        out = {**self.head, "object": self.obj, "choices": [choice]}
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
+    async def body(self, events: AsyncIterator[Token | Stats], first: Token | Stats):
+        async with contextlib.aclosing(events):
+            if self.chat:
+                yield sse(self.chunk(None, None, role=True))
+            event = first
+            while True:
+                if isinstance(event, Token):
+                    if event.text:
+                        yield sse(self.chunk(event.text, None))
+                else:
+                    spec = spec_stats(event)
+                    yield sse({**self.chunk(None, FINISH_REASON[event.finish]),
+                               "speculative_decoding": spec})
+                    if self.include_usage:
+                        yield sse({**self.head, "object": self.obj, "choices": [],
+                                   "usage": usage(event), "speculative_decoding": spec})
+                    break
+                try:
+                    event = await anext(events)
+                except SpecdecError as e:  # after the headers: an error event
+                    status = HTTP_STATUS.get(e.code, 500)
+                    yield sse(error_body(status, str(e)))
+                    break
+        yield sse("[DONE]")

@@ -4,8 +4,9 @@ Under lockstep several generations move in rounds: one batched Propose, one batc
 Every session waits for the round's longest Propose and for a verify pass over everyone's
 rows, so what a session's K costs falls on all of them; and what a round really costs at a
 load (padding, gRPC, the services taking turns on shared cores) is what the per-session
-cost model (adaptive.py) has to predict from per-call curves, and it mispredicted: at 16
-sessions it kept proposing 1-5 tokens where target-only rounds were a third faster.
+cost model (adaptive.py) has to predict from per-call curves, and at load it can keep
+proposing where target-only rounds are faster (figures:
+docs/benchmarks.md#figures-behind-the-coordinators-rules).
 
 RoundK measures instead of predicting: per load (sessions per verify, adaptive.session_bucket)
 and K, the tokens the rounds produced per second of the services' compute. The next round
@@ -14,8 +15,8 @@ best (K-1, K+1 or 0, the least measured), and after an exploration that did not 
 twice as long before the next (up to MAX_EXPLORE rounds): each round at K > 0 after rounds
 at K = 0 first catches the draft up, so exploring costs more than its own round. While a
 neighbour of the best is not measured at this load yet it tries it after SURVEY rounds
-instead: a request at load lasts only ~20-30 rounds, and walking from START_K to K = 0 one
-step per EXPLORE rounds took longer than that. Each load keeps its own schedule, and rounds
+instead: a request at load may last fewer rounds than walking from START_K to K = 0 one
+step per EXPLORE rounds takes. Each load keeps its own schedule, and rounds
 no session took (lone sessions on their own model) count for nothing.
 
 A round's tokens are noisy (each session keeps 1 to K+1 of them), its cost much less so.
@@ -146,7 +147,7 @@ class RoundK:
                 self._exploring = (explored, closes + 1)
                 return best
         # K = 0 is always a neighbour: with no Propose call at all a round costs a step less
-        # than K = 1's, so a best K that beats K = 1 may still lose to K = 0 (16 sessions here)
+        # than K = 1's, so a best K that beats K = 1 may still lose to K = 0
         neighbours = [k for k in dict.fromkeys((0, best - 1, best + 1))
                       if 0 <= k <= self.k_max and k != best]
         if any(k not in measured for k in neighbours):

@@ -11,11 +11,8 @@ import structlog
 
 from specdec.errors import DeadlineExceeded, Unavailable
 
-from .draft_leg import DraftLeg
-from .faults import Deadline, FaultPolicy
-from .legs import Leg
-from .stats import Stats
-from .upstream import UpstreamError
+from ..upstream.clients import UpstreamError
+from .legs import Leg, Request
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +31,19 @@ class NoAnswer(UpstreamError):
     """A target call still unanswered when the request's deadline (nearly) passed."""
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """A sampled rejection of proposals[accepted], revealed by the target: it draws the
+    recovered token once it has the draft's q there (at the ids `query` names). Returned to
+    the loop, which asks the draft and hands the answer back (TargetLeg.answer), or, with
+    the draft gone, drops the round (TargetLeg.drop)."""
+    proposals: list[int]
+    probs: list[float]
+    accepted: int
+    query: object  # a target_pb2.DraftProbsQuery
+    position: int  # the target session's, waiting for the answer
+
+
 @dataclass
 class Verified:
     """A round's outcome: `proposed` proposals were verified (0 if they were dropped), the
@@ -47,10 +57,8 @@ class Verified:
 class TargetLeg(Leg):
     """The target session of one generation (see the module docstring)."""
 
-    def __init__(self, pool, session_id: str, sampling, max_tokens: int, deadline: Deadline,
-                 stats: Stats, policy: FaultPolicy):
-        super().__init__(pool, session_id, sampling, max_tokens, deadline, stats)
-        self.policy = policy
+    def __init__(self, pool, request: Request):
+        super().__init__(pool, request)
         self.position = 0
 
     def _add_time(self, us: int) -> None:
@@ -83,8 +91,7 @@ class TargetLeg(Leg):
                     full |= {self.client}
                     self._abandon()
                     continue
-                self._check_recoverable(e)
-                await self._recover(history, e)
+                await self._retry(history, e)
                 break
         self.position = len(history)
 
@@ -98,8 +105,7 @@ class TargetLeg(Leg):
         try:
             await self._open(history, self._bounded, avoid=frozenset({old}))
         except UpstreamError as e:
-            self._check_recoverable(e)
-            await self._recover(history, e)
+            await self._retry(history, e)
         self.position = len(history)
         self.stats.target_reopens += 1
         log.info("target session moved", session_id=self.session_id, replica=self.client.addr)
@@ -111,57 +117,62 @@ class TargetLeg(Leg):
         if e.code not in TARGET_RECOVERABLE:
             raise e
 
-    async def verify(self, history: list[int], proposals: list[int], probs: list[float],
-                     draft: DraftLeg | None) -> Verified:
-        """Verify one round's proposals. If the target loses the session, re-open it from
-        the history and go on: before any decision, the round is redone; after a revealed
-        rejection of proposals[n], the session is re-opened on history + proposals[:n] and
-        the recovered token is drawn there (resume_rejected), so a fault never turns into a
-        fresh draw of a round whose outcome was already seen."""
-        rejected: list[int] = []  # [n] once a rejection of proposals[n] has been seen
+    async def verify(self, history: list[int], proposals: list[int], probs: list[float]
+                     ) -> Verified | Rejection:
+        """Verify one round's proposals: the round's outcome, or a sampled Rejection the
+        loop resolves with the draft (answer, or drop). If the target loses the session
+        before any decision, it is re-opened from the history and the round redone."""
         while True:
             try:
-                return await self._verify(history, proposals, probs, draft, rejected)
+                result = await self._call(self.position, proposals, probs)
+                # (answer items report 0 accepted: they accept nothing new)
+                return self._outcome(result, proposals, probs, result.num_accepted)
             except UpstreamError as e:
-                self._check_recoverable(e)
-                await self._recover(history + proposals[:rejected[0]] if rejected else history,
-                                    e)
+                await self._retry(history, e)
 
-    async def _verify(self, history, proposals, probs, draft: DraftLeg | None,
-                      rejected: list[int]) -> Verified:
-        if rejected:  # resume on a re-opened session holding the accepted prefix
-            accepted = rejected[0]
-            result = await self._call(self.position, [proposals[accepted]], [probs[accepted]],
-                                      resume=True)
-        else:
-            result = await self._call(self.position, proposals, probs)
-            accepted = result.num_accepted  # (answer items report 0: they accept nothing new)
-            if result.HasField("draft_probs_query"):
-                rejected.append(accepted)
-        while result.HasField("draft_probs_query"):  # sampled rejection: fetch q for it
-            answer = await draft.probs(result.draft_probs_query, accepted)
-            if answer is None:  # the session that proposed is lost: recompute its q
-                answer = await draft.recompute_probs(history + proposals[:accepted],
-                                                     result.draft_probs_query)
-            if answer is None:
-                # The draft is unreachable, and the recovered token cannot be drawn without
-                # its q: drop the round and redo it target-only. Strictly, a round dropped
-                # *because* it had a rejection is not an exact draw (docs/operations.md); it
-                # takes the draft failing for good between this round's Propose and
-                # GetProbs, and is logged and counted as reason "dropped_after_rejection".
-                log.warning("round dropped after a sampled rejection: the draft is gone",
-                            reason=draft.reason)
-                await self._bounded(
-                    self.client.truncate(self.session_id, result.position, len(history)))
-                self.stats.record_fallback("dropped_after_rejection")
-                proposals, accepted = [], 0
-                self.position = len(history)
-                rejected.clear()
-                result = await self._call(self.position, [], [])
-                break
-            result = await self._call(result.position, [], [], answer)
+    async def answer(self, history: list[int], rejection: Rejection, answer: bytes
+                     ) -> Verified | Rejection:
+        """Answer a rejection's query with the draft's q. If the target loses the session, it
+        is re-opened on history + the accepted proposals and the rejection resumed there
+        (resume_rejected): a fault never turns into a fresh draw of a round whose outcome
+        was already seen. Resumed, the target asks for q again (another Rejection)."""
+        n = rejection.accepted
+        call = self._call(rejection.position, [], [], answer)
+        while True:
+            try:
+                return self._outcome(await call, rejection.proposals, rejection.probs, n)
+            except UpstreamError as e:
+                await self._retry(history + rejection.proposals[:n], e)
+                call = self._call(self.position, [rejection.proposals[n]], [rejection.probs[n]],
+                                  resume=True)
+
+    async def drop(self, history: list[int], rejection: Rejection) -> Verified:
+        """The draft is unreachable, and the recovered token cannot be drawn without its q:
+        roll the session back to the history and redo the round target-only. Strictly, a
+        round dropped *because* it had a rejection is not an exact draw (docs/operations.md);
+        it takes the draft failing for good between this round's Propose and GetProbs, and
+        is counted as reason "dropped_after_rejection"."""
+        try:
+            await self._bounded(
+                self.client.truncate(self.session_id, rejection.position, len(history)))
+            self.position = len(history)
+        except UpstreamError as e:
+            await self._retry(history, e)  # (a session re-opened on the history)
+        self.stats.record_fallback("dropped_after_rejection")
+        return await self.verify(history, [], [])
+
+    def _outcome(self, result, proposals: list[int], probs: list[float], accepted: int
+                 ) -> Verified | Rejection:
+        if result.HasField("draft_probs_query"):
+            return Rejection(proposals, probs, accepted, result.draft_probs_query,
+                             result.position)
         self.position = result.position
         return Verified(len(proposals), accepted, result.next_token_id, result.position)
+
+    async def _retry(self, history: list[int], cause: UpstreamError) -> None:
+        """A call failed: re-open the session on `history` if the failure is recoverable."""
+        self._check_recoverable(cause)
+        await self._recover(history, cause)
 
     async def _call(self, position, proposals, probs, answer=None, resume=False):
         result, batch, nbytes = await self._bounded(self.client.verify(

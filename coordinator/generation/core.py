@@ -17,8 +17,8 @@ import structlog
 from specdec.errors import InvalidArgument, SpecdecError, Unavailable
 from specdec.sampling import GREEDY, SamplingParams
 
-from .adaptive import AdaptiveK
-from .decode import Params, Stats, Token, generate
+from ..speculation.adaptive import AdaptiveK
+from .decode import Generation, Params, Services, Stats, Token
 from .faults import Deadline, FaultPolicy
 from .metrics import CoordinatorMetrics
 
@@ -91,11 +91,11 @@ class GenerationCore:
         """adaptive: the coordinator's adaptive-K cost model (None = K is always fixed)."""
         self.draft, self.target = draft, target
         self.adaptive = adaptive
-        self.scheduler = scheduler
         self.tokenizer = tokenizer
-        self.eos_token_ids = eos_token_ids
+        # what every generation shares, handed to each once
+        self.services = Services(draft, target, tokenizer, eos_token_ids, scheduler, policy,
+                                 adaptive)
         self.limits = limits
-        self.policy = policy
         self.metrics = metrics
         self.draining = False  # set on SIGTERM: new requests get UNAVAILABLE
         self.target_serving = True  # the target's health, as last checked
@@ -129,9 +129,8 @@ class GenerationCore:
                 stats = Stats(session_id, len(args.prompt_ids),
                               seed=0 if params.sampling.greedy else params.sampling.seed)
                 last_token_at = None
-                events = generate(session_id, args.prompt_ids, params, self.draft, self.target,
-                                  self.tokenizer, self.eos_token_ids, self.scheduler,
-                                  self.policy, deadline, stats, self.adaptive)
+                events = Generation(self.services, session_id, args.prompt_ids, params,
+                                    deadline, stats).run()
                 async with contextlib.aclosing(events):
                     async for event in events:
                         if isinstance(event, Token):

@@ -11,8 +11,8 @@ from specdec.errors import InvalidArgument, SpecdecError
 from specdec.rpc.status import status_code
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
-from .core import GenerateArgs, GenerationCore
-from .decode import Finish, Stats, Token
+from ..generation.core import GenerateArgs, GenerationCore
+from ..generation.decode import Finish, Stats, Token
 
 log = structlog.get_logger(__name__)
 

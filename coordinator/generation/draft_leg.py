@@ -6,31 +6,41 @@ import asyncio
 
 import structlog
 
-from .faults import Backoff, Deadline, FaultPolicy
-from .legs import Leg, fallback_reason
-from .stats import Stats
-from .upstream import UpstreamError
+from ..upstream.clients import UpstreamError
+from .draft_state import DraftPosition, DraftState, Opening, TimedOut
+from .faults import Backoff
+from .legs import Leg, Request, fallback_reason
+from .target_leg import Rejection
 
 log = structlog.get_logger(__name__)
 
 
 class DraftLeg(Leg):
-    """The draft session of one generation, or its absence (see the module docstring)."""
+    """The draft session of one generation, or its absence (see the module docstring).
+    `state` says which (draft_state.DraftState); `at` where the session stands."""
 
-    def __init__(self, pool, session_id: str, sampling, max_tokens: int, deadline: Deadline,
-                 stats: Stats, policy: FaultPolicy):
-        super().__init__(pool, session_id, sampling, max_tokens, deadline, stats)
-        self.backoff = Backoff(policy.draft_retry_initial_s, policy.draft_retry_max_s)
+    def __init__(self, pool, request: Request):
+        super().__init__(pool, request)
+        self.backoff = Backoff(self.policy.draft_retry_initial_s, self.policy.draft_retry_max_s)
+        self.state = DraftState.CLOSED
         self.reason = ""  # why the draft is missing, while it is
-        self.position = 0  # tokens the draft session holds (final + last proposals)
-        self.keep: int | None = None  # where it must roll back to on the next Propose
-        self.append: list[int] = []  # final tokens it has not seen yet
-        # a Propose that timed out: (position, keep, append, k, history length it brought the
-        # session to); the session is kept and re-synchronised by sending it again (see
-        # _resync) instead of being re-opened with a prefill of the whole history
-        self._unsure: tuple | None = None
-        self._reopening: asyncio.Task | None = None  # a re-open under way
-        self.deferred = False  # the first session opens when a round first asks (defer)
+        self.at = DraftPosition()
+        # UNSURE: the Propose that timed out; the session is kept and re-synchronised by
+        # sending it again (_resync) instead of being re-opened with a prefill of the history
+        self._timed_out: TimedOut | None = None
+        self._opening: Opening | None = None  # OPENING: the open under way
+
+    @property
+    def ready(self) -> bool:
+        """The session is open and in step: the next Propose can propose."""
+        return self.state is DraftState.READY
+
+    @property
+    def deferred(self) -> bool:
+        """The first session has not opened yet because the generation deferred it: its
+        rounds run target-only, and they are not fallbacks."""
+        return self.state is DraftState.DEFERRED or (
+            self.state is DraftState.OPENING and self._opening.first)
 
     def _add_time(self, us: int) -> None:
         self.stats.draft_time_s += us / 1e6
@@ -42,7 +52,8 @@ class DraftLeg(Leg):
         except UpstreamError as e:
             self._lost(e)
             return False
-        self.position = len(history)
+        self.at = DraftPosition(len(history))
+        self.state = DraftState.READY
         return True
 
     def defer(self) -> None:
@@ -51,37 +62,32 @@ class DraftLeg(Leg):
         cost model finds that speculation does not pay), and a prefill of the prompt on the
         draft would then cost the first token and the services' time for nothing. Rounds run
         target-only until the session is open; they are not fallbacks."""
-        self.deferred = True
+        self.state = DraftState.DEFERRED
 
     def open_later(self, history: list[int]) -> None:
         """A round of a deferred leg asked for proposals: open the session now, in the
         background (called after the round's Verify, so that under lockstep the prefill
         runs after the first token, not before)."""
-        if self.deferred and self._reopening is None:
+        if self.state is DraftState.DEFERRED:
             self._start_reopen(history)
 
     def behind(self, history_len: int) -> int:
         """Tokens the draft must prefill before it can propose, beyond the one every round
         leaves: those of rounds that did not propose, or (deferred, not yet opening) the whole
         history. 0 while a session re-opens or is lost: that cost is under way already."""
-        if self.session_id is not None:
-            return max(0, len(self.append) - 1)
-        return history_len if self.deferred and self._reopening is None else 0
-
-    @property
-    def ready(self) -> bool:
-        """The session is open and in step: the next Propose can propose."""
-        return self.session_id is not None and self._unsure is None
+        if self.state in (DraftState.READY, DraftState.UNSURE):
+            return self.at.behind
+        return history_len if self.state is DraftState.DEFERRED else 0
 
     def _start_reopen(self, history: list[int]) -> None:
         """Re-open in the background: rounds go on target-only meanwhile, and the session
         catches up on the tokens final since (`append`) at its first Propose."""
-        if not self.deferred:  # every attempt gets its own id: a failed one may linger
+        first = self.state is DraftState.DEFERRED
+        if not first:  # every attempt gets its own id: a failed one may linger
             self.incarnation += 1
         try:
             client, sid, call = self._next_open(list(history), background=True)
         except UpstreamError as e:  # no draft replica at all
-            self.deferred = False
             self._lost(e)
             return
 
@@ -90,25 +96,24 @@ class DraftLeg(Leg):
         async def reopen():
             _, reply = await call
             return sid, length, reply
-        self._reopening = asyncio.get_running_loop().create_task(reopen())
-        self.pool.keep_task(self._reopening)
-        self._reopening_id, self._reopening_client = sid, client
+        task = asyncio.get_running_loop().create_task(reopen())
+        self.background.keep(task)
+        self._opening = Opening(task, sid, client, first)
+        self.state = DraftState.OPENING
 
     def _adopt_reopened(self, history: list[int]) -> None:
-        task, self._reopening = self._reopening, None
-        first, self.deferred = self.deferred, False
+        opening, self._opening = self._opening, None
+        self.client = opening.client
         try:
-            sid, length, reply = task.result()
+            sid, length, reply = opening.task.result()
         except Exception as e:
-            self.client = self._reopening_client
-            self._lost(e, attempted=self._reopening_id)
+            self._lost(e, attempted=opening.session_id)
             return
-        self.client = self._reopening_client
-        self.session_id, self.position, self.keep = sid, length, None
-        self.append = history[length:]
+        self.session_id, self.state = sid, DraftState.READY
+        self.at = DraftPosition(length, None, history[length:])
         self._add_time(reply.compute_time_us)
         self.backoff.reset()
-        if not first:
+        if not opening.first:
             self.stats.draft_reopens += 1
             log.info("draft session re-opened; speculation resumes", session_id=sid,
                      replica=self.client.addr, tokens=length, after=self.reason)
@@ -119,8 +124,9 @@ class DraftLeg(Leg):
         until a session re-opens elsewhere."""
         log.info("draft replica drains; moving the session", replica=self.client.addr)
         self.reason = "replica_draining"
-        self._unsure = None
+        self._timed_out = None
         self._abandon()
+        self.state = DraftState.LOST
         self.backoff.reset()
 
     async def propose(self, history: list[int], k: int, ahead: bool = False
@@ -128,26 +134,27 @@ class DraftLeg(Leg):
         """K proposals and q of each; ([], []) when the draft is missing (a fallback round).
         ahead: the block is proposed during the round's verify, for the next round (see
         commit); its failure costs the next round, which counts the fallback."""
-        if self.session_id is None:
-            if self._reopening is None and self.backoff.ready() and not self.deferred:
-                self._start_reopen(history)
-            if self._reopening is not None and self._reopening.done():
-                self._adopt_reopened(history)
-            if self.session_id is None:
-                if not ahead and not self.deferred:
-                    self.stats.record_fallback(self.reason)
-                return [], []
-        if self._unsure is not None and not (self.backoff.ready() and await self._resync(history)):
+        if self.state is DraftState.LOST and self.backoff.ready():
+            self._start_reopen(history)
+        if self.state is DraftState.OPENING and self._opening.task.done():
+            self._adopt_reopened(history)
+        if self.state not in (DraftState.READY, DraftState.UNSURE):
+            if not ahead and not self.deferred:
+                self.stats.record_fallback(self.reason)
+            return [], []
+        if self.state is DraftState.UNSURE and not (self.backoff.ready() and
+                                                    await self._resync(history)):
             if not ahead:
                 self.stats.record_fallback(self.reason)
             return [], []
-        call = (self.position, self.keep, list(self.append), k, len(history))
+        sent = TimedOut(self.at.copy(), k, len(history))
         try:
             proposal, batch, nbytes = await self.deadline.bound(self.client.propose(
-                self.session_id, self.position, self.keep, self.append, k))
+                self.session_id, self.at.held, self.at.keep, self.at.append, k))
         except UpstreamError as e:
             if e.code == "DEADLINE_EXCEEDED" and not ahead:  # slow, not gone: keep it
-                self._unsure, self.reason = call, "timeout"
+                self._timed_out, self.reason = sent, "timeout"
+                self.state = DraftState.UNSURE
                 log.info("draft slower than its budget; continuing target-only",
                          error=str(e), retry_in_s=round(self.backoff.delay_s, 3))
                 self.backoff.failed()
@@ -158,8 +165,7 @@ class DraftLeg(Leg):
             return [], []
         self.stats.draft_time_s += batch.compute_time_us / 1e6
         self.stats.wire_bytes += nbytes
-        self.position = proposal.position
-        self.keep, self.append = None, []  # the session has seen them (it may propose none)
+        self.at.proposed(proposal.position)  # (it has seen every final token; may propose none)
         return list(proposal.token_ids), list(proposal.draft_probs)
 
     async def _resync(self, history: list[int]) -> bool:
@@ -168,23 +174,33 @@ class DraftLeg(Leg):
         Either way the session's state is known again; its proposals are dropped and the
         tokens final since are appended on the next Propose. False (the session given up,
         as after any other failure) if this times out or fails too."""
-        position, keep, append, k, length = self._unsure
-        self._unsure = None
+        sent, self._timed_out = self._timed_out, None
         try:
             proposal, _, nbytes = await self.deadline.bound(self.client.propose(
-                self.session_id, position, keep, append, k))
+                self.session_id, sent.at.held, sent.at.keep, sent.at.append, sent.k))
         except UpstreamError as e:
             self._lost(e)
             return False
         self.stats.wire_bytes += nbytes
-        self.position = proposal.position
-        self.keep = proposal.position - len(proposal.token_ids)
-        self.append = history[length:]
+        self.at = DraftPosition(proposal.position,
+                                proposal.position - len(proposal.token_ids),
+                                history[sent.length:])
+        self.state = DraftState.READY
         self.backoff.reset()
         self.reason = ""
         log.info("draft session re-synchronised after a timeout", session_id=self.session_id,
-                 tokens=length)
+                 tokens=sent.length)
         return True
+
+    async def answer(self, history: list[int], rejection: Rejection) -> bytes | None:
+        """The draft's q at a rejected proposal, at the ids the target asks for: from the
+        session that proposed, or (that one lost) from a fresh session on the same prefix;
+        None if the draft cannot be reached."""
+        answer = await self.probs(rejection.query, rejection.accepted)
+        if answer is None:
+            prefix = history + rejection.proposals[:rejection.accepted]
+            answer = await self.recompute_probs(prefix, rejection.query)
+        return answer
 
     async def probs(self, query, index: int) -> bytes | None:
         """q at `index` of the last proposal, at the ids a target's DraftProbsQuery names;
@@ -193,7 +209,7 @@ class DraftLeg(Leg):
             return None
         try:
             answer, nbytes = await self.deadline.bound(
-                self.client.get_probs(self.session_id, self.position, index, query))
+                self.client.get_probs(self.session_id, self.at.held, index, query))
         except UpstreamError as e:
             self._lost(e)
             return None
@@ -238,46 +254,46 @@ class DraftLeg(Leg):
         i.e. a guess of the round's last token, then proposals after it. Returns the next
         round's proposals when the guess was right (every proposal accepted, and the guess is
         the target's token), else [] with the block rolled back."""
-        if self.session_id is None or self._unsure is not None:
+        if self.state is not DraftState.READY:
             return []  # (a session being re-synchronised learns the history then)
         if ahead is not None:
             if ahead and accepted == proposed and ahead[0] == new_tokens[-1]:
                 return ahead[1:]
             self.stats.ahead_discarded += bool(ahead)
-            end = self.position - len(ahead)  # where the round's proposals end
+            end = self.at.held - len(ahead)  # where the round's proposals end
         else:
-            end = self.position if self.keep is None else self.keep
+            end = self.at.proposals_end
         if proposed or ahead is not None:
-            self.keep = end - proposed + accepted
-            self.append = [new_tokens[-1]]
+            self.at.settle(end, proposed, accepted, new_tokens[-1])
         else:
-            self.append.extend(new_tokens)
+            self.at.append.extend(new_tokens)
         return []
 
     def take(self, ready: list[int], k: int) -> list[int]:
         """The round's proposals from a block drafted ahead (commit's return): its first k;
         the rest are rolled back on the next Propose."""
         if len(ready) > k:
-            self.keep = self.position - (len(ready) - k)
+            self.at.keep = self.at.held - (len(ready) - k)
         self.stats.ahead_used += k > 0
         return ready[:k]
 
     async def close(self) -> None:
-        if self._reopening is not None:
-            # A re-open under way: close its session once it ends, whatever the answer (an
+        if self._opening is not None:
+            # An open under way: close its session once it ends, whatever the answer (an
             # open whose reply was lost may still have happened; closing is idempotent).
-            client, sid = self._reopening_client, self._reopening_id
-            self._reopening.add_done_callback(lambda _: client.close_later(sid))
-            self._reopening = None
+            client, sid = self._opening.client, self._opening.session_id
+            self._opening.task.add_done_callback(lambda _: client.close_later(sid))
+            self._opening = None
         if self.session_id is not None:  # in the background: a slow draft delays nothing
             self.client.close_later(self.session_id)
             self.session_id = None
+        self.state = DraftState.CLOSED
 
     def _lost(self, err: Exception, attempted: str | None = None) -> None:
         """The draft failed: drop its session (and `attempted`, an open that failed but may
         have happened on the service) and wait a backoff before trying again."""
         self.reason = fallback_reason(err)
-        self._unsure = None
+        self._timed_out = None
         log.warning("draft lost; continuing target-only", reason=self.reason, error=str(err),
                     retry_in_s=round(self.backoff.delay_s, 3))
         if self.client is not None and getattr(err, "code", "") in ("UNAVAILABLE",
@@ -286,4 +302,5 @@ class DraftLeg(Leg):
         if attempted is not None:
             self.client.close_later(attempted)
         self._abandon()
+        self.state = DraftState.LOST
         self.backoff.failed()
