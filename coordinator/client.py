@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import grpc
@@ -37,11 +38,14 @@ def stats_dict(stats: generator_pb2.GenerationStats) -> dict:
 
 
 def generate(addr: str, req: generator_pb2.GenerateRequest, timeout_s: float | None = None,
-             on_text=None) -> tuple[list[int], str, dict]:
-    """Call Generate; returns (token ids, text, stats as a dict)."""
+             on_text=None, api_key: str | None = None) -> tuple[list[int], str, dict]:
+    """Call Generate (with `api_key` as 'authorization: Bearer' metadata when given);
+    returns (token ids, text, stats as a dict)."""
     ids, texts, stats = [], [], {}
+    metadata = [("authorization", f"Bearer {api_key}")] if api_key else None
     with grpc.insecure_channel(addr) as channel:
-        for msg in generator_pb2_grpc.GeneratorStub(channel).Generate(req, timeout=timeout_s):
+        for msg in generator_pb2_grpc.GeneratorStub(channel).Generate(req, timeout=timeout_s,
+                                                                      metadata=metadata):
             if msg.HasField("token"):
                 ids.append(msg.token.id)
                 texts.append(msg.token.text)
@@ -67,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--timeout-s", type=float, default=None, help="deadline for the whole call")
     p.add_argument("--json", action="store_true", help="print stats as one JSON line")
+    p.add_argument("--api-key", default=os.environ.get("SPECDEC_API_KEY") or None,
+                   help="the coordinator's API key, if it asks for one [env SPECDEC_API_KEY]")
     return p
 
 
@@ -78,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         _, _, stats = generate(args.addr, build_request(args), args.timeout_s,
-                               on_text=lambda t: print(t, end="", flush=True))
+                               on_text=lambda t: print(t, end="", flush=True),
+                               api_key=args.api_key)
     except grpc.RpcError as e:
         print(f"\nerror: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1

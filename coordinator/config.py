@@ -36,6 +36,9 @@ class CoordinatorConfig:
     http_port: int = -1
     http_timeout_s: float = 600.0
     served_model_name: str = ""
+    api_key: str = ""  # comma-separated keys (see api/auth.py); empty = no key needed
+    api_key_file: str = ""
+    metrics_require_key: bool = False
     resolve_interval_s: float = 5.0
     adaptive_k: bool = True
     draft_ahead: bool = False
@@ -82,8 +85,23 @@ def parser() -> EnvDefaultsParser:
                  help="longest an HTTP request may run before 504")
     p.add_option("--served-model-name", default="",
                  help="the model name of the HTTP API; empty = the target's model name")
+    add_api_key_options(p)
     add_logging_options(p)
     return p
+
+
+def add_api_key_options(p: EnvDefaultsParser) -> None:
+    """Who may call the APIs (coordinator/api/auth.py)."""
+    p.add_option("--api-key", default="", action=JoinRepeated, secret=True,
+                 help="API key(s) a client must send as 'Authorization: Bearer KEY' (gRPC "
+                      "metadata 'authorization') to Generate and /v1/*; comma-separated or "
+                      "repeated; empty = no key needed. Prefer the environment or "
+                      "--api-key-file: a flag's value shows in the process list")
+    p.add_option("--api-key-file", default="",
+                 help="a file of API keys, one a line (# comments), added to --api-key")
+    p.add_option("--metrics-require-key", default=0, type=int, choices=[0, 1],
+                 help="1: the HTTP API's /metrics also needs a key (the --metrics-port "
+                      "endpoint is separate and never does); 0: open to Prometheus")
 
 
 def add_speculation_options(p: EnvDefaultsParser) -> None:

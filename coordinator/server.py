@@ -17,6 +17,7 @@ from specdec.rpc.server import RunningServer, start_server
 from specdec.rpc.tolerant import add_tolerant
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
+from .api.auth import ApiKeys
 from .api.http_server import HttpServer, start_http
 from .api.openai_api import OpenAIFrontEnd, create_app
 from .api.servicer import GeneratorServicer
@@ -169,6 +170,10 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     if cfg.draft_ahead and cfg.schedule != "pipelined":
         raise InvalidArgument("--draft-ahead 1 needs --schedule pipelined (lockstep sends one "
                               "call at a time, so the draft could not work during a verify)")
+    try:
+        keys = ApiKeys.load(cfg.api_key, cfg.api_key_file)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
     scheduler = Scheduler([]) if cfg.schedule == "lockstep" else None
     metrics = CoordinatorMetrics(CollectorRegistry())
 
@@ -189,7 +194,7 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     policy = FaultPolicy(target_retry_s=cfg.target_retry_s)
     core = GenerationCore(draft, target, tokenizer, set(target_info.model.eos_token_ids),
                           limits, scheduler, policy, metrics, adaptive)
-    servicer = GeneratorServicer(core)
+    servicer = GeneratorServicer(core, keys)
     server = await start_server(
         cfg.host, cfg.port,
         lambda s: add_tolerant(generator_pb2_grpc.add_GeneratorServicer_to_server, servicer, s),
@@ -199,7 +204,7 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     if cfg.http_port >= 0:
         front = OpenAIFrontEnd(core, cfg.served_model_name or target_info.model.model_name,
                                draft_info.model.model_name, cfg.http_timeout_s)
-        app = create_app(front, metrics.registry)
+        app = create_app(front, metrics.registry, keys, bool(cfg.metrics_require_key))
         http = await start_http(app, cfg.host, cfg.http_port)
     await server.set_serving(True)
     watcher = asyncio.create_task(watch_upstreams(server, core, metrics))
@@ -207,5 +212,5 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
              draft_model=draft_info.model.model_name, target_model=target_info.model.model_name,
              max_k=limits.max_k, schedule=cfg.schedule, draft_ahead=cfg.draft_ahead,
              metrics_port=metrics_server.port if metrics_server else None,
-             http_port=http.port if http else None)
+             http_port=http.port if http else None, api_keys=len(keys.keys))
     return Coordinator(server, draft, target, core, watcher, metrics_server, http)

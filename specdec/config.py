@@ -38,13 +38,16 @@ class EnvDefaultsParser(argparse.ArgumentParser):
     The variable is read when the option is added, which happens inside main().
     """
 
-    def add_option(self, flag: str, *, default=None, type=str, help: str = "", **kw):
+    def add_option(self, flag: str, *, default=None, type=str, help: str = "",
+                   secret: bool = False, **kw):
+        """secret: --help says whether a value is set, never the value."""
         var = env_name(flag)
         if var in os.environ:
             default = type(os.environ[var])
         kw.setdefault("required", default is None and kw.get("action") in (None, JoinRepeated))
+        shown = ("set" if default else "none") if secret else default
         return self.add_argument(
-            flag, default=default, type=type, help=f"{help} [env {var}; default: {default}]", **kw
+            flag, default=default, type=type, help=f"{help} [env {var}; default: {shown}]", **kw
         )
 
 

@@ -26,6 +26,7 @@ from specdec.errors import InvalidArgument, NotFound, SpecdecError
 
 from ..generation.core import GenerateArgs, GenerationCore
 from ..generation.decode import Finish, Stats, Token
+from .auth import UNAUTHENTICATED_MESSAGE, ApiKeys, bearer
 from .openai_schema import (
     ChatRequest,
     CompletionRequest,
@@ -37,8 +38,9 @@ from .openai_schema import (
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "OUT_OF_RANGE": 400, "FAILED_PRECONDITION": 400,
                "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503,
                "DEADLINE_EXCEEDED": 504, "CANCELLED": 499}
-ERROR_TYPE = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error",
-              499: "cancelled", 503: "service_unavailable_error", 504: "timeout_error"}
+ERROR_TYPE = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+              429: "rate_limit_error", 499: "cancelled", 503: "service_unavailable_error",
+              504: "timeout_error"}
 FINISH_REASON = {Finish.LENGTH: "length", Finish.STOP: "stop", Finish.EOS: "stop"}
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
@@ -163,11 +165,22 @@ async def stream_events(core: GenerationCore, args: GenerateArgs, deadline_s: fl
     return events, first
 
 
-def create_app(front: OpenAIFrontEnd, registry: CollectorRegistry | None = None) -> FastAPI:
-    """The app; `registry`: also serve these Prometheus metrics at GET /metrics."""
+def create_app(front: OpenAIFrontEnd, registry: CollectorRegistry | None = None,
+               keys: ApiKeys = ApiKeys(), metrics_need_key: bool = False) -> FastAPI:
+    """The app; `registry`: also serve these Prometheus metrics at GET /metrics; `keys`:
+    the API keys /v1/* (and /metrics when metrics_need_key) ask for."""
     core = front.core
     app = FastAPI(title="specdec", description="OpenAI-compatible API of the specdec "
                   "coordinator (speculative decoding: output exactly the target model's)")
+
+    @app.middleware("http")
+    async def api_key(request: Request, call_next):
+        path = request.url.path
+        guarded = path.startswith("/v1/") or (metrics_need_key and path == "/metrics")
+        if guarded and not keys.allows(bearer(request.headers.get("authorization"))):
+            return JSONResponse(error_body(401, UNAUTHENTICATED_MESSAGE), status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):

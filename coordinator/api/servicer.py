@@ -13,6 +13,7 @@ from specdec.v1 import generator_pb2, generator_pb2_grpc
 
 from ..generation.core import GenerateArgs, GenerationCore
 from ..generation.decode import Finish, Stats, Token
+from .auth import UNAUTHENTICATED_MESSAGE, ApiKeys, bearer
 
 log = structlog.get_logger(__name__)
 
@@ -54,10 +55,14 @@ def stats_to_pb(s: Stats) -> generator_pb2.GenerationStats:
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     """Converts GenerateRequest / GenerateResponse; GenerationCore does the rest."""
 
-    def __init__(self, core: GenerationCore):
-        self.core = core
+    def __init__(self, core: GenerationCore, keys: ApiKeys = ApiKeys()):
+        self.core, self.keys = core, keys
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
+        if self.keys.required:
+            metadata = dict(context.invocation_metadata() or ())
+            if not self.keys.allows(bearer(metadata.get("authorization"))):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
         try:
             args = args_from_pb(request, self.core)
             events = self.core.stream(args, context.time_remaining())
