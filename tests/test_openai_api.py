@@ -135,6 +135,8 @@ def test_seed_reproduces_a_sample_and_stop_strings_end_it(api):
     ({"stop": [str(i) for i in range(17)]}, "at most 16 stop strings"),
     ({"prompt": ""}, "'prompt' is empty"),
     ({"extra_body": {"max_tokens": "many"}}, "max_tokens"),
+    ({"extra_body": {"ignore_eos": True}}, "'ignore_eos' is not supported"),
+    ({"extra_body": {"stop_token_ids": [5]}}, "'stop_token_ids' is not supported"),
 ])
 def test_bad_requests_get_400_with_openai_error_body(api, fields, words):
     stack, client, model = api
@@ -177,7 +179,7 @@ def test_client_disconnect_mid_stream_frees_both_sessions(api):
     conn = http.client.HTTPConnection("127.0.0.1", stack.coordinator.http_port, timeout=30)
     conn.request("POST", "/v1/completions", json.dumps(
         {"model": model, "prompt": "def", "max_tokens": 150, "temperature": 0, "stream": True,
-         "extra": "ignored"}), {"Content-Type": "application/json"})
+         "user": "ignored"}), {"Content-Type": "application/json"})
     resp = conn.getresponse()
     assert resp.status == 200
     resp.fp.readline()  # the first event arrived: generation is under way

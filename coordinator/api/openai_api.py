@@ -85,9 +85,12 @@ class OpenAIFrontEnd:
             raise NotFound(f"model {model!r} is not served here; GET /v1/models lists "
                            f"{self.model_name!r}")
 
-    def args(self, req: OpenAIRequest, prompt_ids: list[int], default_max: int) -> GenerateArgs:
+    def check(self, req: OpenAIRequest) -> None:
+        """What needs no tokenizing: checked first, so a bad request costs no work."""
         self.check_model(req.model)
         unsupported(req)
+
+    def args(self, req: OpenAIRequest, prompt_ids: list[int], default_max: int) -> GenerateArgs:
         max_tokens = req.max_completion_tokens or req.max_tokens
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
         return GenerateArgs(
@@ -96,6 +99,7 @@ class OpenAIFrontEnd:
             req.top_k or 0, req.top_p, req.seed, stop, req.adaptive_k)
 
     def completion_args(self, req: CompletionRequest) -> GenerateArgs:
+        self.check(req)
         prompt = req.prompt
         if isinstance(prompt, list):
             if len(prompt) != 1:
@@ -107,6 +111,7 @@ class OpenAIFrontEnd:
         return self.args(req, self.core.tokenize(prompt), COMPLETION_DEFAULT_MAX_TOKENS)
 
     def chat_args(self, req: ChatRequest) -> GenerateArgs:
+        self.check(req)
         tokenizer = self.core.tokenizer
         if not getattr(tokenizer, "chat_template", None):
             raise InvalidArgument("the target's tokenizer has no chat template; use "

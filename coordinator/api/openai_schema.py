@@ -13,9 +13,16 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# Fields clients send that have no effect on the output here: accepted and ignored. Any
+# other field this schema does not know is refused (it might change the output: vLLM's
+# `ignore_eos`, `stop_token_ids`, `chat_template_kwargs`, ...), naming it (docs/api.md).
+NO_EFFECT = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls",
+                       "stream_options", "request_id"})
+
+
 class OpenAIRequest(BaseModel):
-    """Fields both endpoints take. Unknown fields are accepted and ignored (clients send
-    e.g. `user`); the known ones specdec cannot honour are refused in `unsupported()`."""
+    """Fields both endpoints take. Known fields specdec cannot honour are refused in
+    `unsupported()`, and so are unknown ones, except the NO_EFFECT fields."""
     model_config = ConfigDict(extra="allow")
 
     model: str
@@ -74,6 +81,12 @@ NEUTRAL = {"logprobs": (None, False, 0), "top_logprobs": (None, 0),
 
 
 def unsupported(req: OpenAIRequest) -> None:
+    """InvalidArgument naming the first field that would change the result but that specdec
+    cannot honour (a known one at a value other than its neutral ones, or an unknown one)."""
+    unknown = sorted(set(req.model_extra or ()) - NO_EFFECT)
+    if unknown:
+        raise InvalidArgument(f"'{unknown[0]}' is not supported by specdec; leave it out "
+                              f"(fields accepted without effect: {', '.join(sorted(NO_EFFECT))})")
     for name, neutral in NEUTRAL.items():
         value = getattr(req, name, None)
         if not any(value == v and type(value) is type(v) or value is v for v in neutral):
