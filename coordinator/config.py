@@ -39,6 +39,7 @@ class CoordinatorConfig:
     api_key: str = ""  # comma-separated keys (see api/auth.py); empty = no key needed
     api_key_file: str = ""
     metrics_require_key: bool = False
+    max_concurrent_requests: int = 0
     resolve_interval_s: float = 5.0
     adaptive_k: bool = True
     draft_ahead: bool = False
@@ -64,6 +65,10 @@ def parser() -> EnvDefaultsParser:
     p.add_option("--cache-dir", default=default_cache_dir(), help="model cache directory")
     p.add_option("--max-new-tokens-limit", default=4096, type=int,
                  help="largest max_new_tokens a request may ask for")
+    p.add_option("--max-concurrent-requests", default=0, type=int,
+                 help="most generations running at once (gRPC and HTTP together); more get "
+                      "RESOURCE_EXHAUSTED / 429 with Retry-After; 0 = no cap (the target's "
+                      "--max-sessions still bounds them)")
     add_speculation_options(p)
     p.add_option("--rpc-timeout-s", default=120.0, type=float,
                  help="deadline of each call to the draft and target services")

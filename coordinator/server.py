@@ -80,6 +80,7 @@ class Coordinator:
         await self.server.server.stop(0.5)
         await self.core.services.background.settle()  # (it closes sessions: before the channels)
         await asyncio.gather(self.draft.close(), self.target.close())
+        self.core.prompts.close()
         if self.metrics_server:
             self.metrics_server.stop()
         log.info("stopped", unfinished=self.core.running)
@@ -160,7 +161,7 @@ def make_limits(cfg: CoordinatorConfig, draft_info, target_info) -> Limits:
         max_context=min(draft_info.model.max_context_length,
                         target_info.model.max_context_length),
         target_context=target_info.model.max_context_length, adaptive_k=cfg.adaptive_k,
-        draft_ahead=cfg.draft_ahead)
+        draft_ahead=cfg.draft_ahead, max_concurrent=cfg.max_concurrent_requests)
 
 
 async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:

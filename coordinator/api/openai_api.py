@@ -52,7 +52,8 @@ def error_body(status: int, message: str, param: str | None = None) -> dict:
 
 def error_response(e: SpecdecError) -> JSONResponse:
     status = HTTP_STATUS.get(e.code, 500)
-    return JSONResponse(error_body(status, str(e)), status_code=status)
+    headers = {"Retry-After": "1"} if status == 429 else None  # (full: try again shortly)
+    return JSONResponse(error_body(status, str(e)), status_code=status, headers=headers)
 
 
 def spec_stats(s: Stats) -> dict:
@@ -98,7 +99,7 @@ class OpenAIFrontEnd:
             req.num_speculative_tokens, 1.0 if req.temperature is None else req.temperature,
             req.top_k or 0, req.top_p, req.seed, stop, req.adaptive_k)
 
-    def completion_args(self, req: CompletionRequest) -> GenerateArgs:
+    async def completion_args(self, req: CompletionRequest) -> GenerateArgs:
         self.check(req)
         prompt = req.prompt
         if isinstance(prompt, list):
@@ -108,9 +109,9 @@ class OpenAIFrontEnd:
             prompt = prompt[0]
         if not prompt:
             raise InvalidArgument("'prompt' is empty")
-        return self.args(req, self.core.tokenize(prompt), COMPLETION_DEFAULT_MAX_TOKENS)
+        return self.args(req, await self.core.tokenize(prompt), COMPLETION_DEFAULT_MAX_TOKENS)
 
-    def chat_args(self, req: ChatRequest) -> GenerateArgs:
+    async def chat_args(self, req: ChatRequest) -> GenerateArgs:
         self.check(req)
         tokenizer = self.core.tokenizer
         if not getattr(tokenizer, "chat_template", None):
@@ -119,9 +120,7 @@ class OpenAIFrontEnd:
         if not req.messages:
             raise InvalidArgument("'messages' is empty")
         messages = [{"role": m.role, "content": message_text(m)} for m in req.messages]
-        text = tokenizer.apply_chat_template(messages, tokenize=False,
-                                             add_generation_prompt=True)
-        ids = self.core.tokenize(text, special_tokens=False)
+        ids = await self.core.prompts.chat(messages)
         limits = self.core.limits
         default_max = max(1, min(limits.max_new_tokens, limits.target_context - len(ids)))
         return self.args(req, ids, default_max)
@@ -221,12 +220,12 @@ def create_app(front: OpenAIFrontEnd, registry: CollectorRegistry | None = None,
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
-        args = front.completion_args(req)
+        args = await front.completion_args(req)
         return await respond(front, req, args, request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
-        args = front.chat_args(req)
+        args = await front.chat_args(req)
         return await respond(front, req, args, request, chat=True)
 
     return app

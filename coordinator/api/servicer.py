@@ -24,11 +24,12 @@ _FINISH_PB = {
 }
 
 
-def args_from_pb(req: generator_pb2.GenerateRequest, core: GenerationCore) -> GenerateArgs:
+async def args_from_pb(req: generator_pb2.GenerateRequest, core: GenerationCore
+                       ) -> GenerateArgs:
     if not req.prompt:
         raise InvalidArgument("prompt is empty")
     return GenerateArgs(
-        core.tokenize(req.prompt), req.max_new_tokens,
+        await core.tokenize(req.prompt), req.max_new_tokens,
         req.num_speculative_tokens if req.HasField("num_speculative_tokens") else None,
         req.temperature, req.top_k, req.top_p if req.HasField("top_p") else None,
         req.seed if req.HasField("seed") else None, tuple(req.stop),
@@ -64,7 +65,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             if not self.keys.allows(bearer(metadata.get("authorization"))):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
         try:
-            args = args_from_pb(request, self.core)
+            args = await args_from_pb(request, self.core)
             events = self.core.stream(args, context.time_remaining())
             async with contextlib.aclosing(events):
                 async for event in events:

@@ -14,17 +14,19 @@ from dataclasses import dataclass
 
 import structlog
 
-from specdec.errors import InvalidArgument, SpecdecError, Unavailable
+from specdec.errors import InvalidArgument, ResourceExhausted, SpecdecError, Unavailable
 from specdec.sampling import GREEDY, SamplingParams
 
 from ..speculation.adaptive import AdaptiveK
 from .decode import Generation, Params, Services, Stats, Token
 from .faults import Deadline, FaultPolicy
 from .metrics import CoordinatorMetrics
+from .prompts import PromptTokenizer
 
 log = structlog.get_logger(__name__)
 
 MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Limits:
     target_context: int
     adaptive_k: bool = False  # the coordinator's --adaptive-k (and it has an AdaptiveK)
     draft_ahead: bool = False  # the coordinator's --draft-ahead
+    max_concurrent: int = 0  # the coordinator's --max-concurrent-requests (0 = no cap)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ def validate(args: GenerateArgs, limits: Limits) -> Params:
                               f"{k}")
     if len(args.stop) > MAX_STOP_STRINGS:
         raise InvalidArgument(f"at most {MAX_STOP_STRINGS} stop strings, got {len(args.stop)}")
+    if any(len(s) > MAX_STOP_CHARS for s in args.stop):
+        raise InvalidArgument(f"a stop string may have at most {MAX_STOP_CHARS} characters, got "
+                              f"{max(len(s) for s in args.stop)}")
     context = limits.max_context if k else limits.target_context
     if len(args.prompt_ids) + args.max_new_tokens > context:
         raise InvalidArgument(
@@ -92,6 +98,7 @@ class GenerationCore:
         self.draft, self.target = draft, target
         self.adaptive = adaptive
         self.tokenizer = tokenizer
+        self.prompts = PromptTokenizer(tokenizer, limits.target_context)
         # what every generation shares, handed to each once
         self.services = Services(draft, target, tokenizer, eos_token_ids, scheduler, policy,
                                  adaptive)
@@ -103,8 +110,17 @@ class GenerationCore:
         self.idle = asyncio.Event()
         self.idle.set()
 
-    def tokenize(self, text: str, special_tokens: bool = True) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=special_tokens).input_ids
+    async def tokenize(self, text: str, special_tokens: bool = True) -> list[int]:
+        """`text`'s token ids (prompts.PromptTokenizer: length checked first, off the loop)."""
+        return await self.prompts.encode(text, special_tokens)
+
+    def admit(self) -> None:
+        """ResourceExhausted when --max-concurrent-requests generations already run."""
+        cap = self.limits.max_concurrent
+        if cap and self.running >= cap:
+            self.metrics.finished("RESOURCE_EXHAUSTED", None)
+            raise ResourceExhausted(f"the coordinator already runs its "
+                                    f"--max-concurrent-requests {cap} requests; retry shortly")
 
     async def stream(self, args: GenerateArgs, deadline_s: float | None = None,
                      **log_fields) -> AsyncIterator[Token | Stats]:
@@ -114,6 +130,7 @@ class GenerationCore:
         if self.draining:
             self.metrics.finished("UNAVAILABLE", None)
             raise Unavailable("the coordinator is shutting down; retry on another replica")
+        self.admit()
         session_id = uuid.uuid4().hex
         deadline = Deadline(deadline_s)
         self.running += 1
