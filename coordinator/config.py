@@ -40,6 +40,11 @@ class CoordinatorConfig:
     api_key_file: str = ""
     metrics_require_key: bool = False
     max_concurrent_requests: int = 0
+    tls_cert_file: str = ""  # the coordinator's own gRPC and HTTP APIs; empty = plaintext
+    tls_key_file: str = ""
+    upstream_ca_file: str = ""  # set: TLS to the draft and target services
+    upstream_cert_file: str = ""  # set: this coordinator's certificate (mutual TLS)
+    upstream_key_file: str = ""
     resolve_interval_s: float = 5.0
     adaptive_k: bool = True
     draft_ahead: bool = False
@@ -91,6 +96,7 @@ def parser() -> EnvDefaultsParser:
     p.add_option("--served-model-name", default="",
                  help="the model name of the HTTP API; empty = the target's model name")
     add_api_key_options(p)
+    add_tls_options(p)
     add_logging_options(p)
     return p
 
@@ -107,6 +113,21 @@ def add_api_key_options(p: EnvDefaultsParser) -> None:
     p.add_option("--metrics-require-key", default=0, type=int, choices=[0, 1],
                  help="1: the HTTP API's /metrics also needs a key (the --metrics-port "
                       "endpoint is separate and never does); 0: open to Prometheus")
+
+
+def add_tls_options(p: EnvDefaultsParser) -> None:
+    """TLS on the coordinator's APIs and on its links to the services (specdec/rpc/tls.py)."""
+    p.add_option("--tls-cert-file", default="",
+                 help="PEM certificate (chain) for the gRPC and HTTP APIs; empty = plaintext")
+    p.add_option("--tls-key-file", default="", help="PEM private key of --tls-cert-file")
+    p.add_option("--upstream-ca-file", default="",
+                 help="PEM CA that signed the draft's and target's certificates: the links "
+                      "to them use TLS; empty = plaintext")
+    p.add_option("--upstream-cert-file", default="",
+                 help="PEM certificate this coordinator shows the services (mutual TLS, "
+                      "for services started with --tls-client-ca-file)")
+    p.add_option("--upstream-key-file", default="", help="PEM private key of "
+                 "--upstream-cert-file")
 
 
 def add_speculation_options(p: EnvDefaultsParser) -> None:

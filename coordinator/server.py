@@ -14,6 +14,7 @@ from specdec.errors import FailedPrecondition, InvalidArgument
 from specdec.models import load_tokenizer, tokenizer_fingerprint
 from specdec.rpc.metrics import MetricsServer, serve_metrics
 from specdec.rpc.server import RunningServer, start_server
+from specdec.rpc.tls import channel_credentials, server_credentials
 from specdec.rpc.tolerant import add_tolerant
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
@@ -127,11 +128,13 @@ def replica_sets(cfg: CoordinatorConfig, scheduler: Scheduler | None,
             scheduler.remove(client.batchers)
 
     draft_timeout = cfg.draft_timeout_ms / 1e3 if cfg.draft_timeout_ms > 0 else None
+    tls = channel_credentials(cfg.upstream_ca_file, cfg.upstream_cert_file,
+                              cfg.upstream_key_file)
     draft = ReplicaSet("draft", parse_entries(cfg.draft),
-                       lambda addr: DraftClient(addr, cfg.rpc_timeout_s, draft_timeout),
+                       lambda addr: DraftClient(addr, cfg.rpc_timeout_s, draft_timeout, tls),
                        cfg.resolve_interval_s, on_added=added, on_removed=removed)
     target = ReplicaSet("target", parse_entries(cfg.target),
-                        lambda addr: TargetClient(addr, cfg.rpc_timeout_s),
+                        lambda addr: TargetClient(addr, cfg.rpc_timeout_s, tls),
                         cfg.resolve_interval_s, on_added=added, on_removed=removed)
     return draft, target
 
@@ -199,14 +202,15 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     server = await start_server(
         cfg.host, cfg.port,
         lambda s: add_tolerant(generator_pb2_grpc.add_GeneratorServicer_to_server, servicer, s),
-        [SERVICE_NAME])
+        [SERVICE_NAME], server_credentials(cfg.tls_cert_file, cfg.tls_key_file))
     metrics_server = serve_metrics(cfg.host, cfg.metrics_port, metrics.registry)
     http = None
     if cfg.http_port >= 0:
         front = OpenAIFrontEnd(core, cfg.served_model_name or target_info.model.model_name,
                                draft_info.model.model_name, cfg.http_timeout_s)
         app = create_app(front, metrics.registry, keys, bool(cfg.metrics_require_key))
-        http = await start_http(app, cfg.host, cfg.http_port)
+        http = await start_http(app, cfg.host, cfg.http_port, cfg.tls_cert_file,
+                                cfg.tls_key_file)
     await server.set_serving(True)
     watcher = asyncio.create_task(watch_upstreams(server, core, metrics))
     log.info("serving", port=server.port, draft=draft.addrs, target=target.addrs,

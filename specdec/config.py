@@ -99,6 +99,9 @@ class ModelServiceConfig:
     ngram_max: int = 4  # draft only
     ngram_min: int = 2  # draft only
     draft_vocab: str = ""  # draft only: specdec.token_map.resolve
+    tls_cert_file: str = ""  # (specdec.rpc.tls) empty = plaintext
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # set: mutual TLS, clients must show a certificate
 
 
 def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaultsParser:
@@ -154,6 +157,12 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
                           "propose more often, and worse)")
     p.add_option("--warmup", default=1, type=int, choices=[0, 1],
                  help="run warm-up passes before reporting SERVING")
+    p.add_option("--tls-cert-file", default="",
+                 help="PEM certificate (chain) to serve TLS with; empty = plaintext")
+    p.add_option("--tls-key-file", default="", help="PEM private key of --tls-cert-file")
+    p.add_option("--tls-client-ca-file", default="",
+                 help="PEM CA: every client (the coordinator) must show a certificate it "
+                      "signed (mutual TLS); empty = any client")
     add_operations_options(p, drain="refuse new sessions (UNAVAILABLE), and serve the live "
                                     "ones until they close")
     add_logging_options(p)
@@ -173,4 +182,6 @@ def model_service_config(args: argparse.Namespace) -> ModelServiceConfig:
         proposer=getattr(args, "proposer", "model"),
         ngram_max=getattr(args, "ngram_max", 4), ngram_min=getattr(args, "ngram_min", 2),
         draft_vocab=getattr(args, "draft_vocab", ""),
+        tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
+        tls_client_ca_file=args.tls_client_ca_file,
     )

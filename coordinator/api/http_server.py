@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from specdec.errors import Unavailable
+from specdec.rpc.tls import warn_if_exposed
 
 
 class _Server(uvicorn.Server):
@@ -31,9 +32,11 @@ class HttpServer:
             await self.task
 
 
-async def start_http(app, host: str, port: int) -> HttpServer:
-    """Start serving; port 0 binds any free port (see .port). The socket is bound here, so a
-    busy port is a clear error rather than uvicorn's exit."""
+async def start_http(app, host: str, port: int, cert_file: str = "", key_file: str = ""
+                     ) -> HttpServer:
+    """Start serving (HTTPS with cert_file and key_file); port 0 binds any free port (see
+    .port). The socket is bound here, so a busy port is a clear error rather than uvicorn's
+    exit."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -43,7 +46,8 @@ async def start_http(app, host: str, port: int) -> HttpServer:
         raise Unavailable(f"cannot bind HTTP {host}:{port} (in use?): {e}") from None
     sock.listen(1024)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, ssl_certfile=cert_file or None,
+                            ssl_keyfile=key_file or None)
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -51,4 +55,5 @@ async def start_http(app, host: str, port: int) -> HttpServer:
             raise Unavailable(f"HTTP server on {host}:{port} did not start: "
                               f"{task.exception()}")
         await asyncio.sleep(0.01)
+    warn_if_exposed(host, "the HTTP API", bool(cert_file))
     return HttpServer(server, task, sock.getsockname()[1])

@@ -62,14 +62,17 @@ class ServiceClient:
     concurrent generations share calls (see batcher.py)."""
 
     def __init__(self, role: str, addr: str, stub_cls, service: str, timeout_s: float,
-                 info_request, open_request, close_request, retries: bool = True):
+                 info_request, open_request, close_request, retries: bool = True,
+                 credentials: grpc.ChannelCredentials | None = None):
         """info_request, open_request, close_request: the service's GetInfo, OpenSession and
-        CloseSession request classes. retries: retry UNAVAILABLE calls in the channel."""
+        CloseSession request classes. retries: retry UNAVAILABLE calls in the channel.
+        credentials: TLS (specdec.rpc.tls.channel_credentials); None = plaintext."""
         self.role, self.addr, self.timeout_s = role, addr, timeout_s
         retry = ([("grpc.service_config", _service_config(service)), ("grpc.enable_retries", 1)]
                  if retries else [("grpc.enable_retries", 0)])
-        self.channel = grpc.aio.insecure_channel(
-            addr, options=[*CHANNEL_OPTIONS, *RECONNECT_OPTIONS, *retry])
+        options = [*CHANNEL_OPTIONS, *RECONNECT_OPTIONS, *retry]
+        self.channel = (grpc.aio.insecure_channel(addr, options=options) if credentials is None
+                        else grpc.aio.secure_channel(addr, credentials, options=options))
         # on_error(service role, status code name): every failed call or item (metrics)
         self.on_error: Callable[[str, str], None] = lambda role, code: None
         # on_cost(event): what each batched call cost (costs.py; the K policy learns from it)
@@ -263,13 +266,15 @@ class DraftClient(ServiceClient):
     draft that fails or is slower than its budget costs a round its proposals, never the
     request (see draft_leg.DraftLeg)."""
 
-    def __init__(self, addr: str, timeout_s: float, propose_timeout_s: float | None = None):
+    def __init__(self, addr: str, timeout_s: float, propose_timeout_s: float | None = None,
+                 credentials: grpc.ChannelCredentials | None = None):
         """propose_timeout_s: fixed timeout of Propose; None = 4x its recent mean latency,
         at least 1 s (2 s before the first call)."""
         super().__init__("draft", addr, draft_pb2_grpc.DraftServiceStub,
                          "specdec.v1.DraftService", timeout_s, draft_pb2.GetDraftInfoRequest,
                          draft_pb2.OpenDraftSessionRequest, draft_pb2.CloseDraftSessionRequest,
-                         retries=False)  # a failed draft call costs a round, not a retry
+                         retries=False,  # a failed draft call costs a round, not a retry
+                         credentials=credentials)
         # GetProbs keeps the plain --rpc-timeout-s: it follows a sampled rejection, and
         # dropping a round after seeing that rejection would bias the output (target_leg.py).
         self._budgets = {
@@ -334,11 +339,12 @@ class DraftClient(ServiceClient):
 
 
 class TargetClient(ServiceClient):
-    def __init__(self, addr: str, timeout_s: float):
+    def __init__(self, addr: str, timeout_s: float,
+                 credentials: grpc.ChannelCredentials | None = None):
         super().__init__("target", addr, target_pb2_grpc.TargetServiceStub,
                          "specdec.v1.TargetService", timeout_s, target_pb2.GetTargetInfoRequest,
                          target_pb2.OpenTargetSessionRequest,
-                         target_pb2.CloseTargetSessionRequest)
+                         target_pb2.CloseTargetSessionRequest, credentials=credentials)
         self.verifies = self._batcher(
             "Verify", lambda items: target_pb2.VerifyRequest(items=items))
 

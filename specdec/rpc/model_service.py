@@ -21,6 +21,7 @@ from ..v1 import common_pb2
 from .metrics import MetricsServer, ServiceMetrics, serve_metrics
 from .server import RunningServer, start_server, wait_for_signal
 from .status import item_status, rpc_method
+from .tls import server_credentials
 from .worker import ModelWorker
 
 log = structlog.get_logger(__name__)
@@ -143,7 +144,9 @@ async def start_model_service(cfg: ModelServiceConfig, servicer: ModelServicer,
                               lm: LoadedModel | None = None) -> RunningServer:
     """Bind and start the server (health NOT_SERVING), load the model (or use `lm`), warm
     up, then report SERVING. Returns once serving."""
-    server = await start_server(cfg.host, cfg.port, register, [service_name])
+    credentials = server_credentials(cfg.tls_cert_file, cfg.tls_key_file,
+                                     cfg.tls_client_ca_file)
+    server = await start_server(cfg.host, cfg.port, register, [service_name], credentials)
     log.info("listening; loading model", port=server.port, model=cfg.model)
     if lm is None:
         lm = await servicer.worker.run(load_model, cfg.model, cfg.dtype, cfg.device,

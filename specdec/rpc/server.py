@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..errors import Unavailable
+from .tls import warn_if_exposed
 
 log = structlog.get_logger(__name__)
 
@@ -48,9 +49,11 @@ class RunningServer:
 
 
 async def start_server(host: str, port: int, register: Callable[[grpc.aio.Server], None],
-                       service_names: list[str]) -> RunningServer:
+                       service_names: list[str],
+                       credentials: grpc.ServerCredentials | None = None) -> RunningServer:
     """Start a server with `register`ed servicers, health (NOT_SERVING until set_serving)
-    and reflection. port 0 binds any free port; the bound one is returned."""
+    and reflection. port 0 binds any free port; the bound one is returned. credentials:
+    TLS (specdec.rpc.tls); None = plaintext."""
     # SO_REUSEPORT (gRPC's default) would let a second server share a busy port silently.
     server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
     register(server)
@@ -60,10 +63,12 @@ async def start_server(host: str, port: int, register: Callable[[grpc.aio.Server
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME], server)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = (server.add_insecure_port(f"{host}:{port}") if credentials is None
+                 else server.add_secure_port(f"{host}:{port}", credentials))
     except RuntimeError as e:  # grpcio raises when the address cannot be bound
         raise Unavailable(f"cannot bind {host}:{port} (in use?): {e}") from None
     await server.start()
+    warn_if_exposed(host, "the gRPC server", credentials is not None)
     running = RunningServer(server, bound, health_servicer, service_names)
     await running.set_serving(False)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
