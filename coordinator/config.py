@@ -9,6 +9,7 @@ from specdec.config import (
     JoinRepeated,
     add_logging_options,
     add_operations_options,
+    add_tls_server_options,
     default_cache_dir,
 )
 
@@ -117,9 +118,7 @@ def add_api_key_options(p: EnvDefaultsParser) -> None:
 
 def add_tls_options(p: EnvDefaultsParser) -> None:
     """TLS on the coordinator's APIs and on its links to the services (specdec/rpc/tls.py)."""
-    p.add_option("--tls-cert-file", default="",
-                 help="PEM certificate (chain) for the gRPC and HTTP APIs; empty = plaintext")
-    p.add_option("--tls-key-file", default="", help="PEM private key of --tls-cert-file")
+    add_tls_server_options(p, "the gRPC and HTTP APIs")
     p.add_option("--upstream-ca-file", default="",
                  help="PEM CA that signed the draft's and target's certificates: the links "
                       "to them use TLS; empty = plaintext")

@@ -104,6 +104,13 @@ class ModelServiceConfig:
     tls_client_ca_file: str = ""  # set: mutual TLS, clients must show a certificate
 
 
+def add_tls_server_options(p: EnvDefaultsParser, what: str) -> None:
+    """The certificate a process serves `what` with (specdec/rpc/tls.py)."""
+    p.add_option("--tls-cert-file", default="",
+                 help=f"PEM certificate (chain) for {what}; empty = plaintext")
+    p.add_option("--tls-key-file", default="", help="PEM private key of --tls-cert-file")
+
+
 def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaultsParser:
     p = EnvDefaultsParser(prog=prog, description=f"specdec {role} service (gRPC).")
     p.add_option("--model", help="registry name, local HF directory, .gguf file or Hub id",
@@ -157,9 +164,7 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
                           "propose more often, and worse)")
     p.add_option("--warmup", default=1, type=int, choices=[0, 1],
                  help="run warm-up passes before reporting SERVING")
-    p.add_option("--tls-cert-file", default="",
-                 help="PEM certificate (chain) to serve TLS with; empty = plaintext")
-    p.add_option("--tls-key-file", default="", help="PEM private key of --tls-cert-file")
+    add_tls_server_options(p, "the gRPC API")
     p.add_option("--tls-client-ca-file", default="",
                  help="PEM CA: every client (the coordinator) must show a certificate it "
                       "signed (mutual TLS); empty = any client")
