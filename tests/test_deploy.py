@@ -111,15 +111,22 @@ def test_every_service_runs_a_real_entrypoint_with_flags_it_accepts(variant, req
         assert probe[4] == f"127.0.0.1:{args.port}", (name, probe)
         assert importlib.util.find_spec("specdec.healthprobe")
         assert service["volumes"] == ["models:/models"]
+        # least privilege; the models volume and /tmp are the only places written
+        assert service["read_only"] is True and service["tmpfs"] == ["/tmp"], name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert env["HOME"] == "/tmp", name
+        if name != "coordinator":  # gated models: the host's HF_TOKEN passes through
+            assert "HF_TOKEN" in service["environment"], name
         for var in list(env):
             if var.startswith("SPECDEC_"):
                 monkeypatch.delenv(var)
     coord = doc["services"]["coordinator"]["environment"]
     assert coord["SPECDEC_DRAFT"] == f"dns:///draft:{ports['draft']}"
     assert coord["SPECDEC_TARGET"] == f"dns:///target:{ports['target']}"
-    assert doc["services"]["coordinator"]["ports"] == [
-        f"50050:{ports['coordinator']}", f"8000:{http_ports['coordinator']}",
-        f"9090:{metrics_ports['coordinator']}"]
+    assert doc["services"]["coordinator"]["ports"] == [  # this host only, by default
+        f"127.0.0.1:50050:{ports['coordinator']}", f"127.0.0.1:8000:{http_ports['coordinator']}",
+        f"127.0.0.1:9090:{metrics_ports['coordinator']}"]
     assert set(doc["volumes"]) == {"models"}
 
 

@@ -39,12 +39,21 @@ def examples() -> list[dict]:
 
 
 def env_of(docs, container) -> dict[str, str]:
-    """The container's environment: its envFrom ConfigMaps, then its env."""
+    """The container's environment: its envFrom ConfigMaps, then its env (values only: those
+    read from Secrets are left to secret_refs)."""
     env = {}
     for ref in container.get("envFrom", []):
         env.update(find(docs, "ConfigMap", ref["configMapRef"]["name"])["data"])
-    env.update({e["name"]: e["value"] for e in container.get("env", [])})
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
     return env
+
+
+def secret_refs(docs) -> list[tuple[str, str, str]]:
+    """(container, variable, 'secret/key') of every variable read from a Secret."""
+    return [(c["name"], e["name"], f"{e['valueFrom']['secretKeyRef']['name']}/"
+             f"{e['valueFrom']['secretKeyRef']['key']}")
+            for c in containers(docs) for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})]
 
 
 def workload(docs, name):
@@ -217,3 +226,66 @@ def test_the_hpa_example_scales_a_real_workload_on_a_specdec_metric():
     registry = CollectorRegistry()
     ServiceMetrics(registry)
     assert metric in {s.name for m in registry.collect() for s in m.samples}
+
+
+def labels_of(docs, name) -> dict:
+    return pod(docs, name)["metadata"]["labels"]
+
+
+def admits(policy: dict, peer_labels: dict, port: str) -> bool:
+    """Whether `policy` lets a pod with `peer_labels` (in any namespace) reach `port`.
+    Only the forms the manifests use are understood; anything else fails the test."""
+    for rule in policy["spec"].get("ingress", []):
+        if port not in [p["port"] for p in rule.get("ports", [])]:
+            continue
+        if "from" not in rule:
+            return True  # every source
+        for peer in rule["from"]:
+            assert set(peer) <= {"podSelector", "namespaceSelector"}, peer
+            assert peer.get("namespaceSelector", {}) == {}, peer  # (any namespace, or same)
+            wanted = peer["podSelector"].get("matchLabels", {})
+            assert set(peer["podSelector"]) == {"matchLabels"}, peer
+            if wanted.items() <= peer_labels.items():
+                return True
+    return False
+
+
+def test_network_policies_admit_only_coordinators_to_the_models(variant):
+    _, docs = variant
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    coordinator = labels_of(docs, "coordinator")
+    prometheus = {"app.kubernetes.io/name": "prometheus"}
+    stranger = {"app": "anything-else"}
+    for name in ("draft", "target", "coordinator"):
+        mine = [p for p in policies if p["spec"]["podSelector"]["matchLabels"].items()
+                <= labels_of(docs, name).items()]
+        assert len(mine) == 1, name
+        (policy,) = mine
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        (c,) = pod(docs, name)["spec"]["containers"]
+        assert {p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]} <= {
+            p["name"] for p in c["ports"]}, name  # named ports that exist
+        assert admits(policy, prometheus, "metrics") and not admits(policy, stranger, "metrics")
+        if name == "coordinator":  # clients from anywhere
+            assert admits(policy, stranger, "grpc") and admits(policy, stranger, "http")
+        else:
+            assert admits(policy, coordinator, "grpc"), name
+            for other in (stranger, prometheus, labels_of(docs, "draft"),
+                          labels_of(docs, "target")):
+                assert not admits(policy, other, "grpc"), (name, other)
+
+
+def test_every_secret_reference_names_a_key_of_the_example_secrets(variant):
+    _, docs = variant
+    example = {f"{d['metadata']['name']}/{key}" for d in load_docs(K8S / "examples/secrets.yaml")
+               if d["kind"] == "Secret" for key in {**d.get("stringData", {}),
+                                                    **d.get("data", {})}}
+    refs = secret_refs(docs)
+    assert {(c, var) for c, var, _ in refs} == {
+        ("coordinator", "SPECDEC_API_KEY"), ("draft", "HF_TOKEN"), ("target", "HF_TOKEN")}
+    for c, var, ref in refs:
+        assert ref in example, (c, var, ref)
+    for c in containers(docs):  # optional: a cluster without the Secrets still starts
+        for e in c.get("env", []):
+            if "secretKeyRef" in e.get("valueFrom", {}):
+                assert e["valueFrom"]["secretKeyRef"]["optional"] is True
