@@ -41,6 +41,7 @@ class CoordinatorConfig:
     api_key_file: str = ""
     metrics_require_key: bool = False
     max_concurrent_requests: int = 0
+    max_request_bytes: int = 64 * 2**20
     tls_cert_file: str = ""  # the coordinator's own gRPC and HTTP APIs; empty = plaintext
     tls_key_file: str = ""
     upstream_ca_file: str = ""  # set: TLS to the draft and target services
@@ -71,6 +72,9 @@ def parser() -> EnvDefaultsParser:
     p.add_option("--cache-dir", default=default_cache_dir(), help="model cache directory")
     p.add_option("--max-new-tokens-limit", default=4096, type=int,
                  help="largest max_new_tokens a request may ask for")
+    p.add_option("--max-request-bytes", default=64 * 2**20, type=int,
+                 help="largest request the APIs read (a gRPC message, an HTTP body); larger "
+                      "ones get RESOURCE_EXHAUSTED / 413 before they are parsed")
     p.add_option("--max-concurrent-requests", default=0, type=int,
                  help="most generations running at once (gRPC and HTTP together); more get "
                       "RESOURCE_EXHAUSTED / 429 with Retry-After; 0 = no cap (the target's "

@@ -19,6 +19,7 @@ from specdec.rpc.tolerant import add_tolerant
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
 from .api.auth import ApiKeys
+from .api.body_limit import BodyLimit
 from .api.http_server import HttpServer, start_http
 from .api.openai_api import OpenAIFrontEnd, create_app
 from .api.servicer import GeneratorServicer
@@ -202,13 +203,15 @@ async def start(cfg: CoordinatorConfig, tokenizer=None) -> Coordinator:
     server = await start_server(
         cfg.host, cfg.port,
         lambda s: add_tolerant(generator_pb2_grpc.add_GeneratorServicer_to_server, servicer, s),
-        [SERVICE_NAME], server_credentials(cfg.tls_cert_file, cfg.tls_key_file))
+        [SERVICE_NAME], server_credentials(cfg.tls_cert_file, cfg.tls_key_file),
+        cfg.max_request_bytes)
     metrics_server = serve_metrics(cfg.host, cfg.metrics_port, metrics.registry)
     http = None
     if cfg.http_port >= 0:
         front = OpenAIFrontEnd(core, cfg.served_model_name or target_info.model.model_name,
                                draft_info.model.model_name, cfg.http_timeout_s)
-        app = create_app(front, metrics.registry, keys, bool(cfg.metrics_require_key))
+        app = BodyLimit(create_app(front, metrics.registry, keys, bool(cfg.metrics_require_key)),
+                        cfg.max_request_bytes)
         http = await start_http(app, cfg.host, cfg.http_port, cfg.tls_cert_file,
                                 cfg.tls_key_file)
     await server.set_serving(True)

@@ -230,6 +230,7 @@ class DraftEngine(Engine):
 
     def get_probs_many(self, items: list[tuple]) -> list[tuple[bytes, SpecdecError | None]]:
         """get_probs for each (session_id, position, index, token_ids, all_tokens)."""
+        self._check_count(len(items))
         out = []
         for item in items:
             try:

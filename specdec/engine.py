@@ -247,6 +247,7 @@ class Engine:
     def close_many(self, session_ids: list[str]) -> list[SpecdecError | None]:
         """Close sessions. Idempotent: closing an unknown (closed, expired) session is OK,
         so a retried or repeated close never fails."""
+        self._check_count(len(session_ids))
         for sid in session_ids:
             if self.sessions.peek(sid) is not None:
                 self.sessions.pop(sid)
@@ -273,12 +274,15 @@ class Engine:
         """Next-token logits [V] of a session, leaving its tokens unchanged."""
         return self._next_logits(self.sessions.get(session_id), 1)[-1]
 
-    def _check_batch(self, items: list) -> None:
-        if not items:
+    def _check_count(self, n: int) -> None:
+        """Every batched call: at least one item, at most max_batch_items."""
+        if not n:
             raise InvalidArgument("the call needs at least one item")
-        if len(items) > self.max_batch_items:
-            raise InvalidArgument(f"{len(items)} items exceed max_batch_items "
-                                  f"{self.max_batch_items}")
+        if n > self.max_batch_items:
+            raise InvalidArgument(f"{n} items exceed max_batch_items {self.max_batch_items}")
+
+    def _check_batch(self, items: list) -> None:
+        self._check_count(len(items))
         ids = [it.session_id for it in items if it.session_id]  # "" = assign one
         if len(set(ids)) != len(ids):
             raise InvalidArgument("a session appears more than once in one call")

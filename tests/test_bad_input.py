@@ -169,3 +169,23 @@ def test_invalid_utf8_gets_invalid_argument_on_every_service(stack):
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, e.value)
             assert "UTF-8" in e.value.details(), e.value.details()
     assert_all_serving(stack)
+
+
+def test_every_batched_service_call_is_capped_at_max_batch_items(stack):
+    """Closes and probability queries too, not only opens, proposals and verifies: one call
+    cannot make a service do unbounded work."""
+    too_many = stack.draft[1].engine.max_batch_items + 1
+    ids = [f"s{i}" for i in range(too_many)]
+    calls = [
+        (stack.draft_stub().CloseSession, draft_pb2.CloseDraftSessionRequest(session_ids=ids)),
+        (stack.target_stub().CloseSession, target_pb2.CloseTargetSessionRequest(session_ids=ids)),
+        (stack.draft_stub().GetProbs, draft_pb2.GetDraftProbsRequest(items=[
+            draft_pb2.DraftProbsItem(session_id=i) for i in ids])),
+        (stack.draft_stub().CloseSession, draft_pb2.CloseDraftSessionRequest()),  # none at all
+    ]
+    for call, request in calls:
+        with pytest.raises(grpc.RpcError) as e:
+            call(request, timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+        assert "item" in e.value.details()
+    assert_all_serving(stack)

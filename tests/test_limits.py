@@ -124,3 +124,32 @@ def test_an_over_long_stop_string_is_refused(limited):
         generate(f"127.0.0.1:{coordinator.port}", request(stop=["x" * 257]), timeout_s=30)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 256 characters" in e.value.details()
+
+
+def test_past_max_request_bytes_requests_are_refused_before_they_are_parsed(loop, stacks):
+    stack = stacks("draft_perturbed")
+    with coordinator_behind_proxies(loop, stack, http_port=0, max_request_bytes=2**20) \
+            as (_, coordinator):
+        big = "x" * (2 * 2**20)
+        with pytest.raises(grpc.RpcError) as e:
+            generate(f"127.0.0.1:{coordinator.port}", request(big), timeout_s=30)
+        status, _, body = post(coordinator.http_port, {"prompt": big, "max_tokens": 4})
+        small = post(coordinator.http_port, {"prompt": "def", "max_tokens": 4})
+        # (just past the limit: the rest fits the socket buffers, so sending never breaks)
+        chunked = post_chunked(coordinator.http_port, b"x" * (2**20 + 65536))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status == 413 and "--max-request-bytes" in body["error"]["message"], body
+    assert small[0] == 200
+    assert chunked == 413  # no Content-Length: counted as it arrives
+
+
+def post_chunked(port: int, body: bytes) -> int:
+    """POST `body` with chunked transfer encoding (no Content-Length); the status."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", "/v1/completions", (body[i:i + 65536]
+                                                 for i in range(0, len(body), 65536)),
+                     {"Content-Type": "application/json"}, encode_chunked=True)
+        return conn.getresponse().status
+    finally:
+        conn.close()

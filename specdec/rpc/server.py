@@ -50,12 +50,17 @@ class RunningServer:
 
 async def start_server(host: str, port: int, register: Callable[[grpc.aio.Server], None],
                        service_names: list[str],
-                       credentials: grpc.ServerCredentials | None = None) -> RunningServer:
+                       credentials: grpc.ServerCredentials | None = None,
+                       max_receive_bytes: int = MAX_MESSAGE_BYTES) -> RunningServer:
     """Start a server with `register`ed servicers, health (NOT_SERVING until set_serving)
     and reflection. port 0 binds any free port; the bound one is returned. credentials:
-    TLS (specdec.rpc.tls); None = plaintext."""
+    TLS (specdec.rpc.tls); None = plaintext. max_receive_bytes: larger messages get
+    RESOURCE_EXHAUSTED from gRPC itself, before they are parsed."""
     # SO_REUSEPORT (gRPC's default) would let a second server share a busy port silently.
-    server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
+    receive = "grpc.max_receive_message_length"
+    options = [o for o in CHANNEL_OPTIONS if o[0] != receive]
+    server = grpc.aio.server(options=[*options, (receive, max_receive_bytes),
+                                      ("grpc.so_reuseport", 0)])
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
