@@ -47,6 +47,7 @@ class CoordinatorConfig:
     upstream_ca_file: str = ""  # set: TLS to the draft and target services
     upstream_cert_file: str = ""  # set: this coordinator's certificate (mutual TLS)
     upstream_key_file: str = ""
+    upstream_tls_server_name: str = ""  # set: the name the services' certificates carry
     resolve_interval_s: float = 5.0
     adaptive_k: bool = True
     draft_ahead: bool = False
@@ -131,6 +132,10 @@ def add_tls_options(p: EnvDefaultsParser) -> None:
                       "for services started with --tls-client-ca-file)")
     p.add_option("--upstream-key-file", default="", help="PEM private key of "
                  "--upstream-cert-file")
+    p.add_option("--upstream-tls-server-name", default="",
+                 help="the name the services' certificates must carry, instead of the host "
+                      "dialled (replicas found through dns:/// are dialled by address); "
+                      "empty = the host of each address")
 
 
 def add_speculation_options(p: EnvDefaultsParser) -> None:

@@ -14,7 +14,7 @@ from specdec.errors import FailedPrecondition, InvalidArgument
 from specdec.models import load_tokenizer, tokenizer_fingerprint
 from specdec.rpc.metrics import MetricsServer, serve_metrics
 from specdec.rpc.server import RunningServer, start_server
-from specdec.rpc.tls import channel_credentials, server_credentials
+from specdec.rpc.tls import client_tls, server_credentials
 from specdec.rpc.tolerant import add_tolerant
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
@@ -129,8 +129,8 @@ def replica_sets(cfg: CoordinatorConfig, scheduler: Scheduler | None,
             scheduler.remove(client.batchers)
 
     draft_timeout = cfg.draft_timeout_ms / 1e3 if cfg.draft_timeout_ms > 0 else None
-    tls = channel_credentials(cfg.upstream_ca_file, cfg.upstream_cert_file,
-                              cfg.upstream_key_file)
+    tls = client_tls(cfg.upstream_ca_file, cfg.upstream_cert_file, cfg.upstream_key_file,
+                     cfg.upstream_tls_server_name)
     draft = ReplicaSet("draft", parse_entries(cfg.draft),
                        lambda addr: DraftClient(addr, cfg.rpc_timeout_s, draft_timeout, tls),
                        cfg.resolve_interval_s, on_added=added, on_removed=removed)

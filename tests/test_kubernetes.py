@@ -26,7 +26,7 @@ PARSERS = {
     "target_service": lambda: model_service_parser("target", "target", 50052),
     "coordinator": coordinator.config.parser,
 }
-VARIANTS = {"base": K8S / "base", "cpu": K8S / "overlays/cpu"}
+VARIANTS = {"base": K8S / "base", "cpu": K8S / "overlays/cpu", "mtls": K8S / "overlays/mtls"}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -183,7 +183,7 @@ def test_gpu_base_requests_one_gpu_per_model_replica_and_the_cpu_overlay_none(va
         (c,) = spec["containers"]
         env = env_of(docs, c)
         gpus = [c["resources"][k].get("nvidia.com/gpu") for k in ("requests", "limits")]
-        if kind == "base":
+        if kind != "cpu":
             assert gpus == [1, 1] and env["SPECDEC_DEVICE"] == "cuda"
             assert c["image"] == "specdec:cuda"
             assert "SPECDEC_QUANTIZATION" not in env  # CPU kernels only
@@ -275,11 +275,22 @@ def test_network_policies_admit_only_coordinators_to_the_models(variant):
                 assert not admits(policy, other, "grpc"), (name, other)
 
 
+def secret_volume_refs(docs) -> list[tuple[str, str, str]]:
+    """(workload, volume, 'secret/key') of every key a pod mounts from a Secret."""
+    return [(d["metadata"]["name"], v["name"], f"{v['secret']['secretName']}/{item['key']}")
+            for d in docs if d["kind"] in ("StatefulSet", "Deployment")
+            for v in d["spec"]["template"]["spec"].get("volumes", []) if "secret" in v
+            for item in v["secret"]["items"]]
+
+
 def test_every_secret_reference_names_a_key_of_the_example_secrets(variant):
-    _, docs = variant
+    kind, docs = variant
     example = {f"{d['metadata']['name']}/{key}" for d in load_docs(K8S / "examples/secrets.yaml")
                if d["kind"] == "Secret" for key in {**d.get("stringData", {}),
                                                     **d.get("data", {})}}
+    for name, volume, ref in secret_volume_refs(docs):
+        assert ref in example, (name, volume, ref)
+    assert bool(secret_volume_refs(docs)) == (kind == "mtls")
     refs = secret_refs(docs)
     assert {(c, var) for c, var, _ in refs} == {
         ("coordinator", "SPECDEC_API_KEY"), ("draft", "HF_TOKEN"), ("target", "HF_TOKEN")}
@@ -289,3 +300,32 @@ def test_every_secret_reference_names_a_key_of_the_example_secrets(variant):
         for e in c.get("env", []):
             if "secretKeyRef" in e.get("valueFrom", {}):
                 assert e["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_the_mtls_overlay_points_every_tls_flag_at_a_mounted_secret_key():
+    docs = render(VARIANTS["mtls"])
+    wanted = {"draft": ("SPECDEC_TLS_CERT_FILE", "SPECDEC_TLS_KEY_FILE",
+                        "SPECDEC_TLS_CLIENT_CA_FILE"),
+              "target": ("SPECDEC_TLS_CERT_FILE", "SPECDEC_TLS_KEY_FILE",
+                         "SPECDEC_TLS_CLIENT_CA_FILE"),
+              "coordinator": ("SPECDEC_UPSTREAM_CA_FILE", "SPECDEC_UPSTREAM_CERT_FILE",
+                              "SPECDEC_UPSTREAM_KEY_FILE")}
+    for name, variables in wanted.items():
+        spec = pod(docs, name)["spec"]
+        (c,) = spec["containers"]
+        env = env_of(docs, c)
+        mounted = {}  # file path -> 'secret/key'
+        for m in c["volumeMounts"]:
+            # (a mount without a pod volume is a volumeClaimTemplate)
+            volume = next((v for v in spec["volumes"] if v["name"] == m["name"]), {})
+            for item in volume.get("secret", {}).get("items", []):
+                mounted[f"{m['mountPath']}/{item['path']}"] = \
+                    f"{volume['secret']['secretName']}/{item['key']}"
+        for var in variables:
+            assert env[var] in mounted, (name, var, env[var])
+        # the models ask for client certificates; the coordinator shows one from that CA
+        if name != "coordinator":
+            assert mounted[env["SPECDEC_TLS_CLIENT_CA_FILE"]] == "specdec-tls/ca.crt"
+        else:
+            assert mounted[env["SPECDEC_UPSTREAM_CA_FILE"]] == "specdec-tls/ca.crt"
+            assert env["SPECDEC_UPSTREAM_TLS_SERVER_NAME"]  # (dialled by pod address)

@@ -86,10 +86,10 @@ class TlsStack:
     def addr(self) -> str:
         return f"127.0.0.1:{self.coordinator.port}"
 
-    def stream(self, req, on_token=None, ca: Path | None = None) -> list[int]:
+    def stream(self, req, on_token=None, ca: Path | None = None, addr: str = "") -> list[int]:
         creds = grpc.ssl_channel_credentials(Path(ca or self.pki.ca).read_bytes())
         ids = []
-        with grpc.secure_channel(self.addr, creds) as ch:
+        with grpc.secure_channel(addr or self.addr, creds) as ch:
             for msg in generator_pb2_grpc.GeneratorStub(ch).Generate(req, timeout=60):
                 if msg.HasField("token"):
                     ids.append(msg.token.id)
@@ -163,7 +163,23 @@ def test_a_coordinator_without_a_client_certificate_is_refused_by_the_services(t
             client_cert=False, connect_timeout_s=3.0)))
 
 
+def test_the_services_certificate_name_can_differ_from_the_address_dialled(tls, reference):
+    """Replicas are dialled by address (dns:/// resolves them): --upstream-tls-server-name
+    names what their certificates carry (this one: 127.0.0.1 and localhost)."""
+    coordinator = tls.loop.run(coordinator_server.start(tls.coordinator_config(
+        upstream_tls_server_name="localhost")))
+    try:
+        ids = tls.stream(request("def", k=3), addr=f"127.0.0.1:{coordinator.port}")
+    finally:
+        tls.loop.run(coordinator.stop(0))
+    assert ids == reference["def"][0]
+    with pytest.raises(Unavailable, match="not SERVING"):
+        tls.loop.run(coordinator_server.start(tls.coordinator_config(
+            upstream_tls_server_name="someone-else.example", connect_timeout_s=3.0)))
+
+
 def test_draft_lost_and_target_restarted_mid_stream_over_mtls(tls, reference):
+    """Last: it leaves the stack without a draft."""
     # the draft server goes away at token 3: target-only rounds, same output
     ids = tls.stream(request("def", k=3, max_new=40), on_token=lambda n: n == 3 and tls.loop.run(
         tls.draft[0].stop(0)))

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from specdec.errors import FailedPrecondition, SpecdecError, Unavailable
 from specdec.rpc.server import CHANNEL_OPTIONS
 from specdec.rpc.status import code_name
+from specdec.rpc.tls import ClientTls
 from specdec.sampling import SamplingParams
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 
@@ -63,16 +64,17 @@ class ServiceClient:
 
     def __init__(self, role: str, addr: str, stub_cls, service: str, timeout_s: float,
                  info_request, open_request, close_request, retries: bool = True,
-                 credentials: grpc.ChannelCredentials | None = None):
+                 tls: ClientTls | None = None):
         """info_request, open_request, close_request: the service's GetInfo, OpenSession and
         CloseSession request classes. retries: retry UNAVAILABLE calls in the channel.
-        credentials: TLS (specdec.rpc.tls.channel_credentials); None = plaintext."""
+        tls: TLS (specdec.rpc.tls.client_tls); None = plaintext."""
         self.role, self.addr, self.timeout_s = role, addr, timeout_s
         retry = ([("grpc.service_config", _service_config(service)), ("grpc.enable_retries", 1)]
                  if retries else [("grpc.enable_retries", 0)])
         options = [*CHANNEL_OPTIONS, *RECONNECT_OPTIONS, *retry]
-        self.channel = (grpc.aio.insecure_channel(addr, options=options) if credentials is None
-                        else grpc.aio.secure_channel(addr, credentials, options=options))
+        self.channel = (grpc.aio.insecure_channel(addr, options=options) if tls is None else
+                        grpc.aio.secure_channel(addr, tls.credentials,
+                                                options=[*options, *tls.options()]))
         # on_error(service role, status code name): every failed call or item (metrics)
         self.on_error: Callable[[str, str], None] = lambda role, code: None
         # on_cost(event): what each batched call cost (costs.py; the K policy learns from it)
@@ -267,14 +269,14 @@ class DraftClient(ServiceClient):
     request (see draft_leg.DraftLeg)."""
 
     def __init__(self, addr: str, timeout_s: float, propose_timeout_s: float | None = None,
-                 credentials: grpc.ChannelCredentials | None = None):
+                 tls: ClientTls | None = None):
         """propose_timeout_s: fixed timeout of Propose; None = 4x its recent mean latency,
         at least 1 s (2 s before the first call)."""
         super().__init__("draft", addr, draft_pb2_grpc.DraftServiceStub,
                          "specdec.v1.DraftService", timeout_s, draft_pb2.GetDraftInfoRequest,
                          draft_pb2.OpenDraftSessionRequest, draft_pb2.CloseDraftSessionRequest,
                          retries=False,  # a failed draft call costs a round, not a retry
-                         credentials=credentials)
+                         tls=tls)
         # GetProbs keeps the plain --rpc-timeout-s: it follows a sampled rejection, and
         # dropping a round after seeing that rejection would bias the output (target_leg.py).
         self._budgets = {
@@ -340,11 +342,11 @@ class DraftClient(ServiceClient):
 
 class TargetClient(ServiceClient):
     def __init__(self, addr: str, timeout_s: float,
-                 credentials: grpc.ChannelCredentials | None = None):
+                 tls: ClientTls | None = None):
         super().__init__("target", addr, target_pb2_grpc.TargetServiceStub,
                          "specdec.v1.TargetService", timeout_s, target_pb2.GetTargetInfoRequest,
                          target_pb2.OpenTargetSessionRequest,
-                         target_pb2.CloseTargetSessionRequest, credentials=credentials)
+                         target_pb2.CloseTargetSessionRequest, tls=tls)
         self.verifies = self._batcher(
             "Verify", lambda items: target_pb2.VerifyRequest(items=items))
 

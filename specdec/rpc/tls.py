@@ -4,6 +4,7 @@ and client credentials, from PEM files named by flags. Files are read once, at s
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -36,6 +37,30 @@ def server_credentials(cert_file: str, key_file: str, client_ca_file: str = ""
     ca = _read(client_ca_file, "--tls-client-ca-file") if client_ca_file else None
     return grpc.ssl_server_credentials([pair], root_certificates=ca,
                                        require_client_auth=ca is not None)
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """How a client channel speaks TLS."""
+    credentials: grpc.ChannelCredentials
+    # the name the server's certificate must carry, instead of the host dialled (replicas
+    # are dialled by the addresses their DNS name resolves to)
+    server_name: str = ""
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def client_tls(ca_file: str, cert_file: str = "", key_file: str = "", server_name: str = ""
+               ) -> ClientTls | None:
+    """None without a CA (plaintext); cert_file + key_file: this client's own certificate,
+    for servers that ask for one (mutual TLS); server_name: see ClientTls."""
+    credentials = channel_credentials(ca_file, cert_file, key_file)
+    if credentials is None:
+        if server_name:
+            raise InvalidArgument("--upstream-tls-server-name needs --upstream-ca-file")
+        return None
+    return ClientTls(credentials, server_name)
 
 
 def channel_credentials(ca_file: str, cert_file: str = "", key_file: str = ""
