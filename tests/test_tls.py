@@ -19,6 +19,7 @@ import draft_service.servicer as draft_server
 import target_service.servicer as target_server
 from coordinator import server as coordinator_server
 from coordinator.client import generate
+from processes import start_services
 from specdec.errors import Unavailable
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 from stack import coordinator_config, service_config
@@ -195,3 +196,58 @@ def test_draft_lost_and_target_restarted_mid_stream_over_mtls(tls, reference):
             restarted.set()
     ids = tls.stream(request("class", k=0, max_new=40), on_token=restart)
     assert restarted.is_set() and ids == reference["class"][0]
+
+
+@pytest.fixture(scope="module")
+def tls_processes(model_dirs, pki, tmp_path_factory):
+    """Draft, target and coordinator as real processes, every link mutual TLS (the flags as
+    SPECDEC_* variables), the model links through delay proxies (TLS passes through them)."""
+    env = {"SPECDEC_THREADS": "1", "SPECDEC_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+           "SPECDEC_TLS_CERT_FILE": str(pki.server_cert),
+           "SPECDEC_TLS_KEY_FILE": str(pki.server_key),
+           "SPECDEC_TLS_CLIENT_CA_FILE": str(pki.ca),  # (read by draft and target)
+           "SPECDEC_UPSTREAM_CA_FILE": str(pki.ca),  # (read by the coordinator)
+           "SPECDEC_UPSTREAM_CERT_FILE": str(pki.client_cert),
+           "SPECDEC_UPSTREAM_KEY_FILE": str(pki.client_key)}
+    s = start_services(model_dirs, tmp_path_factory.mktemp("tls-logs"), env,
+                       "--draft-timeout-ms", "300")
+    yield s
+    s.stop()
+
+
+def faulted_stream(addr: str, ca: Path, req, faults: dict) -> tuple[list[int], object]:
+    """A TLS stream calling faults[n]() once n tokens arrived: (ids, final stats)."""
+    ids, stats = [], None
+    creds = grpc.ssl_channel_credentials(ca.read_bytes())
+    with grpc.secure_channel(addr, creds) as ch:
+        for msg in generator_pb2_grpc.GeneratorStub(ch).Generate(req, timeout=90):
+            if msg.HasField("token"):
+                ids.append(msg.token.id)
+                if len(ids) in faults:
+                    faults[len(ids)]()
+            else:
+                stats = msg.stats
+    return ids, stats
+
+
+def test_processes_killed_over_mtls_still_end_exact(tls_processes, pki):
+    """The fault tests' draft kill (-9) and target kill-and-restart, over mutual TLS."""
+    s = tls_processes
+    reference, _ = faulted_stream(s.addr, pki.ca, request("def", k=0, max_new=60), {})
+    s.proxies["target"].delay_s = 0.01  # (so the stream outlasts the faults)
+    try:
+        ids, stats = faulted_stream(s.addr, pki.ca, request("def", k=3, max_new=60),
+                                    {3: lambda: s.processes["draft"].proc.kill()})
+        assert ids == reference and stats.draft_fallback_reason == "unavailable"
+        port, restarted = s.processes["target"].port, threading.Event()
+
+        def kill_and_restart():
+            s.processes["target"].proc.kill()
+            threading.Thread(target=lambda: (s.start_model("target", port), restarted.set()),
+                             daemon=True).start()
+        ids, stats = faulted_stream(s.addr, pki.ca, request("def", k=0, max_new=60),
+                                    {3: kill_and_restart})
+    finally:
+        s.proxies["target"].delay_s = 0
+    assert restarted.wait(60)
+    assert ids == reference and stats.target_reopens >= 1
