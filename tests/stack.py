@@ -205,11 +205,13 @@ def coordinator_behind_proxies(loop: LoopThread, stack: Stack, **cfg):
             proxy.close()
 
 
-def stream_with_faults(addr: str, req, faults: dict, timeout_s: float = 90) -> tuple:
-    """Stream one Generate from the coordinator at addr, calling faults[n]() once n tokens
-    have arrived; returns (token ids, final stats)."""
+def stream_with_faults(addr: str, req, faults: dict, timeout_s: float = 90,
+                       credentials: grpc.ChannelCredentials | None = None) -> tuple:
+    """Stream one Generate from the coordinator at addr (over TLS with `credentials`),
+    calling faults[n]() once n tokens have arrived; returns (token ids, final stats)."""
     ids, stats = [], None
-    with grpc.insecure_channel(addr) as ch:
+    with (grpc.insecure_channel(addr) if credentials is None
+          else grpc.secure_channel(addr, credentials)) as ch:
         for msg in generator_pb2_grpc.GeneratorStub(ch).Generate(req, timeout=timeout_s):
             if msg.HasField("token"):
                 ids.append(msg.token.id)

@@ -22,7 +22,7 @@ from coordinator.client import generate
 from processes import start_services
 from specdec.errors import Unavailable
 from specdec.v1 import generator_pb2, generator_pb2_grpc
-from stack import coordinator_config, service_config
+from stack import coordinator_config, service_config, stream_with_faults
 
 
 @dataclass
@@ -216,18 +216,9 @@ def tls_processes(model_dirs, pki, tmp_path_factory):
 
 
 def faulted_stream(addr: str, ca: Path, req, faults: dict) -> tuple[list[int], object]:
-    """A TLS stream calling faults[n]() once n tokens arrived: (ids, final stats)."""
-    ids, stats = [], None
-    creds = grpc.ssl_channel_credentials(ca.read_bytes())
-    with grpc.secure_channel(addr, creds) as ch:
-        for msg in generator_pb2_grpc.GeneratorStub(ch).Generate(req, timeout=90):
-            if msg.HasField("token"):
-                ids.append(msg.token.id)
-                if len(ids) in faults:
-                    faults[len(ids)]()
-            else:
-                stats = msg.stats
-    return ids, stats
+    """stack.stream_with_faults over TLS, trusting `ca`."""
+    return stream_with_faults(addr, req, faults,
+                              credentials=grpc.ssl_channel_credentials(ca.read_bytes()))
 
 
 def test_processes_killed_over_mtls_still_end_exact(tls_processes, pki):

@@ -81,8 +81,9 @@ def channel_credentials(ca_file: str, cert_file: str = "", key_file: str = ""
 
 
 def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
+    """Whether `host` binds only this machine ("" and 0.0.0.0 bind every interface)."""
+    if host == "localhost":
+        return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
