@@ -51,6 +51,7 @@ class CoordinatorConfig:
     resolve_interval_s: float = 5.0
     adaptive_k: bool = True
     draft_ahead: bool = False
+    round_streams: bool = True
 
 
 def parser() -> EnvDefaultsParser:
@@ -83,6 +84,11 @@ def parser() -> EnvDefaultsParser:
     add_speculation_options(p)
     p.add_option("--rpc-timeout-s", default=120.0, type=float,
                  help="deadline of each call to the draft and target services")
+    p.add_option("--round-streams", default=1, type=int, choices=[0, 1],
+                 help="1 (default): the round's Propose and Verify calls travel as messages "
+                      "on one long-lived stream per service (less per-round overhead); 0: a "
+                      "unary call each (services without the streams are used that way "
+                      "anyway)")
     p.add_option("--connect-timeout-s", default=900.0, type=float,
                  help="how long to wait at start for both services to report SERVING")
     p.add_option("--draft-timeout-ms", default=0.0, type=float,

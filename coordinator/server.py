@@ -132,10 +132,11 @@ def replica_sets(cfg: CoordinatorConfig, scheduler: Scheduler | None,
     tls = client_tls(cfg.upstream_ca_file, cfg.upstream_cert_file, cfg.upstream_key_file,
                      cfg.upstream_tls_server_name)
     draft = ReplicaSet("draft", parse_entries(cfg.draft),
-                       lambda addr: DraftClient(addr, cfg.rpc_timeout_s, draft_timeout, tls),
+                       lambda addr: DraftClient(addr, cfg.rpc_timeout_s, draft_timeout, tls,
+                                                cfg.round_streams),
                        cfg.resolve_interval_s, on_added=added, on_removed=removed)
     target = ReplicaSet("target", parse_entries(cfg.target),
-                        lambda addr: TargetClient(addr, cfg.rpc_timeout_s, tls),
+                        lambda addr: TargetClient(addr, cfg.rpc_timeout_s, tls, cfg.round_streams),
                         cfg.resolve_interval_s, on_added=added, on_removed=removed)
     return draft, target
 

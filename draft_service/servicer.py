@@ -51,25 +51,30 @@ class DraftServicer(ModelServicer, draft_pb2_grpc.DraftServiceServicer):
     @rpc_method
     async def Propose(self, request, context):
         items = [item_from_pb(i) for i in request.items]
-        (outcomes, passes), us = await self.timed(self.engine.propose, items, op="propose")
+        (outcomes, passes), us, own_us = await self.timed(self.engine.propose, items,
+                                                          op="propose")
         batched = sum(o.error is None for o in outcomes)
         self.metrics.batch_sessions.labels("propose").observe(batched)
         return draft_pb2.ProposeResponse(
             results=[outcome_to_pb(o) for o in outcomes], forward_passes=passes,
-            compute_time_us=us, batched_sessions=batched)
+            compute_time_us=us, batched_sessions=batched, forward_time_us=own_us)
+
+    async def ProposeStream(self, requests, context):
+        async for request in requests:
+            yield await self.Propose(request, context)
 
     @rpc_method
     async def GetProbs(self, request, context):
         items = [(i.session_id, i.position, i.index, list(i.token_ids), i.all_tokens)
                  for i in request.items]
-        outcomes, _ = await self.timed(self.engine.get_probs_many, items)
+        outcomes, *_ = await self.timed(self.engine.get_probs_many, items)
         return draft_pb2.GetDraftProbsResponse(results=[
             draft_pb2.DraftProbsResult(session_id=item[0], probs=probs, **item_status(err))
             for item, (probs, err) in zip(items, outcomes, strict=True)])
 
     @rpc_method
     async def Truncate(self, request, context):
-        position, _ = await self.timed(self.engine.truncate, request.session_id,
+        position, *_ = await self.timed(self.engine.truncate, request.session_id,
                                        request.position, request.length)
         return draft_pb2.TruncateDraftSessionResponse(position=position)
 

@@ -102,6 +102,7 @@ class ModelServiceConfig:
     tls_cert_file: str = ""  # (specdec.rpc.tls) empty = plaintext
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # set: mutual TLS, clients must show a certificate
+    omp_wait_policy: str = "auto"  # (specdec.service_main.apply_omp_wait_policy)
 
 
 def add_tls_server_options(p: EnvDefaultsParser, what: str) -> None:
@@ -127,6 +128,12 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
                       "(docs/benchmarks.md)")
     p.add_option("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N")
     p.add_option("--threads", default=0, type=int, help="torch CPU threads; 0 = torch's default")
+    p.add_option("--omp-wait-policy", default="auto", choices=["auto", "passive", "active"],
+                 help="how the OpenMP threads of torch's CPU kernels wait between parallel "
+                      "regions (OMP_WAIT_POLICY, set before torch loads): passive threads "
+                      "sleep, active ones spin; auto = passive unless OMP_WAIT_POLICY is set. "
+                      "Spinning threads of an idle service take the cores a busy one needs "
+                      "when they share a CPU (docs/benchmarks.md#fixed-cost-per-round)")
     p.add_option("--max-sessions", default=64, type=int,
                  help="most live sessions; more get RESOURCE_EXHAUSTED")
     p.add_option("--session-ttl-s", default=600.0, type=float,
@@ -188,5 +195,5 @@ def model_service_config(args: argparse.Namespace) -> ModelServiceConfig:
         ngram_max=getattr(args, "ngram_max", 4), ngram_min=getattr(args, "ngram_min", 2),
         draft_vocab=getattr(args, "draft_vocab", ""),
         tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
-        tls_client_ca_file=args.tls_client_ca_file,
+        tls_client_ca_file=args.tls_client_ca_file, omp_wait_policy=args.omp_wait_policy,
     )

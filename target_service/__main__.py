@@ -1,12 +1,10 @@
 """python -m target_service --model M --port P   (--help lists every flag)"""
 
-from specdec.rpc.model_service import main_model_service
-
-from .servicer import start
+from specdec.service_main import run_service
 
 
 def main() -> None:
-    main_model_service("python -m target_service", "target", 50052, start)
+    run_service("python -m target_service", "target", 50052, "target_service.servicer")
 
 
 if __name__ == "__main__":

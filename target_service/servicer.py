@@ -50,17 +50,21 @@ class TargetServicer(ModelServicer, target_pb2_grpc.TargetServiceServicer):
     @rpc_method
     async def Verify(self, request, context):
         items = [item_from_pb(i) for i in request.items]
-        (outcomes, passes, batched), us = await self.timed(self.engine.verify, items,
-                                                           op="verify")
+        (outcomes, passes, batched), us, own_us = await self.timed(self.engine.verify, items,
+                                                                   op="verify")
         if passes:
             self.metrics.batch_sessions.labels("verify").observe(batched)
         return target_pb2.VerifyResponse(results=[outcome_to_pb(o) for o in outcomes],
                                          forward_passes=passes, compute_time_us=us,
-                                         batched_sessions=batched)
+                                         batched_sessions=batched, forward_time_us=own_us)
+
+    async def VerifyStream(self, requests, context):
+        async for request in requests:
+            yield await self.Verify(request, context)
 
     @rpc_method
     async def Truncate(self, request, context):
-        position, _ = await self.timed(self.engine.truncate, request.session_id,
+        position, *_ = await self.timed(self.engine.truncate, request.session_id,
                                        request.position, request.length)
         return target_pb2.TruncateTargetSessionResponse(position=position)
 

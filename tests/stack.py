@@ -108,6 +108,23 @@ class Stack:
             self.loop.run(servicer.drain(server, 0))
 
 
+@contextlib.asynccontextmanager
+async def standin_draft(servicer, **client_kw):
+    """A stand-in draft service (`servicer`, a real gRPC server on loopback) and a
+    DraftClient of it (client_kw: its propose_timeout_s, …)."""
+    from coordinator.upstream.clients import DraftClient
+    server = grpc.aio.server()
+    draft_pb2_grpc.add_DraftServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = DraftClient(f"127.0.0.1:{port}", timeout_s=30, **client_kw)
+    try:
+        yield client
+    finally:
+        await client.close()
+        await server.stop(0)
+
+
 def start_stack(loop: LoopThread, draft_lm, target_lm, draft_cfg: dict | None = None,
                 target_cfg: dict | None = None, coord_cfg: dict | None = None) -> Stack:
     draft = loop.run(draft_server.start(

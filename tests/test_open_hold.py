@@ -8,12 +8,12 @@ over a second with a 300 ms Propose budget.)"""
 
 import asyncio
 
-import grpc
 import pytest
 
 from coordinator.upstream.budgets import LatencyBudget
-from coordinator.upstream.clients import DraftClient, UpstreamError
+from coordinator.upstream.clients import UpstreamError
 from specdec.v1 import common_pb2, draft_pb2, draft_pb2_grpc
+from stack import standin_draft
 
 PROPOSE_BUDGET_S = 0.3  # --draft-timeout-ms 300
 
@@ -56,14 +56,8 @@ def test_a_timed_out_call_counts_for_the_timeout_but_not_for_what_an_answer_take
 def test_an_open_holds_one_propose_budget_while_the_draft_goes_unanswered():
     async def main():
         draft = StandInDraft()
-        server = grpc.aio.server()
-        draft_pb2_grpc.add_DraftServiceServicer_to_server(draft, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        client = DraftClient(f"127.0.0.1:{port}", timeout_s=30,
-                             propose_timeout_s=PROPOSE_BUDGET_S)
         items = open_items(40)
-        try:
+        async with standin_draft(draft, propose_timeout_s=PROPOSE_BUDGET_S) as client:
             await client.call("OpenSession", draft_pb2.OpenDraftSessionRequest(
                 items=open_items(10)))
             healthy = client.opens.hold_s(items)
@@ -78,9 +72,6 @@ def test_an_open_holds_one_propose_budget_while_the_draft_goes_unanswered():
             draft.delay_s = 0.0  # it answers again
             await client.call("Propose", propose_request())
             recovered = client.opens.hold_s(items)
-        finally:
-            await client.close()
-            await server.stop(0)
         return healthy, expected, after_propose_timeout, after_open_timeout, recovered, \
             client.budget("OpenSession").expected(40)
 

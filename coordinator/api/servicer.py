@@ -50,7 +50,7 @@ def stats_to_pb(s: Stats) -> generator_pb2.GenerationStats:
         draft_fallback_rounds=s.draft_fallback_rounds,
         draft_fallback_reason=s.draft_fallback_reason, draft_reopens=s.draft_reopens,
         target_reopens=s.target_reopens, ahead_used_blocks=s.ahead_used,
-        ahead_discarded_blocks=s.ahead_discarded)
+        ahead_discarded_blocks=s.ahead_discarded, forward_time_s=s.forward_time_s)
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):

@@ -101,7 +101,8 @@ class GenerationCore:
         self.prompts = PromptTokenizer(tokenizer, limits.target_context)
         # what every generation shares, handed to each once
         self.services = Services(draft, target, tokenizer, eos_token_ids, scheduler, policy,
-                                 adaptive)
+                                 adaptive, on_round=metrics.round_fixed.observe if metrics
+                                 else lambda fixed_s: None)
         self.limits = limits
         self.metrics = metrics
         self.draining = False  # set on SIGTERM: new requests get UNAVAILABLE

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -60,6 +60,8 @@ class Services:
     policy: FaultPolicy = FaultPolicy()
     adaptive: AdaptiveK | None = None  # the cost model for params.adaptive (None: K fixed)
     background: Background = field(default_factory=Background)
+    # on_round(fixed seconds): each round's wall time minus its calls' forward time
+    on_round: Callable[[float], None] = lambda fixed_s: None
 
     @property
     def sessions(self) -> int:
@@ -126,9 +128,9 @@ class Generation:
     async def run_round(self) -> list[int]:
         """Propose K, verify, roll the draft back; returns the round's final tokens (the
         accepted proposals, then the target's own token)."""
+        started, forward = time.perf_counter(), self.stats.forward_time_s
         await self._move_if_draining()
         k, behind = self._choose_k()
-        started = time.perf_counter()
         proposals, probs = await self._proposals(k)
         proposed_at = time.perf_counter()
         ahead = self._draft_ahead(k, len(proposals))
@@ -153,6 +155,9 @@ class Generation:
         self.history.extend(new_tokens)
         if self.draft is not None and k > 0:  # a deferred draft opens now
             self.draft.open_later(self.history)  # (after the Verify: the first token comes first)
+        # (a block drafted ahead overlaps the verify: its forward time may exceed the gap)
+        self.services.on_round(max(0.0, time.perf_counter() - started
+                                   - (self.stats.forward_time_s - forward)))
         return new_tokens
 
     async def _verify(self, proposals: list[int], probs: list[float]) -> Verified:

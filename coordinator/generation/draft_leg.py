@@ -164,6 +164,7 @@ class DraftLeg(Leg):
                 self.stats.record_fallback(self.reason)
             return [], []
         self.stats.draft_time_s += batch.compute_time_us / 1e6
+        self.stats.forward_time_s += batch.forward_time_us / 1e6
         self.stats.wire_bytes += nbytes
         self.at.proposed(proposal.position)  # (it has seen every final token; may propose none)
         return list(proposal.token_ids), list(proposal.draft_probs)

@@ -13,6 +13,8 @@ from specdec.rpc.metrics import CountsByLabel
 from .stats import Stats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+ROUND_FIXED_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128,
+                       0.256, 0.512, 1)
 TOKEN_GAP_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 LENGTH_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -36,6 +38,11 @@ class CoordinatorMetrics:
         self.generated = Histogram("specdec_request_generated_tokens",
                                    "Tokens generated per successful request",
                                    buckets=LENGTH_BUCKETS, registry=r)
+        self.round_fixed = Histogram(
+            "specdec_round_fixed_seconds",
+            "Per round: its wall time minus the forward time the services reported for its "
+            "calls (coordinator, gRPC, servicers, queueing and batching waits)",
+            buckets=ROUND_FIXED_BUCKETS, registry=r)
         self.num_drafts = Counter("specdec_spec_decode_num_drafts",
                                   "Rounds with draft proposals", registry=r)
         self.num_draft_tokens = Counter("specdec_spec_decode_num_draft_tokens",

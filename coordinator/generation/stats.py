@@ -24,6 +24,7 @@ class Stats:
     total_time_s: float = 0.0
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
+    forward_time_s: float = 0.0  # the model calls' own time (no queueing), both services
     wire_bytes: int = 0
     proposed_at: list[int] = field(default_factory=list)  # [i]: rounds proposing position i
     accepted_at: list[int] = field(default_factory=list)  # [i]: rounds accepting it (same len)

@@ -178,6 +178,7 @@ class TargetLeg(Leg):
         result, batch, nbytes = await self._bounded(self.client.verify(
             self.session_id, position, proposals, probs, answer, resume))
         self.stats.verify_time_s += batch.compute_time_us / 1e6
+        self.stats.forward_time_s += batch.forward_time_us / 1e6
         self.stats.wire_bytes += nbytes
         if answer is None and not resume:
             self.stats.verify_batch_sessions += batch.batched_sessions

@@ -27,6 +27,7 @@ from .background import Background
 from .batcher import Batcher
 from .budgets import LatencyBudget, open_hold_s
 from .costs import CostEvent, PrefillCall, ProposeCall, VerifyCall
+from .streams import MessageStream
 
 log = structlog.get_logger(__name__)
 
@@ -62,13 +63,17 @@ class ServiceClient:
     """One service: a channel with retries, and a Batcher per batched method so that
     concurrent generations share calls (see batcher.py)."""
 
+    STREAMED: frozenset[str] = frozenset()  # methods sent over a MessageStream (streams.py)
+
     def __init__(self, role: str, addr: str, stub_cls, service: str, timeout_s: float,
                  info_request, open_request, close_request, retries: bool = True,
-                 tls: ClientTls | None = None):
+                 tls: ClientTls | None = None, streams: bool = True):
         """info_request, open_request, close_request: the service's GetInfo, OpenSession and
         CloseSession request classes. retries: retry UNAVAILABLE calls in the channel.
-        tls: TLS (specdec.rpc.tls.client_tls); None = plaintext."""
+        tls: TLS (specdec.rpc.tls.client_tls); None = plaintext. streams: send the round's
+        calls (Propose, Verify) over one long-lived stream each (streams.py)."""
         self.role, self.addr, self.timeout_s = role, addr, timeout_s
+        self.retries, self.use_streams = retries, streams
         retry = ([("grpc.service_config", _service_config(service)), ("grpc.enable_retries", 1)]
                  if retries else [("grpc.enable_retries", 0)])
         options = [*CHANNEL_OPTIONS, *RECONNECT_OPTIONS, *retry]
@@ -84,6 +89,8 @@ class ServiceClient:
         self._info_request = info_request
         self._close_request = close_request
         self._tasks = Background()
+        self._streams: dict[str, MessageStream] = {}  # method -> its stream (_stream)
+        self._unstreamed: set[str] = set()  # methods the service has no stream for
         self._batchers: list[Batcher] = []
         self.sessions = 0  # sessions of this coordinator open (or opening) on this service
         # its last call got no answer (timed out or unreachable); False again once one does
@@ -120,7 +127,7 @@ class ServiceClient:
         timeout = self.timeout_s if budget is None else budget.timeout(size)
         start = time.monotonic()
         try:
-            reply = await getattr(self.stub, method)(request, timeout=timeout)
+            reply = await self._invoke(method, request, timeout)
         except grpc.aio.AioRpcError as e:
             code = e.code().name
             self.unanswered = code in ("DEADLINE_EXCEEDED", "UNAVAILABLE")
@@ -142,6 +149,35 @@ class ServiceClient:
     def _report_cost(self, method: str, request, reply, timed_out_s: float = 0.0) -> None:
         """Report a batched call's cost to on_cost (each service its own kinds); reply None:
         the call timed out after timed_out_s."""
+
+    def _stream(self, method: str) -> MessageStream | None:
+        """The stream carrying `method`'s calls, for the methods that have one (the round's
+        Propose and Verify), when streams are on."""
+        if not self.use_streams or method not in self.STREAMED or method in self._unstreamed:
+            return None
+        if method not in self._streams:
+            stream_method = getattr(self.stub, f"{method}Stream")
+            self._streams[method] = MessageStream(lambda: stream_method())
+        return self._streams[method]
+
+    async def _invoke(self, method: str, request, timeout: float):
+        stream = self._stream(method)
+        if stream is None:
+            return await getattr(self.stub, method)(request, timeout=timeout)
+        try:
+            return await stream.call(request, timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() is grpc.StatusCode.UNIMPLEMENTED:  # a service from before streams
+                log.info("the service has no stream for this method; using unary calls",
+                         service=self.role, addr=self.addr, method=method)
+                self._unstreamed.add(method)
+            elif not self.retries or e.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            # Else the unary call says what the service says, with the channel's retries:
+            # a stream whose connection broke ends with UNAVAILABLE, CANCELLED or even
+            # INTERNAL ("Internal error from Core"), where a unary call reads UNAVAILABLE.
+            # (Safe: calls name their positions.) The next call opens a new stream.
+        return await getattr(self.stub, method)(request, timeout=timeout)
 
     async def submit(self, batcher: Batcher, item, counted: bool = True):
         """Send one item through a batcher (counted: see Batcher.submit). Returns (its
@@ -255,6 +291,8 @@ class ServiceClient:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     async def close(self) -> None:
+        for stream in self._streams.values():
+            await stream.close()
         await self.channel.close()
 
 
@@ -268,15 +306,17 @@ class DraftClient(ServiceClient):
     draft that fails or is slower than its budget costs a round its proposals, never the
     request (see draft_leg.DraftLeg)."""
 
+    STREAMED = frozenset({"Propose"})
+
     def __init__(self, addr: str, timeout_s: float, propose_timeout_s: float | None = None,
-                 tls: ClientTls | None = None):
+                 tls: ClientTls | None = None, streams: bool = True):
         """propose_timeout_s: fixed timeout of Propose; None = 4x its recent mean latency,
         at least 1 s (2 s before the first call)."""
         super().__init__("draft", addr, draft_pb2_grpc.DraftServiceStub,
                          "specdec.v1.DraftService", timeout_s, draft_pb2.GetDraftInfoRequest,
                          draft_pb2.OpenDraftSessionRequest, draft_pb2.CloseDraftSessionRequest,
                          retries=False,  # a failed draft call costs a round, not a retry
-                         tls=tls)
+                         tls=tls, streams=streams)
         # GetProbs keeps the plain --rpc-timeout-s: it follows a sampled rejection, and
         # dropping a round after seeing that rejection would bias the output (target_leg.py).
         self._budgets = {
@@ -341,12 +381,14 @@ class DraftClient(ServiceClient):
 
 
 class TargetClient(ServiceClient):
+    STREAMED = frozenset({"Verify"})
+
     def __init__(self, addr: str, timeout_s: float,
-                 tls: ClientTls | None = None):
+                 tls: ClientTls | None = None, streams: bool = True):
         super().__init__("target", addr, target_pb2_grpc.TargetServiceStub,
                          "specdec.v1.TargetService", timeout_s, target_pb2.GetTargetInfoRequest,
                          target_pb2.OpenTargetSessionRequest,
-                         target_pb2.CloseTargetSessionRequest, tls=tls)
+                         target_pb2.CloseTargetSessionRequest, tls=tls, streams=streams)
         self.verifies = self._batcher(
             "Verify", lambda items: target_pb2.VerifyRequest(items=items))
 

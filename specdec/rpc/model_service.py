@@ -11,7 +11,7 @@ import structlog
 import torch
 from prometheus_client import CollectorRegistry
 
-from ..config import ModelServiceConfig, model_service_config, model_service_parser
+from ..config import ModelServiceConfig
 from ..engine import Engine, OpenItem
 from ..errors import SpecdecError, Unavailable
 from ..logs import configure_logging
@@ -59,18 +59,19 @@ class ModelServicer:
         self._engine = engine
         self.metrics.track_sessions(engine)
 
-    async def timed(self, fn: Callable, *args, op: str | None = None) -> tuple[object, int]:
-        """Run fn on the model worker; returns (result, microseconds including queueing).
-        op: record fn's own duration (without queueing) in specdec_forward_seconds{op}."""
+    async def timed(self, fn: Callable, *args, op: str | None = None
+                    ) -> tuple[object, int, int]:
+        """Run fn on the model worker; returns (result, microseconds including queueing,
+        fn's own microseconds). op: record fn's own duration in specdec_forward_seconds{op}."""
         def run():
-            began = time.perf_counter()
-            return fn(*args), time.perf_counter() - began
+            began = time.perf_counter_ns()
+            return fn(*args), time.perf_counter_ns() - began
 
         start = time.perf_counter_ns()
-        result, seconds = await self.worker.run(run)
+        result, own_ns = await self.worker.run(run)
         if op is not None:
-            self.metrics.forward_seconds.labels(op).observe(seconds)
-        return result, (time.perf_counter_ns() - start) // 1000
+            self.metrics.forward_seconds.labels(op).observe(own_ns / 1e9)
+        return result, (time.perf_counter_ns() - start) // 1000, own_ns // 1000
 
     @rpc_method
     async def OpenSession(self, request, context):
@@ -79,7 +80,7 @@ class ModelServicer:
                               f"sessions; retry on another replica")
         items = [OpenItem(i.session_id, list(i.prompt_token_ids), sampling_from_pb(i.sampling),
                           i.max_tokens) for i in request.items]
-        outcomes, us = await self.timed(self.engine.open_many, items, op="prefill")
+        outcomes, us, _ = await self.timed(self.engine.open_many, items, op="prefill")
         opened = sum(o.error is None for o in outcomes)
         self.metrics.batch_sessions.labels("prefill").observe(opened)
         self.metrics.sessions_opened.inc(opened)
@@ -91,7 +92,7 @@ class ModelServicer:
     @rpc_method
     async def CloseSession(self, request, context):
         ids = list(request.session_ids)
-        errors, _ = await self.timed(self.engine.close_many, ids)
+        errors, *_ = await self.timed(self.engine.close_many, ids)
         return self.close_response(results=[
             common_pb2.CloseSessionResult(session_id=sid, **item_status(err))
             for sid, err in zip(ids, errors, strict=True)])
@@ -166,11 +167,10 @@ async def start_model_service(cfg: ModelServiceConfig, servicer: ModelServicer,
     return server
 
 
-def main_model_service(prog: str, role: str, default_port: int, start) -> None:
-    """Entry point of `python -m draft_service` / `python -m target_service`.
-
-    start(cfg) starts the service in the running loop and returns (RunningServer, servicer)."""
-    cfg = model_service_config(model_service_parser(prog, role, default_port).parse_args())
+def main_model_service(cfg: ModelServiceConfig, role: str, start) -> None:
+    """Run a draft or target service until SIGTERM / SIGINT (specdec.service_main has parsed
+    its flags). start(cfg) starts the service in the running loop and returns
+    (RunningServer, servicer)."""
     configure_logging(cfg.log_level, cfg.log_format)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

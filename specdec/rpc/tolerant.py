@@ -51,14 +51,30 @@ def _guard_stream(fn):
     return method
 
 
+def _guard_bidi(fn):
+    """A request stream: a message that cannot be parsed ends the stream with
+    INVALID_ARGUMENT, as the same message sent to the unary method would end its call."""
+    async def method(requests, context):
+        async def parsed():
+            async for request in requests:
+                if isinstance(request, Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _message(request))
+                yield request
+        async for response in fn(parsed(), context):
+            yield response
+    return method
+
+
 def _tolerant_handler(h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    if h.request_streaming or h.request_deserializer is None:
-        return h  # (none of specdec's methods streams requests)
+    if h.request_deserializer is None or (h.request_streaming and h.stream_stream is None):
+        return h
     guarded = {}
     if h.unary_unary is not None:
         guarded["unary_unary"] = _guard_unary(h.unary_unary)
     if h.unary_stream is not None:
         guarded["unary_stream"] = _guard_stream(h.unary_stream)
+    if h.stream_stream is not None:
+        guarded["stream_stream"] = _guard_bidi(h.stream_stream)
     return h._replace(request_deserializer=_tolerant_deserializer(h.request_deserializer),
                       **guarded)
 

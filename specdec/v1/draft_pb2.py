@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from specdec.v1 import common_pb2 as specdec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16specdec/v1/draft.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\"\x15\n\x13GetDraftInfoRequest\"r\n\x14GetDraftInfoResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.specdec.v1.ModelInfo\x12\x1b\n\x13max_proposal_tokens\x18\x02 \x01(\r\x12\x17\n\x0fmax_batch_items\x18\x03 \x01(\r\"E\n\x17OpenDraftSessionRequest\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.specdec.v1.OpenSessionItem\"c\n\x18OpenDraftSessionResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.specdec.v1.OpenSessionResult\x12\x17\n\x0f\x63ompute_time_us\x18\x02 \x01(\x04\"8\n\x0eProposeRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.specdec.v1.ProposeItem\"\x8b\x01\n\x0bProposeItem\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x18\n\x0btruncate_to\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x10\x61ppend_token_ids\x18\x04 \x03(\r\x12\x12\n\nnum_tokens\x18\x05 \x01(\rB\x0e\n\x0c_truncate_to\"\x88\x01\n\x0fProposeResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.specdec.v1.ProposeResult\x12\x16\n\x0e\x66orward_passes\x18\x02 \x01(\r\x12\x17\n\x0f\x63ompute_time_us\x18\x03 \x01(\x04\x12\x18\n\x10\x62\x61tched_sessions\x18\x04 \x01(\r\"|\n\rProposeResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x10\n\x08position\x18\x05 \x01(\r\x12\x13\n\x0b\x64raft_probs\x18\x06 \x03(\x02\"A\n\x14GetDraftProbsRequest\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.specdec.v1.DraftProbsItem\"l\n\x0e\x44raftProbsItem\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\r\n\x05index\x18\x03 \x01(\r\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x12\n\nall_tokens\x18\x05 \x01(\x08\"F\n\x15GetDraftProbsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.specdec.v1.DraftProbsResult\"T\n\x10\x44raftProbsResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05probs\x18\x04 \x01(\x0c\"S\n\x1bTruncateDraftSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\r\"0\n\x1cTruncateDraftSessionResponse\x12\x10\n\x08position\x18\x01 \x01(\r\"/\n\x18\x43loseDraftSessionRequest\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\"L\n\x19\x43loseDraftSessionResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.specdec.v1.CloseSessionResult2\x87\x04\n\x0c\x44raftService\x12L\n\x07GetInfo\x12\x1f.specdec.v1.GetDraftInfoRequest\x1a .specdec.v1.GetDraftInfoResponse\x12X\n\x0bOpenSession\x12#.specdec.v1.OpenDraftSessionRequest\x1a$.specdec.v1.OpenDraftSessionResponse\x12\x42\n\x07Propose\x12\x1a.specdec.v1.ProposeRequest\x1a\x1b.specdec.v1.ProposeResponse\x12O\n\x08GetProbs\x12 .specdec.v1.GetDraftProbsRequest\x1a!.specdec.v1.GetDraftProbsResponse\x12]\n\x08Truncate\x12\'.specdec.v1.TruncateDraftSessionRequest\x1a(.specdec.v1.TruncateDraftSessionResponse\x12[\n\x0c\x43loseSession\x12$.specdec.v1.CloseDraftSessionRequest\x1a%.specdec.v1.CloseDraftSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16specdec/v1/draft.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\"\x15\n\x13GetDraftInfoRequest\"r\n\x14GetDraftInfoResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.specdec.v1.ModelInfo\x12\x1b\n\x13max_proposal_tokens\x18\x02 \x01(\r\x12\x17\n\x0fmax_batch_items\x18\x03 \x01(\r\"E\n\x17OpenDraftSessionRequest\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.specdec.v1.OpenSessionItem\"c\n\x18OpenDraftSessionResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.specdec.v1.OpenSessionResult\x12\x17\n\x0f\x63ompute_time_us\x18\x02 \x01(\x04\"8\n\x0eProposeRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.specdec.v1.ProposeItem\"\x8b\x01\n\x0bProposeItem\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x18\n\x0btruncate_to\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x10\x61ppend_token_ids\x18\x04 \x03(\r\x12\x12\n\nnum_tokens\x18\x05 \x01(\rB\x0e\n\x0c_truncate_to\"\xa1\x01\n\x0fProposeResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.specdec.v1.ProposeResult\x12\x16\n\x0e\x66orward_passes\x18\x02 \x01(\r\x12\x17\n\x0f\x63ompute_time_us\x18\x03 \x01(\x04\x12\x18\n\x10\x62\x61tched_sessions\x18\x04 \x01(\r\x12\x17\n\x0f\x66orward_time_us\x18\x05 \x01(\x04\"|\n\rProposeResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x10\n\x08position\x18\x05 \x01(\r\x12\x13\n\x0b\x64raft_probs\x18\x06 \x03(\x02\"A\n\x14GetDraftProbsRequest\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.specdec.v1.DraftProbsItem\"l\n\x0e\x44raftProbsItem\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\r\n\x05index\x18\x03 \x01(\r\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x12\n\nall_tokens\x18\x05 \x01(\x08\"F\n\x15GetDraftProbsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.specdec.v1.DraftProbsResult\"T\n\x10\x44raftProbsResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05probs\x18\x04 \x01(\x0c\"S\n\x1bTruncateDraftSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\r\"0\n\x1cTruncateDraftSessionResponse\x12\x10\n\x08position\x18\x01 \x01(\r\"/\n\x18\x43loseDraftSessionRequest\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\"L\n\x19\x43loseDraftSessionResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.specdec.v1.CloseSessionResult2\xd5\x04\n\x0c\x44raftService\x12L\n\x07GetInfo\x12\x1f.specdec.v1.GetDraftInfoRequest\x1a .specdec.v1.GetDraftInfoResponse\x12X\n\x0bOpenSession\x12#.specdec.v1.OpenDraftSessionRequest\x1a$.specdec.v1.OpenDraftSessionResponse\x12\x42\n\x07Propose\x12\x1a.specdec.v1.ProposeRequest\x1a\x1b.specdec.v1.ProposeResponse\x12L\n\rProposeStream\x12\x1a.specdec.v1.ProposeRequest\x1a\x1b.specdec.v1.ProposeResponse(\x01\x30\x01\x12O\n\x08GetProbs\x12 .specdec.v1.GetDraftProbsRequest\x1a!.specdec.v1.GetDraftProbsResponse\x12]\n\x08Truncate\x12\'.specdec.v1.TruncateDraftSessionRequest\x1a(.specdec.v1.TruncateDraftSessionResponse\x12[\n\x0c\x43loseSession\x12$.specdec.v1.CloseDraftSessionRequest\x1a%.specdec.v1.CloseDraftSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,25 +45,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROPOSEITEM']._serialized_start=433
   _globals['_PROPOSEITEM']._serialized_end=572
   _globals['_PROPOSERESPONSE']._serialized_start=575
-  _globals['_PROPOSERESPONSE']._serialized_end=711
-  _globals['_PROPOSERESULT']._serialized_start=713
-  _globals['_PROPOSERESULT']._serialized_end=837
-  _globals['_GETDRAFTPROBSREQUEST']._serialized_start=839
-  _globals['_GETDRAFTPROBSREQUEST']._serialized_end=904
-  _globals['_DRAFTPROBSITEM']._serialized_start=906
-  _globals['_DRAFTPROBSITEM']._serialized_end=1014
-  _globals['_GETDRAFTPROBSRESPONSE']._serialized_start=1016
-  _globals['_GETDRAFTPROBSRESPONSE']._serialized_end=1086
-  _globals['_DRAFTPROBSRESULT']._serialized_start=1088
-  _globals['_DRAFTPROBSRESULT']._serialized_end=1172
-  _globals['_TRUNCATEDRAFTSESSIONREQUEST']._serialized_start=1174
-  _globals['_TRUNCATEDRAFTSESSIONREQUEST']._serialized_end=1257
-  _globals['_TRUNCATEDRAFTSESSIONRESPONSE']._serialized_start=1259
-  _globals['_TRUNCATEDRAFTSESSIONRESPONSE']._serialized_end=1307
-  _globals['_CLOSEDRAFTSESSIONREQUEST']._serialized_start=1309
-  _globals['_CLOSEDRAFTSESSIONREQUEST']._serialized_end=1356
-  _globals['_CLOSEDRAFTSESSIONRESPONSE']._serialized_start=1358
-  _globals['_CLOSEDRAFTSESSIONRESPONSE']._serialized_end=1434
-  _globals['_DRAFTSERVICE']._serialized_start=1437
-  _globals['_DRAFTSERVICE']._serialized_end=1956
+  _globals['_PROPOSERESPONSE']._serialized_end=736
+  _globals['_PROPOSERESULT']._serialized_start=738
+  _globals['_PROPOSERESULT']._serialized_end=862
+  _globals['_GETDRAFTPROBSREQUEST']._serialized_start=864
+  _globals['_GETDRAFTPROBSREQUEST']._serialized_end=929
+  _globals['_DRAFTPROBSITEM']._serialized_start=931
+  _globals['_DRAFTPROBSITEM']._serialized_end=1039
+  _globals['_GETDRAFTPROBSRESPONSE']._serialized_start=1041
+  _globals['_GETDRAFTPROBSRESPONSE']._serialized_end=1111
+  _globals['_DRAFTPROBSRESULT']._serialized_start=1113
+  _globals['_DRAFTPROBSRESULT']._serialized_end=1197
+  _globals['_TRUNCATEDRAFTSESSIONREQUEST']._serialized_start=1199
+  _globals['_TRUNCATEDRAFTSESSIONREQUEST']._serialized_end=1282
+  _globals['_TRUNCATEDRAFTSESSIONRESPONSE']._serialized_start=1284
+  _globals['_TRUNCATEDRAFTSESSIONRESPONSE']._serialized_end=1332
+  _globals['_CLOSEDRAFTSESSIONREQUEST']._serialized_start=1334
+  _globals['_CLOSEDRAFTSESSIONREQUEST']._serialized_end=1381
+  _globals['_CLOSEDRAFTSESSIONRESPONSE']._serialized_start=1383
+  _globals['_CLOSEDRAFTSESSIONRESPONSE']._serialized_end=1459
+  _globals['_DRAFTSERVICE']._serialized_start=1462
+  _globals['_DRAFTSERVICE']._serialized_end=2059
 # @@protoc_insertion_point(module_scope)

@@ -56,16 +56,18 @@ class ProposeItem(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., position: _Optional[int] = ..., truncate_to: _Optional[int] = ..., append_token_ids: _Optional[_Iterable[int]] = ..., num_tokens: _Optional[int] = ...) -> None: ...
 
 class ProposeResponse(_message.Message):
-    __slots__ = ("results", "forward_passes", "compute_time_us", "batched_sessions")
+    __slots__ = ("results", "forward_passes", "compute_time_us", "batched_sessions", "forward_time_us")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_TIME_US_FIELD_NUMBER: _ClassVar[int]
     BATCHED_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_TIME_US_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ProposeResult]
     forward_passes: int
     compute_time_us: int
     batched_sessions: int
-    def __init__(self, results: _Optional[_Iterable[_Union[ProposeResult, _Mapping]]] = ..., forward_passes: _Optional[int] = ..., compute_time_us: _Optional[int] = ..., batched_sessions: _Optional[int] = ...) -> None: ...
+    forward_time_us: int
+    def __init__(self, results: _Optional[_Iterable[_Union[ProposeResult, _Mapping]]] = ..., forward_passes: _Optional[int] = ..., compute_time_us: _Optional[int] = ..., batched_sessions: _Optional[int] = ..., forward_time_us: _Optional[int] = ...) -> None: ...
 
 class ProposeResult(_message.Message):
     __slots__ = ("session_id", "code", "message", "token_ids", "position", "draft_probs")

@@ -55,6 +55,11 @@ class DraftServiceStub:
                 request_serializer=specdec_dot_v1_dot_draft__pb2.ProposeRequest.SerializeToString,
                 response_deserializer=specdec_dot_v1_dot_draft__pb2.ProposeResponse.FromString,
                 _registered_method=True)
+        self.ProposeStream = channel.stream_stream(
+                '/specdec.v1.DraftService/ProposeStream',
+                request_serializer=specdec_dot_v1_dot_draft__pb2.ProposeRequest.SerializeToString,
+                response_deserializer=specdec_dot_v1_dot_draft__pb2.ProposeResponse.FromString,
+                _registered_method=True)
         self.GetProbs = channel.unary_unary(
                 '/specdec.v1.DraftService/GetProbs',
                 request_serializer=specdec_dot_v1_dot_draft__pb2.GetDraftProbsRequest.SerializeToString,
@@ -103,6 +108,16 @@ class DraftServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProposeStream(self, request_iterator, context):
+        """Propose over one long-lived stream: each request message gets exactly one response
+        message, in order, as if it were a Propose call (a coordinator keeps one such stream
+        per connection instead of a call per round). An error ends the stream with the status
+        Propose would have answered; the caller opens a new stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetProbs(self, request, context):
         """Reads the draft's probabilities q at one position of sessions' last proposals (what the
         target needs to sample a recovered token after rejecting that position's proposal).
@@ -140,6 +155,11 @@ def add_DraftServiceServicer_to_server(servicer, server):
             ),
             'Propose': grpc.unary_unary_rpc_method_handler(
                     servicer.Propose,
+                    request_deserializer=specdec_dot_v1_dot_draft__pb2.ProposeRequest.FromString,
+                    response_serializer=specdec_dot_v1_dot_draft__pb2.ProposeResponse.SerializeToString,
+            ),
+            'ProposeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ProposeStream,
                     request_deserializer=specdec_dot_v1_dot_draft__pb2.ProposeRequest.FromString,
                     response_serializer=specdec_dot_v1_dot_draft__pb2.ProposeResponse.SerializeToString,
             ),
@@ -244,6 +264,33 @@ class DraftService:
             request,
             target,
             '/specdec.v1.DraftService/Propose',
+            specdec_dot_v1_dot_draft__pb2.ProposeRequest.SerializeToString,
+            specdec_dot_v1_dot_draft__pb2.ProposeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/specdec.v1.DraftService/ProposeStream',
             specdec_dot_v1_dot_draft__pb2.ProposeRequest.SerializeToString,
             specdec_dot_v1_dot_draft__pb2.ProposeResponse.FromString,
             options,

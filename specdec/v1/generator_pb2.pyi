@@ -57,7 +57,7 @@ class GeneratedToken(_message.Message):
     def __init__(self, id: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
 class GenerationStats(_message.Message):
-    __slots__ = ("finish_reason", "prompt_tokens", "generated_tokens", "rounds", "proposed_draft_tokens", "accepted_draft_tokens", "acceptance_rate", "mean_accepted_length", "time_to_first_token_s", "total_time_s", "draft_time_s", "verify_time_s", "coordinator_time_s", "session_id", "seed", "wire_bytes", "mean_verify_batch", "proposed_at_position", "accepted_at_position", "draft_fallback_rounds", "draft_fallback_reason", "draft_reopens", "target_reopens", "ahead_used_blocks", "ahead_discarded_blocks")
+    __slots__ = ("finish_reason", "prompt_tokens", "generated_tokens", "rounds", "proposed_draft_tokens", "accepted_draft_tokens", "acceptance_rate", "mean_accepted_length", "time_to_first_token_s", "total_time_s", "draft_time_s", "verify_time_s", "coordinator_time_s", "session_id", "seed", "wire_bytes", "mean_verify_batch", "proposed_at_position", "accepted_at_position", "draft_fallback_rounds", "draft_fallback_reason", "draft_reopens", "target_reopens", "ahead_used_blocks", "ahead_discarded_blocks", "forward_time_s")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class GenerationStats(_message.Message):
     TARGET_REOPENS_FIELD_NUMBER: _ClassVar[int]
     AHEAD_USED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     AHEAD_DISCARDED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_TIME_S_FIELD_NUMBER: _ClassVar[int]
     finish_reason: FinishReason
     prompt_tokens: int
     generated_tokens: int
@@ -108,4 +109,5 @@ class GenerationStats(_message.Message):
     target_reopens: int
     ahead_used_blocks: int
     ahead_discarded_blocks: int
-    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., rounds: _Optional[int] = ..., proposed_draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., time_to_first_token_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., draft_time_s: _Optional[float] = ..., verify_time_s: _Optional[float] = ..., coordinator_time_s: _Optional[float] = ..., session_id: _Optional[str] = ..., seed: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., mean_verify_batch: _Optional[float] = ..., proposed_at_position: _Optional[_Iterable[int]] = ..., accepted_at_position: _Optional[_Iterable[int]] = ..., draft_fallback_rounds: _Optional[int] = ..., draft_fallback_reason: _Optional[str] = ..., draft_reopens: _Optional[int] = ..., target_reopens: _Optional[int] = ..., ahead_used_blocks: _Optional[int] = ..., ahead_discarded_blocks: _Optional[int] = ...) -> None: ...
+    forward_time_s: float
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., rounds: _Optional[int] = ..., proposed_draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., mean_accepted_length: _Optional[float] = ..., time_to_first_token_s: _Optional[float] = ..., total_time_s: _Optional[float] = ..., draft_time_s: _Optional[float] = ..., verify_time_s: _Optional[float] = ..., coordinator_time_s: _Optional[float] = ..., session_id: _Optional[str] = ..., seed: _Optional[int] = ..., wire_bytes: _Optional[int] = ..., mean_verify_batch: _Optional[float] = ..., proposed_at_position: _Optional[_Iterable[int]] = ..., accepted_at_position: _Optional[_Iterable[int]] = ..., draft_fallback_rounds: _Optional[int] = ..., draft_fallback_reason: _Optional[str] = ..., draft_reopens: _Optional[int] = ..., target_reopens: _Optional[int] = ..., ahead_used_blocks: _Optional[int] = ..., ahead_discarded_blocks: _Optional[int] = ..., forward_time_s: _Optional[float] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from specdec.v1 import common_pb2 as specdec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17specdec/v1/target.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\"\x16\n\x14GetTargetInfoRequest\"s\n\x15GetTargetInfoResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.specdec.v1.ModelInfo\x12\x17\n\x0fmax_batch_items\x18\x02 \x01(\r\x12\x1b\n\x13max_proposal_tokens\x18\x03 \x01(\r\"F\n\x18OpenTargetSessionRequest\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.specdec.v1.OpenSessionItem\"d\n\x19OpenTargetSessionResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.specdec.v1.OpenSessionResult\x12\x17\n\x0f\x63ompute_time_us\x18\x02 \x01(\x04\"6\n\rVerifyRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.specdec.v1.VerifyItem\"\xb1\x01\n\nVerifyItem\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x17\n\x0f\x64raft_token_ids\x18\x03 \x03(\r\x12\x13\n\x0b\x64raft_probs\x18\x04 \x03(\x02\x12\x1f\n\x12\x64raft_probs_answer\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\x17\n\x0fresume_rejected\x18\x06 \x01(\x08\x42\x15\n\x13_draft_probs_answer\"\x86\x01\n\x0eVerifyResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.specdec.v1.VerifyResult\x12\x16\n\x0e\x66orward_passes\x18\x02 \x01(\r\x12\x17\n\x0f\x63ompute_time_us\x18\x03 \x01(\x04\x12\x18\n\x10\x62\x61tched_sessions\x18\x04 \x01(\r\"\xb8\x01\n\x0cVerifyResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0cnum_accepted\x18\x04 \x01(\r\x12\x15\n\rnext_token_id\x18\x05 \x01(\r\x12\x10\n\x08position\x18\x06 \x01(\r\x12\x36\n\x11\x64raft_probs_query\x18\x07 \x01(\x0b\x32\x1b.specdec.v1.DraftProbsQuery\"G\n\x0f\x44raftProbsQuery\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x12\n\nall_tokens\x18\x03 \x01(\x08\"T\n\x1cTruncateTargetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\r\"1\n\x1dTruncateTargetSessionResponse\x12\x10\n\x08position\x18\x01 \x01(\r\"0\n\x19\x43loseTargetSessionRequest\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\"M\n\x1a\x43loseTargetSessionResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.specdec.v1.CloseSessionResult2\xbc\x03\n\rTargetService\x12N\n\x07GetInfo\x12 .specdec.v1.GetTargetInfoRequest\x1a!.specdec.v1.GetTargetInfoResponse\x12Z\n\x0bOpenSession\x12$.specdec.v1.OpenTargetSessionRequest\x1a%.specdec.v1.OpenTargetSessionResponse\x12?\n\x06Verify\x12\x19.specdec.v1.VerifyRequest\x1a\x1a.specdec.v1.VerifyResponse\x12_\n\x08Truncate\x12(.specdec.v1.TruncateTargetSessionRequest\x1a).specdec.v1.TruncateTargetSessionResponse\x12]\n\x0c\x43loseSession\x12%.specdec.v1.CloseTargetSessionRequest\x1a&.specdec.v1.CloseTargetSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17specdec/v1/target.proto\x12\nspecdec.v1\x1a\x17specdec/v1/common.proto\"\x16\n\x14GetTargetInfoRequest\"s\n\x15GetTargetInfoResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.specdec.v1.ModelInfo\x12\x17\n\x0fmax_batch_items\x18\x02 \x01(\r\x12\x1b\n\x13max_proposal_tokens\x18\x03 \x01(\r\"F\n\x18OpenTargetSessionRequest\x12*\n\x05items\x18\x01 \x03(\x0b\x32\x1b.specdec.v1.OpenSessionItem\"d\n\x19OpenTargetSessionResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.specdec.v1.OpenSessionResult\x12\x17\n\x0f\x63ompute_time_us\x18\x02 \x01(\x04\"6\n\rVerifyRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.specdec.v1.VerifyItem\"\xb1\x01\n\nVerifyItem\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x17\n\x0f\x64raft_token_ids\x18\x03 \x03(\r\x12\x13\n\x0b\x64raft_probs\x18\x04 \x03(\x02\x12\x1f\n\x12\x64raft_probs_answer\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\x17\n\x0fresume_rejected\x18\x06 \x01(\x08\x42\x15\n\x13_draft_probs_answer\"\x9f\x01\n\x0eVerifyResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.specdec.v1.VerifyResult\x12\x16\n\x0e\x66orward_passes\x18\x02 \x01(\r\x12\x17\n\x0f\x63ompute_time_us\x18\x03 \x01(\x04\x12\x18\n\x10\x62\x61tched_sessions\x18\x04 \x01(\r\x12\x17\n\x0f\x66orward_time_us\x18\x05 \x01(\x04\"\xb8\x01\n\x0cVerifyResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0cnum_accepted\x18\x04 \x01(\r\x12\x15\n\rnext_token_id\x18\x05 \x01(\r\x12\x10\n\x08position\x18\x06 \x01(\r\x12\x36\n\x11\x64raft_probs_query\x18\x07 \x01(\x0b\x32\x1b.specdec.v1.DraftProbsQuery\"G\n\x0f\x44raftProbsQuery\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x12\n\nall_tokens\x18\x03 \x01(\x08\"T\n\x1cTruncateTargetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\r\"1\n\x1dTruncateTargetSessionResponse\x12\x10\n\x08position\x18\x01 \x01(\r\"0\n\x19\x43loseTargetSessionRequest\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\"M\n\x1a\x43loseTargetSessionResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.specdec.v1.CloseSessionResult2\x87\x04\n\rTargetService\x12N\n\x07GetInfo\x12 .specdec.v1.GetTargetInfoRequest\x1a!.specdec.v1.GetTargetInfoResponse\x12Z\n\x0bOpenSession\x12$.specdec.v1.OpenTargetSessionRequest\x1a%.specdec.v1.OpenTargetSessionResponse\x12?\n\x06Verify\x12\x19.specdec.v1.VerifyRequest\x1a\x1a.specdec.v1.VerifyResponse\x12I\n\x0cVerifyStream\x12\x19.specdec.v1.VerifyRequest\x1a\x1a.specdec.v1.VerifyResponse(\x01\x30\x01\x12_\n\x08Truncate\x12(.specdec.v1.TruncateTargetSessionRequest\x1a).specdec.v1.TruncateTargetSessionResponse\x12]\n\x0c\x43loseSession\x12%.specdec.v1.CloseTargetSessionRequest\x1a&.specdec.v1.CloseTargetSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,19 +45,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYITEM']._serialized_start=436
   _globals['_VERIFYITEM']._serialized_end=613
   _globals['_VERIFYRESPONSE']._serialized_start=616
-  _globals['_VERIFYRESPONSE']._serialized_end=750
-  _globals['_VERIFYRESULT']._serialized_start=753
-  _globals['_VERIFYRESULT']._serialized_end=937
-  _globals['_DRAFTPROBSQUERY']._serialized_start=939
-  _globals['_DRAFTPROBSQUERY']._serialized_end=1010
-  _globals['_TRUNCATETARGETSESSIONREQUEST']._serialized_start=1012
-  _globals['_TRUNCATETARGETSESSIONREQUEST']._serialized_end=1096
-  _globals['_TRUNCATETARGETSESSIONRESPONSE']._serialized_start=1098
-  _globals['_TRUNCATETARGETSESSIONRESPONSE']._serialized_end=1147
-  _globals['_CLOSETARGETSESSIONREQUEST']._serialized_start=1149
-  _globals['_CLOSETARGETSESSIONREQUEST']._serialized_end=1197
-  _globals['_CLOSETARGETSESSIONRESPONSE']._serialized_start=1199
-  _globals['_CLOSETARGETSESSIONRESPONSE']._serialized_end=1276
-  _globals['_TARGETSERVICE']._serialized_start=1279
-  _globals['_TARGETSERVICE']._serialized_end=1723
+  _globals['_VERIFYRESPONSE']._serialized_end=775
+  _globals['_VERIFYRESULT']._serialized_start=778
+  _globals['_VERIFYRESULT']._serialized_end=962
+  _globals['_DRAFTPROBSQUERY']._serialized_start=964
+  _globals['_DRAFTPROBSQUERY']._serialized_end=1035
+  _globals['_TRUNCATETARGETSESSIONREQUEST']._serialized_start=1037
+  _globals['_TRUNCATETARGETSESSIONREQUEST']._serialized_end=1121
+  _globals['_TRUNCATETARGETSESSIONRESPONSE']._serialized_start=1123
+  _globals['_TRUNCATETARGETSESSIONRESPONSE']._serialized_end=1172
+  _globals['_CLOSETARGETSESSIONREQUEST']._serialized_start=1174
+  _globals['_CLOSETARGETSESSIONREQUEST']._serialized_end=1222
+  _globals['_CLOSETARGETSESSIONRESPONSE']._serialized_start=1224
+  _globals['_CLOSETARGETSESSIONRESPONSE']._serialized_end=1301
+  _globals['_TARGETSERVICE']._serialized_start=1304
+  _globals['_TARGETSERVICE']._serialized_end=1823
 # @@protoc_insertion_point(module_scope)

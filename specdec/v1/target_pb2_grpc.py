@@ -55,6 +55,11 @@ class TargetServiceStub:
                 request_serializer=specdec_dot_v1_dot_target__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=specdec_dot_v1_dot_target__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.VerifyStream = channel.stream_stream(
+                '/specdec.v1.TargetService/VerifyStream',
+                request_serializer=specdec_dot_v1_dot_target__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=specdec_dot_v1_dot_target__pb2.VerifyResponse.FromString,
+                _registered_method=True)
         self.Truncate = channel.unary_unary(
                 '/specdec.v1.TargetService/Truncate',
                 request_serializer=specdec_dot_v1_dot_target__pb2.TruncateTargetSessionRequest.SerializeToString,
@@ -98,6 +103,16 @@ class TargetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyStream(self, request_iterator, context):
+        """Verify over one long-lived stream: each request message gets exactly one response
+        message, in order, as if it were a Verify call (a coordinator keeps one such stream per
+        connection instead of a call per round). An error ends the stream with the status
+        Verify would have answered; the caller opens a new stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Truncate(self, request, context):
         """Drops tokens beyond `length` from the session and its cache.
         """
@@ -127,6 +142,11 @@ def add_TargetServiceServicer_to_server(servicer, server):
             ),
             'Verify': grpc.unary_unary_rpc_method_handler(
                     servicer.Verify,
+                    request_deserializer=specdec_dot_v1_dot_target__pb2.VerifyRequest.FromString,
+                    response_serializer=specdec_dot_v1_dot_target__pb2.VerifyResponse.SerializeToString,
+            ),
+            'VerifyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.VerifyStream,
                     request_deserializer=specdec_dot_v1_dot_target__pb2.VerifyRequest.FromString,
                     response_serializer=specdec_dot_v1_dot_target__pb2.VerifyResponse.SerializeToString,
             ),
@@ -226,6 +246,33 @@ class TargetService:
             request,
             target,
             '/specdec.v1.TargetService/Verify',
+            specdec_dot_v1_dot_target__pb2.VerifyRequest.SerializeToString,
+            specdec_dot_v1_dot_target__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/specdec.v1.TargetService/VerifyStream',
             specdec_dot_v1_dot_target__pb2.VerifyRequest.SerializeToString,
             specdec_dot_v1_dot_target__pb2.VerifyResponse.FromString,
             options,
