@@ -109,7 +109,8 @@ def parse_args(argv=None):
         if unknown:
             p.error(f"--domains: unknown {unknown}; choose from {', '.join(ALL_DOMAINS)} or "
                     "spec-bench")
-        plan = Plan([parse_k(k) for k in args.ks.split(",")],
+        # K=0 is every comparison's baseline and always runs: "0" in --ks adds nothing
+        plan = Plan([parse_k(k) for k in args.ks.split(",") if k != "0"],
                     [float(t) for t in args.temps.split(",")], domains, args.prompts,
                     args.max_new_tokens, not args.no_peer, args.top_p, max(1, args.repeats))
     return args, plan
