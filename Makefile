@@ -20,7 +20,7 @@ CPU ?=
 COMPOSE = docker compose -f compose.yaml $(if $(CPU),-f compose.cpu.yaml)
 PROTOS := $(wildcard protos/specdec/v1/*.proto)
 
-.PHONY: install proto test test-all test-stress run demo models lint clean bench bench-quick bench-rtt bench-concurrency bench-pipeline bench-gpu llama-cpp up down
+.PHONY: install proto test test-all test-stress run serve demo models lint clean bench bench-quick bench-rtt bench-concurrency bench-pipeline bench-gpu llama-cpp up down
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,14 @@ models: install
 
 run: install
 	$(PY) -m tools.run_local --dtype $(DTYPE)
+
+# any draft/target pair behind the OpenAI-compatible API on :8000 until Ctrl-C (registry
+# names, local directories, .gguf files or Hub ids); SERVE_ARGS: any service or coordinator
+# flag, e.g. SERVE_ARGS="--dtype bfloat16 --draft-args='--quantization int4'"
+DRAFT ?= qwen2.5-coder-0.5b-instruct
+TARGET ?= qwen2.5-coder-1.5b-instruct
+serve: install
+	$(PY) -m specdec serve --draft $(DRAFT) --target $(TARGET) $(SERVE_ARGS)
 
 demo: install
 	$(PY) -m tools.demo --dtype $(DTYPE) --k $(K) --adaptive $(ADAPTIVE) \

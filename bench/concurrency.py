@@ -2,7 +2,8 @@
 sessions, K=0, fixed K>0 and adaptive K (aN: up to N), through the three services
 started locally (one process each).
 
-python -m bench.concurrency [--pair tiny|qwen] [--sessions 1,2,4,8,16] [--ks 0,4,a8]
+python -m bench.concurrency [--pair tiny|qwen | --draft M --target M] [--sessions 1,2,4,8,16]
+                                  [--ks 0,4,a8]
                                   [--max-new-tokens 64] [--dtype bfloat16] [--threads 2]
                                   [--repeats 1]
 
@@ -10,7 +11,9 @@ At each session count the Ks run side by side, interleaved (`--repeats` times; t
 run is shown), and every row says how it compares with the best fixed K at its load. For
 every K, the 1-session figure runs each prompt alone, one after the other; its outputs are
 the reference: every concurrent run must produce exactly the same tokens (greedy, float32),
-or the benchmark says so loudly. Writes results/bench_concurrency_<pair>.{json,md}.
+or the benchmark says so loudly. --draft/--target run any pair (anything a service's --model
+takes) on HumanEval prompts. Writes results/bench_concurrency_<pair>.{json,md} (<pair>: the
+target's name for --draft/--target).
 """
 
 from __future__ import annotations
@@ -46,7 +49,12 @@ def prompts_for(pair: str, n: int) -> list[str]:
     return [p["prompt"] for p in list(read_problems().values())[:n]]
 
 
-def models_for(pair: str) -> tuple[str, str]:
+def models_for(pair: str, draft: str | None = None, target: str | None = None
+               ) -> tuple[str, str]:
+    if draft and target:
+        for model in (draft, target):
+            resolve_model_dir(model, default_cache_dir())
+        return draft, target
     if pair == "tiny":
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
         from tiny_models import make_model_dirs
@@ -168,6 +176,9 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.concurrency", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pair", choices=["tiny", "qwen"], default="tiny")
+    p.add_argument("--draft", help="draft model (with --target, instead of --pair): registry "
+                                   "name, local directory, .gguf file or Hub id")
+    p.add_argument("--target", help="target model (with --draft)")
     p.add_argument("--sessions", default="1,2,4,8,16")
     p.add_argument("--ks", default="0,4,a8",
                    help="comma-separated K values: N = fixed K, aN = adaptive K up to N")
@@ -175,20 +186,24 @@ def main() -> int:
     p.add_argument("--dtype", default=None, help="default: float32 (tiny), bfloat16 (qwen)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per service")
     p.add_argument("--draft-quantization", choices=list(QUANTIZATIONS),
-                   help="the draft's --quantization; default: int4 (qwen), none (tiny)")
+                   help="the draft's --quantization; default: int4 (qwen), none (others)")
     p.add_argument("--repeats", type=int, default=1,
                    help="runs of every K at each session count, the Ks interleaved within "
                         "each; the table shows the median run (odd counts are best)")
     p.add_argument("--out", type=Path, default=Path("results"))
     args = p.parse_args()
+    if bool(args.draft) != bool(args.target):
+        p.error("--draft and --target go together")
+    if args.draft:
+        args.pair = Path(args.target).name.removesuffix(".gguf")
     sessions = [int(x) for x in args.sessions.split(",")]
     ks = [parse_k(k) for k in args.ks.split(",")]
     if sessions[0] != 1:
         sessions = [1, *sessions]
     dtype = args.dtype or ("float32" if args.pair == "tiny" else "bfloat16")
-    draft, target = models_for(args.pair)
+    draft, target = models_for(args.pair, args.draft, args.target)
     prompts = prompts_for(args.pair, max(sessions))
-    quantization = args.draft_quantization or ("none" if args.pair == "tiny" else "int4")
+    quantization = args.draft_quantization or ("int4" if args.pair == "qwen" else "none")
     stack = start_local_stack(draft, target, log_dir=args.out / "logs", dtype=dtype,
                               threads=args.threads, draft_args=("--quantization", quantization))
     try:

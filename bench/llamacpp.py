@@ -27,7 +27,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.prompts import domain_prompts
 from bench.stats import speedup
 from specdec.fetch import REGISTRY
 
@@ -105,7 +104,7 @@ def run_llamacpp(bin_dir: Path, draft: Path, target: Path, tokenizer, plan, reco
     """Greedy runs of both systems per domain; one record each, with specdec's fastest
     greedy configuration of the run compared against it."""
     from bench.peer import best_run
-    from bench.run import format_prompt
+    from bench.run import swept_prompts
 
     new = []
     if 0.0 not in plan.temps:
@@ -113,8 +112,7 @@ def run_llamacpp(bin_dir: Path, draft: Path, target: Path, tokenizer, plan, reco
         return new
     for domain in tqdm(plan.domains, desc="llama.cpp peer", unit="domain"):
         runs = {"llamacpp_target_only": [], "llamacpp_speculative": []}
-        for i in range(plan.prompts):
-            prompt = format_prompt(tokenizer, domain, domain_prompts(domain)[i])
+        for prompt, _ in swept_prompts(records, domain, 0.0):
             with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
                 f.write(prompt)
                 f.flush()

@@ -1,5 +1,6 @@
 """Named draft -> target pairs. The default works offline here (the Qwen pair comes from the
-project's registry, Hub or pinned mirror); the others need Hugging Face Hub access."""
+project's registry, Hub or pinned mirror); the others (hub=True) need Hugging Face Hub
+access, and bench.run says so instead of starting when the Hub is unreachable."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ class Pair:
     # cheaper on CPU at nearly the same acceptance (docs/benchmarks.md)
     draft_quantization: str = "none"
     note: str = ""
+    hub: bool = True  # the models come from the Hugging Face Hub only
 
 
 PAIRS = {
     "qwen2.5-coder-0.5b-1.5b": Pair("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct",
                                     draft_quantization="int4",
-                                    note="default; offline via the pinned mirror"),
-    "gpt2-xl": Pair("gpt2", "gpt2-xl", dtype="float32", note="Hub"),
-    "gpt2-medium": Pair("distilgpt2", "gpt2-medium", dtype="float32", note="Hub"),
+                                    note="default; offline via the pinned mirror", hub=False),
+    "gpt2-xl": Pair("openai-community/gpt2", "openai-community/gpt2-xl", dtype="float32",
+                    note="Hub"),
+    "gpt2-medium": Pair("distilbert/distilgpt2", "openai-community/gpt2-medium",
+                        dtype="float32", note="Hub"),
     "pythia-1.4b": Pair("EleutherAI/pythia-70m-deduped", "EleutherAI/pythia-1.4b-deduped",
                         dtype="float16", draft_dtype="float32", note="Hub; fp16 needs a GPU"),
     "pythia-2.8b": Pair("EleutherAI/pythia-160m-deduped", "EleutherAI/pythia-2.8b-deduped",

@@ -10,7 +10,6 @@ import time
 import torch
 from tqdm import tqdm
 
-from bench.prompts import domain_prompts
 from bench.stats import speedup
 from specdec.config import default_cache_dir
 from specdec.models import load_model
@@ -48,7 +47,7 @@ def run_peer(draft: str, target: str, dtype: str, draft_dtype: str | None, token
     """For each domain and temperature in {0, 0.7} swept: HF target-only and HF assisted
     generation with the fixed K specdec did best with; one record each, compared with
     specdec's fastest configuration (adaptive included)."""
-    from bench.run import format_prompt
+    from bench.run import swept_prompts
 
     cache = default_cache_dir()
     tgt = load_model(target, dtype, "cpu", cache).model
@@ -62,12 +61,12 @@ def run_peer(draft: str, target: str, dtype: str, draft_dtype: str | None, token
         # handicap it), or the cap when only adaptive runs were swept
         k = (best_run(records, domain, temp, fixed=True) or ours)["k"]
         plain_runs, assisted_runs = [], []
-        for i in range(plan.prompts):
-            ids = tokenizer(format_prompt(tokenizer, domain, domain_prompts(domain)[i])).input_ids
+        for prompt, seed in swept_prompts(records, domain, temp):
+            ids = tokenizer(prompt).input_ids
             plain_runs.append(timed_generate(tgt, ids, plan.max_new_tokens, temp, plan.top_p,
-                                             1000 + i))
+                                             seed))
             assisted_runs.append(timed_generate(tgt, ids, plan.max_new_tokens, temp, plan.top_p,
-                                                1000 + i, dft, k))
+                                                seed, dft, k))
         for system, runs, kk in (("hf_target_only", plain_runs, 0),
                                  ("hf_assisted", assisted_runs, k)):
             tps = sum(r["tokens"] for r in runs) / sum(r["total_s"] for r in runs)

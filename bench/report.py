@@ -93,6 +93,45 @@ def detail_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def spec_bench_table(records: list[dict]) -> str:
+    """Spec-Bench's leaderboard layout: per category, speedup over K=0 and mean accepted
+    tokens per round (the target's own token included, so K=0 is 1.00), then the overall
+    speedup (all tokens over all time); "" when no spec-bench domain ran. With --repeats,
+    each speedup is followed by the range of the repeats' own speedups."""
+    from bench.specbench import CATEGORIES, PREFIX
+
+    rows = [r for r in _specdec(records) if r["domain"].startswith(PREFIX)]
+    if not rows:
+        return ""
+    cats = [c for c in CATEGORIES if any(r["domain"] == PREFIX + c for r in rows)]
+    lines = ["| T | K | " + " | ".join(f"{c}: × / τ" for c in cats) + " | overall × | "
+             "mean τ |", "|---|---|" + "---|" * (len(cats) + 2)]
+    for temp in sorted({r["temperature"] for r in rows}):
+        at = [r for r in rows if r["temperature"] == temp]
+        base = [r for r in at if r["k"] == 0]
+        for label in dict.fromkeys(r["k_label"] for r in sorted(at, key=_order)):
+            mine = {r["domain"]: r for r in at if r["k_label"] == label}
+            cells = []
+            for c in cats:
+                r = mine.get(PREFIX + c)
+                sp = r and r.get("speedup_spread")
+                x = _fmt(r and r["speedup_vs_k0"]) + (
+                    f" ({sp['min']:.2f}–{sp['max']:.2f})" if sp and sp["n"] > 1 else "")
+                cells.append(f"{x} / {_fmt(r and r.get('mean_accepted_length'))}")
+            k0_tps = sum(r["tokens"] for r in base) / sum(r["tokens"] / r["tokens_per_s"]
+                                                           for r in base)
+            mine_rows = list(mine.values())
+            tps = sum(r["tokens"] for r in mine_rows) / sum(r["tokens"] / r["tokens_per_s"]
+                                                            for r in mine_rows)
+            rounds = sum(r.get("rounds", 0) for r in mine_rows)
+            tau = sum(r["tokens"] for r in mine_rows) / rounds if rounds else None
+            lines.append(f"| {temp:g} | {_k({'k': mine_rows[0]['k'], 'adaptive': label[0] == 'a'})}"
+                         f" | " + " | ".join(cells) + f" | **{_fmt(tps / k0_tps)}** | "
+                         f"{_fmt(tau)} |")
+    return ("\n## Spec-Bench (× = speedup over K=0, τ = mean accepted tokens per round)\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def figures(records: list[dict], out: Path) -> list[Path]:
     paths = []
     domains = list(dict.fromkeys(r["domain"] for r in _specdec(records)))
@@ -170,7 +209,8 @@ def write_report(records: list[dict], out: Path, command: str) -> None:
             f"({first['cpu']}); torch {first['versions']['torch']}, transformers "
             f"{first['versions']['transformers']}.\n\n")
     body = ("## Best K per domain and temperature\n\n" + best_table(records) +
-            "\n## All configurations\n\n" + detail_table(records) + llamacpp_table(records))
+            "\n## All configurations\n\n" + detail_table(records) + spec_bench_table(records)
+            + llamacpp_table(records))
     paths = figures(records, out)
     pics = "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in paths) + "\n"
     (out / "bench.md").write_text(head + body + pics)

@@ -3,13 +3,19 @@ Hugging Face assisted generation, over K x temperature x prompt domain.
 
 python -m bench.run [--quick] [--pair NAME | --draft M --target M] [--dtype bfloat16]
                     [--ks 1,2,3,4,6,8] [--temps 0,0.7,1.0] [--domains code,chat,summarization]
-                    [--prompts 1] [--max-new-tokens 128] [--threads 2] [--no-peer]
-                    [--llama-cpp [DIR]] [--schedule pipelined] [--draft-ahead]
+                    [--prompts 1] [--repeats 1] [--max-new-tokens 128] [--threads 2]
+                    [--no-peer] [--llama-cpp [DIR]] [--schedule pipelined] [--draft-ahead]
+
+--domains spec-bench: Spec-Bench's six categories (bench/specbench.py), --prompts questions
+each, evenly spaced through the category; its table gives per-category speedup and mean
+accepted tokens per round, as its leaderboard does.
 
 For every (domain, prompt, temperature) the K=0 baseline runs first and each K right after,
-on the same running services, so ratios are measured side by side. Greedy K>0 outputs are
-compared with K=0 token for token; a mismatch is printed and recorded. Writes under --out:
-bench.jsonl (one record per configuration), bench.md (tables), and PNG figures.
+on the same running services, so ratios are measured side by side (a multi-turn question's
+later turns carry K=0's answers, so every K sees the same context). Greedy K>0 outputs are
+compared with K=0 token for token; a mismatch is printed and recorded. --repeats N runs the
+whole sweep N times; each record then has the per-repeat speedups and their spread. Writes
+under --out: bench.jsonl (one record per configuration), bench.md (tables), PNG figures.
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ import grpc
 import torch
 from tqdm import tqdm
 
+from bench import specbench
 from bench.pairs import DEFAULT_PAIR, PAIRS
-from bench.prompts import DOMAINS, domain_prompts
-from bench.stats import speedup, summarize
+from bench.prompts import ALL_DOMAINS, DOMAINS, domain_conversations
+from bench.stats import speedup, spread, summarize
 from coordinator.client import stats_dict
 from specdec.config import QUANTIZATIONS, default_cache_dir
-from specdec.fetch import resolve_model_dir
+from specdec.fetch import hub_reachable, resolve_model_dir
 from specdec.launch import start_local_stack
 from specdec.models import load_tokenizer
 from specdec.v1 import generator_pb2, generator_pb2_grpc
@@ -46,6 +53,7 @@ class Plan:
     max_new_tokens: int
     peer: bool
     top_p: float = 1.0
+    repeats: int = 1
 
 
 def parse_args(argv=None):
@@ -72,8 +80,13 @@ def parse_args(argv=None):
                    help="K values: N = fixed K (adaptive_k=false); aN = adaptive K up to N")
     p.add_argument("--temps", default="0,0.7,1.0")
     p.add_argument("--top-p", type=float, default=1.0, help="top_p for sampled rows")
-    p.add_argument("--domains", default=",".join(DOMAINS))
+    p.add_argument("--domains", default=",".join(DOMAINS),
+                   help=f"comma-separated, from {', '.join(ALL_DOMAINS)}; spec-bench = its "
+                        "six categories")
     p.add_argument("--prompts", type=int, default=1, help="prompts per domain")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the whole sweep this many times (Spec-Bench reports the mean of "
+                        "3); records carry each repeat's speedup and their spread")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=2, help="torch threads per service and peer")
     p.add_argument("--no-peer", action="store_true", help="skip Hugging Face assisted generation")
@@ -91,9 +104,15 @@ def parse_args(argv=None):
     if args.quick:
         plan = Plan(["4"], [0.0, 0.7], list(DOMAINS), 1, 32, not args.no_peer)
     else:
-        plan = Plan([parse_k(k) for k in args.ks.split(",")],
-                    [float(t) for t in args.temps.split(",")], args.domains.split(","),
-                    args.prompts, args.max_new_tokens, not args.no_peer, args.top_p)
+        domains = specbench.expand(args.domains.split(","))
+        unknown = [d for d in domains if d not in ALL_DOMAINS]
+        if unknown:
+            p.error(f"--domains: unknown {unknown}; choose from {', '.join(ALL_DOMAINS)} or "
+                    "spec-bench")
+        # K=0 is every comparison's baseline and always runs: "0" in --ks adds nothing
+        plan = Plan([parse_k(k) for k in args.ks.split(",") if k != "0"],
+                    [float(t) for t in args.temps.split(",")], domains, args.prompts,
+                    args.max_new_tokens, not args.no_peer, args.top_p, max(1, args.repeats))
     return args, plan
 
 
@@ -104,13 +123,14 @@ def parse_k(text: str) -> str:
     return text
 
 
-def format_prompt(tokenizer, domain: str, text: str) -> str:
-    """Chat and summarization prompts go through the target's chat template when it has
-    one (instruction-tuned models expect it); code prompts are completed as they are."""
+def format_prompt(tokenizer, domain: str, text: str | list[dict]) -> str:
+    """Every prompt but code goes through the target's chat template when it has one
+    (instruction-tuned models expect it); code prompts are completed as they are. text: one
+    user message, or a conversation's messages."""
+    messages = [{"role": "user", "content": text}] if isinstance(text, str) else text
     if domain == "code" or not getattr(tokenizer, "chat_template", None):
-        return text
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                         add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def run_specdec(stub, prompt: str, k: str, temp: float, top_p: float, seed: int,
@@ -152,35 +172,46 @@ def record_base(args, plan: Plan, draft: str, target: str, dtype: str) -> dict:
 
 def sweep(addr: str, tokenizer, plan: Plan, base: dict, out) -> list[dict]:
     """Run every configuration; returns the records (also appended to `out`)."""
-    work = [(d, i, t) for d in plan.domains for i in range(plan.prompts) for t in plan.temps]
+    convs = {d: domain_conversations(d, plan.prompts) for d in plan.domains}
+    work = [(rep, d, i, t) for rep in range(plan.repeats) for d in plan.domains
+            for i in range(len(convs[d])) for t in plan.temps]
+    turns = sum(len(convs[d][i]) for _, d, i, _ in work)
     runs: dict[tuple, list[dict]] = {}
     mismatches = []
     with grpc.insecure_channel(addr) as channel, \
-            tqdm(total=len(work) * (1 + len(plan.ks)), desc="specdec", unit="run") as bar:
+            tqdm(total=turns * (1 + len(plan.ks)), desc="specdec", unit="run") as bar:
         stub = generator_pb2_grpc.GeneratorStub(channel)
-        for domain, i, temp in work:
-            prompt = format_prompt(tokenizer, domain, domain_prompts(domain)[i])
-            seed = 1000 + i
-            base_run = run_specdec(stub, prompt, "0", temp, plan.top_p, seed,
-                                   plan.max_new_tokens)
-            runs.setdefault((domain, temp, "0"), []).append(base_run)
-            bar.update()
-            for k in plan.ks:
-                r = run_specdec(stub, prompt, k, temp, plan.top_p, seed, plan.max_new_tokens)
-                if temp == 0:
-                    r["matches_target_only"] = r["ids"] == base_run["ids"]
-                    if not r["matches_target_only"]:
-                        mismatches.append((domain, i, k))
-                        tqdm.write(f"!!! MISMATCH: greedy K={k} differs from K=0 on {domain} "
-                                   f"prompt {i}")
-                runs.setdefault((domain, temp, k), []).append(r)
+        for rep, domain, i, temp in work:
+            seed, history = 1000 + i, []
+            for turn in convs[domain][i]:
+                history.append({"role": "user", "content": turn})
+                prompt = format_prompt(tokenizer, domain, history)
+                base_run = run_specdec(stub, prompt, "0", temp, plan.top_p, seed,
+                                       plan.max_new_tokens)
+                extra = {"repeat": rep, "prompt": prompt, "seed": seed}
+                runs.setdefault((domain, temp, "0"), []).append({**base_run, **extra})
                 bar.update()
+                for k in plan.ks:
+                    r = run_specdec(stub, prompt, k, temp, plan.top_p, seed,
+                                    plan.max_new_tokens) | extra
+                    if temp == 0:
+                        r["matches_target_only"] = r["ids"] == base_run["ids"]
+                        if not r["matches_target_only"]:
+                            mismatches.append((domain, i, k))
+                            tqdm.write(f"!!! MISMATCH: greedy K={k} differs from K=0 on "
+                                       f"{domain} prompt {i}")
+                    runs.setdefault((domain, temp, k), []).append(r)
+                    bar.update()
+                history.append({"role": "assistant", "content": tokenizer.decode(
+                    base_run["ids"], skip_special_tokens=True)})
     records = []
     for (domain, temp, k), rs in runs.items():
         rec = {**base, "system": "specdec", "domain": domain, "temperature": temp,
                "k": int(k.removeprefix("a")), "adaptive": k.startswith("a"), "k_label": k,
-               **summarize(rs), "runs": [{key: v for key, v in r.items() if key != "ids"}
-                                         for r in rs]}
+               **summarize(rs), "repeats": plan.repeats,
+               "tokens_per_s_repeats": [summarize([r for r in rs if r["repeat"] == j])
+                                        ["tokens_per_s"] for j in range(plan.repeats)],
+               "runs": [{key: v for key, v in r.items() if key != "ids"} for r in rs]}
         if temp == 0 and k != "0":
             rec["greedy_mismatches"] = sum(not r["matches_target_only"] for r in rs)
         records.append(rec)
@@ -188,10 +219,21 @@ def sweep(addr: str, tokenizer, plan: Plan, base: dict, out) -> list[dict]:
         baseline = next(r for r in records if r["domain"] == rec["domain"]
                         and r["temperature"] == rec["temperature"] and r["k"] == 0)
         rec["speedup_vs_k0"] = speedup(rec["tokens_per_s"], baseline["tokens_per_s"])
+        rec["speedup_repeats"] = [speedup(a, b) for a, b in zip(
+            rec["tokens_per_s_repeats"], baseline["tokens_per_s_repeats"], strict=True)]
+        rec["speedup_spread"] = spread(rec["speedup_repeats"])
         out.write(json.dumps(rec) + "\n")
     if mismatches:
         print(f"!!! {len(mismatches)} greedy runs differ from target-only: {mismatches}")
     return records
+
+
+def swept_prompts(records: list[dict], domain: str, temp: float) -> list[tuple[str, int]]:
+    """(prompt, seed) of every turn the sweep ran for a domain and temperature (first
+    repeat): the peers run exactly these."""
+    k0 = next(r for r in records if r["system"] == "specdec" and r["domain"] == domain
+              and r["temperature"] == temp and r["k"] == 0)
+    return [(r["prompt"], r["seed"]) for r in k0["runs"] if r["repeat"] == 0]
 
 
 def coordinator_flags(args) -> tuple[str, ...]:
@@ -222,6 +264,11 @@ def main(argv=None) -> int:
     args, plan = parse_args(argv)
     pair = PAIRS[args.pair]
     draft, target = args.draft or pair.draft, args.target or pair.target
+    if pair.hub and not (args.draft and args.target) and not hub_reachable():
+        print(f"--pair {args.pair} ({pair.draft} -> {pair.target}) needs the Hugging Face Hub, "
+              f"which is not reachable from here. Offline: --pair {DEFAULT_PAIR}, or --draft "
+              "and --target with local directories or .gguf files.", file=sys.stderr)
+        return 2
     dtype = args.dtype or pair.dtype
     args.draft_quantization = args.draft_quantization or pair.draft_quantization
     torch.set_num_threads(args.threads)

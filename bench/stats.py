@@ -45,6 +45,17 @@ def speedup(fast_tokens_per_s: float, base_tokens_per_s: float) -> float:
     return fast_tokens_per_s / base_tokens_per_s if base_tokens_per_s > 0 else math.nan
 
 
+def spread(values: list[float]) -> dict:
+    """Mean, sample standard deviation, min and max of repeated measurements (std is 0 for
+    one value)."""
+    xs = [v for v in values if not math.isnan(v)]
+    if not xs:
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
+    mean = sum(xs) / len(xs)
+    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
+    return {"mean": mean, "std": math.sqrt(var), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
 def summarize(runs: list[dict]) -> dict:
     """Figures of one configuration from its runs (one dict per prompt, as bench/run.py
     records them: tokens, total_s, ttft_s, token_times, and specdec's stats when present)."""

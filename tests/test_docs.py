@@ -44,3 +44,94 @@ def test_relative_links_resolve(page):
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             broken.append(f"{target}: no such section")
     assert not broken, f"{page.relative_to(ROOT)}: {broken}"
+
+
+# --- the flag and environment tables of docs/deployment.md against the programs -------------
+
+DEPLOYMENT = ROOT / "docs" / "deployment.md"
+
+
+def table_after(text: str, intro: str) -> list[list[str]]:
+    """The rows (cells) of the Markdown table that follows the line `intro` (or whose header
+    line `intro` is)."""
+    lines = text.splitlines()
+    start = lines.index(intro)
+    while not lines[start].startswith("|"):
+        start += 1
+    rows = []
+    for line in lines[start + 2:]:  # past the header and its |---| line
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def documented(rows: list[list[str]], pattern: str) -> set[str]:
+    return {name for row in rows for name in re.findall(rf"`({pattern})`", row[0])}
+
+
+def flags(parser) -> dict[str, object]:
+    """Every long option of a parser (but --help) -> its argparse action."""
+    return {o: a for a in parser._actions for o in a.option_strings
+            if o.startswith("--") and o != "--help"}
+
+
+def suggested_row(flag: str, action) -> str:
+    """A row to start from: the flag, its default and its help without the env suffix."""
+    meaning = re.sub(r"\s*\[env [A-Z_]+; default: .*\]$", "", action.help or "")
+    return f"| `{flag}` | {action.default} | {meaning} |"
+
+
+def table_drift(intro: str, rows, have: dict[str, str], kind: str) -> str:
+    """'' when the table names exactly `have` (name -> row to suggest), else what to fix."""
+    docs = documented(rows, "--[a-z0-9-]+" if kind == "flag" else "[A-Z][A-Z0-9_]*")
+    missing, extra = sorted(set(have) - docs), sorted(docs - set(have))
+    if not (missing or extra):
+        return ""
+    out = [f"docs/deployment.md, the table after {intro!r}:"]
+    if missing:
+        out.append(f"  add a row for each {kind} it lacks (edit the meaning as needed):")
+        out += [f"    {have[name]}" for name in missing]
+    if extra:
+        out.append(f"  remove the rows of {', '.join(extra)}: no such {kind}")
+    return "\n".join(out)
+
+
+def program_tables():
+    from coordinator.config import parser as coordinator_parser
+    from specdec.config import model_service_parser
+    from specdec.serve import parser as serve_parser
+
+    services = {**flags(model_service_parser("draft", "draft", 50051)),
+                **flags(model_service_parser("target", "target", 50052))}
+    return [("Draft and target service flags:", services),
+            ("Coordinator flags:", flags(coordinator_parser())),
+            ("`python -m specdec serve` flags:", flags(serve_parser()))]
+
+
+@pytest.mark.parametrize("intro,actions", program_tables(), ids=["services", "coordinator",
+                                                                 "serve"])
+def test_flag_tables_match_the_parsers(intro, actions):
+    rows = table_after(DEPLOYMENT.read_text(), intro)
+    drift = table_drift(intro, rows, {f: suggested_row(f, a) for f, a in actions.items()},
+                        "flag")
+    assert not drift, drift
+
+
+def compose_variables() -> dict[str, str]:
+    """Every variable compose.yaml and compose.cpu.yaml interpolate -> its default there."""
+    found = {}
+    for path in (ROOT / "compose.yaml", ROOT / "compose.cpu.yaml"):
+        for name, default in re.findall(r"\$\{([A-Z][A-Z0-9_]*)(?::?-([^}]*))?\}",
+                                        path.read_text()):
+            found.setdefault(name, default)
+    return found
+
+
+def test_environment_table_matches_the_compose_files():
+    intro = "| variable | default | meaning |"
+    rows = table_after(DEPLOYMENT.read_text(), intro)
+    have = {name: f"| `{name}` | {default or '(none)'} | … |"
+            for name, default in compose_variables().items()}
+    drift = table_drift(intro, rows, have, "variable")
+    assert not drift, drift
