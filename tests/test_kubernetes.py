@@ -216,6 +216,18 @@ def test_model_caches_persist_per_replica():
         assert "models" in claims
 
 
+def test_the_coordinators_cache_holds_a_tokenizer_not_a_model(variant):
+    """The coordinator loads the tokenizer alone (specdec.fetch.resolve_tokenizer_dir): its
+    cache is a small scratch volume, not a model volume."""
+    _, docs = variant
+    spec = pod(docs, "coordinator")["spec"]
+    (c,) = spec["containers"]
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/models"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["emptyDir"]["sizeLimit"] == "2Gi"
+    assert "volumeClaimTemplates" not in workload(docs, "coordinator")["spec"]
+
+
 def test_the_hpa_example_scales_a_real_workload_on_a_specdec_metric():
     docs = render(VARIANTS["base"])
     (hpa,) = [d for d in examples() if d["kind"] == "HorizontalPodAutoscaler"]
@@ -293,7 +305,8 @@ def test_every_secret_reference_names_a_key_of_the_example_secrets(variant):
     assert bool(secret_volume_refs(docs)) == (kind == "mtls")
     refs = secret_refs(docs)
     assert {(c, var) for c, var, _ in refs} == {
-        ("coordinator", "SPECDEC_API_KEY"), ("draft", "HF_TOKEN"), ("target", "HF_TOKEN")}
+        ("coordinator", "SPECDEC_API_KEY"), ("coordinator", "HF_TOKEN"), ("draft", "HF_TOKEN"),
+        ("target", "HF_TOKEN")}
     for c, var, ref in refs:
         assert ref in example, (c, var, ref)
     for c in containers(docs):  # optional: a cluster without the Secrets still starts

@@ -417,16 +417,14 @@ class TargetClient(ServiceClient):
 
 
 def check_compatible(draft, target) -> None:
-    """Refuse a draft/target pair whose token ids do not mean the same thing.
+    """Refuse a draft/target pair whose token ids do not mean the same thing: their tokenizers
+    (vocabulary and special tokens, as fingerprinted by specdec.models.tokenizer_fingerprint)
+    must be the same. Output-head sizes may differ (heads padded differently).
 
     draft, target: common_pb2.ModelInfo."""
-    if draft.vocab_size != target.vocab_size:
-        raise FailedPrecondition(
-            f"vocabularies differ: draft {draft.model_name} has {draft.vocab_size} token ids, "
-            f"target {target.model_name} has {target.vocab_size}; pick a draft that shares the "
-            f"target's tokenizer")
     if draft.tokenizer_fingerprint != target.tokenizer_fingerprint:
         raise FailedPrecondition(
-            f"tokenizers differ: draft {draft.model_name} ({draft.tokenizer_fingerprint[:12]}) vs "
-            f"target {target.model_name} ({target.tokenizer_fingerprint[:12]}); pick a draft "
-            f"that shares the target's tokenizer")
+            f"tokenizers differ (vocabulary or special tokens): draft {draft.model_name} "
+            f"({draft.tokenizer_fingerprint[:12]}) vs target {target.model_name} "
+            f"({target.tokenizer_fingerprint[:12]}); pick a draft that shares the target's "
+            f"tokenizer")

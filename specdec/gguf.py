@@ -1,0 +1,170 @@
+"""Converting a GGUF file to a safetensors directory in the serving dtype, tensor by tensor.
+
+Rules:
+  * the weights are the ones transformers' own GGUF loader makes (the `gguf` package's reader
+    and dequantize, transformers' name map and tensor processors), cast to the asked dtype
+    right after dequantizing: never a whole float32 copy of the model;
+  * a tensor is dequantized a slice of rows at a time into a tensor of the asked dtype, and
+    tensors are written in shards of at most SHARD_BYTES, so peak memory is about a shard plus
+    the largest tensor, not the model;
+  * config, generation config and tokenizer come from the file's metadata only;
+  * architectures transformers loads through its newer GGUF path (or whose tensor processor
+    merges tensors) go through `from_pretrained` in the asked dtype instead.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+from pathlib import Path
+
+import numpy as np
+import structlog
+import torch
+
+log = structlog.get_logger(__name__)
+
+SHARD_BYTES = 512 << 20
+CHUNK_ELEMENTS = 1 << 22  # dequantized a slice of rows of about this many values at a time
+
+
+def save_tokenizer(gguf: Path, out: Path) -> None:
+    """The tokenizer in the file's metadata, saved to `out` (reads no tensor data)."""
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+
+
+def convert(gguf: Path, out: Path, dtype: torch.dtype) -> None:
+    """Write config, generation config, tokenizer and weights of `gguf` to the directory `out`."""
+    from transformers import AutoConfig, GenerationConfig
+    from transformers.integrations.gguf import is_gguf_arch_supported, read_gguf_metadata
+
+    out.mkdir(parents=True, exist_ok=True)
+    metadata, _ = read_gguf_metadata(str(gguf))
+    if is_gguf_arch_supported(metadata["general.architecture"]):
+        return _convert_with_transformers(gguf, out, dtype)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    try:
+        names = _write_weights(gguf, out, config, dtype)
+    except _NeedsWholeModel as e:
+        log.info("converting through transformers' loader", reason=str(e))
+        for f in out.glob("*.safetensors"):
+            f.unlink()
+        return _convert_with_transformers(gguf, out, dtype)
+    config.dtype = dtype
+    config.architectures = [names]
+    config.save_pretrained(out)
+    GenerationConfig.from_model_config(config).save_pretrained(out)
+    save_tokenizer(gguf, out)
+
+
+class _NeedsWholeModel(Exception):
+    pass
+
+
+def _write_weights(gguf: Path, out: Path, config, dtype: torch.dtype) -> str:
+    """Dequantize, map and write every tensor; returns the model class's name."""
+    from gguf import GGUFReader
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+        load_gguf_checkpoint,
+        read_field,
+    )
+
+    reader = GGUFReader(gguf)
+    architecture = read_field(reader, "general.architecture")[0]
+    parsed = load_gguf_checkpoint(str(gguf), return_tensors=False)
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed["config"])
+    with torch.device("meta"):  # (names and shapes only: no memory)
+        model = AutoModelForCausalLM.from_config(config)
+    names = get_gguf_hf_weights_map(model, processor)
+    expected = dict(model.state_dict())
+    shard: dict[str, torch.Tensor] = {}
+    shards: list[list[str]] = []  # the tensor names of each shard written
+    total_bytes = 0
+
+    def flush() -> None:
+        nonlocal total_bytes
+        save_file(shard, out / f"part-{len(shards)}.safetensors", metadata={"format": "pt"})
+        shards.append(list(shard))
+        total_bytes += sum(t.nbytes for t in shard.values())
+        shard.clear()
+        _drop_mapped_pages(reader)
+
+    for tensor in reader.tensors:
+        weights = _dequantized(tensor, dtype)
+        if type(processor) is not TensorProcessor:
+            result = processor.process(weights=weights.float().numpy(), name=tensor.name,
+                                       tensor_key_mapping=names, parsed_parameters=parsed)
+            if result.name is None:
+                raise _NeedsWholeModel(f"{architecture}: tensor {tensor.name} is merged")
+            weights = torch.from_numpy(np.ascontiguousarray(result.weights)).to(dtype)
+        if tensor.name not in names:
+            continue
+        hf_name = names[tensor.name]
+        if hf_name not in expected or tuple(expected[hf_name].shape) != tuple(weights.shape):
+            raise _NeedsWholeModel(f"{tensor.name} -> {hf_name} {tuple(weights.shape)}")
+        shard[hf_name] = weights
+        if sum(t.nbytes for t in shard.values()) >= SHARD_BYTES:
+            flush()
+    if shard:
+        flush()
+    weight_map = {}
+    for i, tensors in enumerate(shards):  # (named as transformers names shards)
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        (out / f"part-{i}.safetensors").rename(out / name)
+        weight_map.update(dict.fromkeys(tensors, name))
+    index = {"metadata": {"total_size": total_bytes},
+             "weight_map": dict(sorted(weight_map.items()))}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return type(model).__name__
+
+
+def _dequantized(tensor, dtype: torch.dtype) -> torch.Tensor:
+    """One GGUF tensor as a torch tensor of `dtype`, dequantized a slice of rows at a time."""
+    from gguf import dequantize
+    from gguf.quants import quant_shape_from_byte_shape
+
+    data = tensor.data
+    if data.dtype == np.uint8:  # blocks: [..., bytes per row]
+        shape = quant_shape_from_byte_shape(data.shape, tensor.tensor_type)
+    else:
+        shape = data.shape
+    rows = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
+    width = int(np.prod(shape)) // rows.shape[0]
+    result = torch.empty(rows.shape[0], width, dtype=dtype)
+    step = max(1, CHUNK_ELEMENTS // width)
+    for start in range(0, rows.shape[0], step):
+        part = dequantize(rows[start:start + step], tensor.tensor_type)
+        result[start:start + step] = torch.from_numpy(
+            np.array(part, dtype=np.float32)).reshape(-1, width)  # (a copy: writable)
+    return result.reshape(shape)
+
+
+def _drop_mapped_pages(reader) -> None:
+    """Let go of the file pages read so far (they stay in the page cache, not in our RSS)."""
+    m = getattr(reader.data, "_mmap", None)
+    if m is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            m.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
+def _convert_with_transformers(gguf: Path, out: Path, dtype: torch.dtype) -> None:
+    """transformers' own loader in the asked dtype (its newer GGUF path casts per tensor)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    model.hf_quantizer = None  # (dequantized in memory: save as plain tensors)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, max_shard_size="512MB")
+    save_tokenizer(gguf, out)
