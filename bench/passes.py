@@ -6,8 +6,9 @@ Models are built from configs with fixed seeds (random weights; timing does not 
 them), float32, on the CPU. Two measurements, each a median over --repeats calls:
 
 1. overhead: the tiny model (2 layers x 64 wide); a 1-token step through DraftEngine.propose
-   (one session, or 8 in one call) against a bare forward of the same model on the same
-   inputs (1 token per row on a DynamicCache of the same length, all rows alike).
+   (one session, or 8 in one call, after rolling back the last) against a bare forward of
+   the same model on the same inputs (1 token per row on a DynamicCache of the same length,
+   all rows alike), called in turn.
 2. context: a TargetEngine verify of 8 sessions at K=4 on a 4-layer 256-wide model, with
    10-token and 450-token contexts (sessions opened anew for each call), and the ratio.
 
@@ -46,15 +47,19 @@ def model(layers: int, width: int, seed: int = 0) -> LoadedModel:
                        head_ids=None)
 
 
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
+def median_ms(fns, repeats: int) -> list[float]:
+    """Median milliseconds of each of fns, called in turn (so load on a shared machine
+    falls on all of them alike)."""
+    for fn in fns:
+        for _ in range(3):
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for fn, ts in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - start)
+    return [statistics.median(ts) * 1e3 for ts in times]
 
 
 def prompts(n: int, length: int) -> list[list[int]]:
@@ -82,9 +87,9 @@ def engine_step(lm: LoadedModel, rows: list[list[int]]):
     positions = {engine.open(f"s{i}", r)[0]: len(r) for i, r in enumerate(rows)}
 
     def step():
+        for sid, pos in positions.items():  # the last step's token (none at first)
+            engine.truncate(sid, len(engine.sessions.get(sid).tokens), pos)
         engine.propose([ProposeItem(sid, pos, None, [], 1) for sid, pos in positions.items()])
-        for sid, pos in positions.items():
-            engine.truncate(sid, pos + 1, pos)
     return step
 
 
@@ -121,8 +126,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for b in (1, 8):
         rows = prompts(b, args.context)
-        bare = median_ms(bare_step(tiny, rows), args.repeats)
-        eng = median_ms(engine_step(tiny, rows), args.repeats)
+        bare, eng = median_ms([bare_step(tiny, rows), engine_step(tiny, rows)], args.repeats)
         results["overhead"][b] = {"bare_ms": bare, "engine_ms": eng}
         print(f"| {b} | {bare:.2f} | {eng:.2f} | {eng / bare:.2f}x |", flush=True)
     wide = model(4, 256)

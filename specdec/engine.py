@@ -118,30 +118,23 @@ class Engine:
         sessions = [sessions[i] for i in order]  # adjacent slots: the pass reads a view
         lasts = [lasts[i] for i in order]
         self.pool.ensure([s.cache for s in sessions], max(len(s.tokens) for s in sessions))
-        dev = self.lm.device
-        past = torch.tensor([s.cache_len for s in sessions])               # [B]
-        fed = torch.tensor([len(s.tokens) - s.cache_len for s in sessions])  # [B]
-        b, n_max = len(sessions), int(fed.max())
-        ids = torch.zeros(b, n_max, dtype=torch.int64)                     # [B, N]
+        past = [s.cache_len for s in sessions]                            # B
+        fed = [len(s.tokens) - s.cache_len for s in sessions]             # B
+        b, n_max, dev = len(sessions), max(fed), self.lm.device
+        ids = torch.zeros(b, n_max, dtype=torch.int64)                    # [B, N]
+        keep = torch.zeros(b, n_max, dtype=torch.bool)                    # [B, N]
         for i, s in enumerate(sessions):
             ids[i, :fed[i]] = torch.tensor(s.tokens[s.cache_len:])
-        steps = torch.arange(n_max)
-        positions = past[:, None] + steps[None, :]                         # [B, N]
-        real = steps[None, :] < fed[:, None]                               # [B, N]
-        rows, cols = real.nonzero(as_tuple=True)
-        length = int((past + fed).max())
-        if n_max == 1 and bool((past == past[0]).all()):
+            # only the rows asked for go through the output head (a prefill or a catch-up
+            # of many tokens would otherwise compute [B, N, V] logits)
+            keep[i, fed[i] - lasts[i]:fed[i]] = True
+        positions = torch.tensor(past)[:, None] + torch.arange(n_max)[None, :]  # [B, N]
+        cache = PassCache(self.pool, [s.cache.index for s in sessions], past, fed)
+        if n_max == 1 and len(set(past)) == 1:
             mask = None  # one token per row, every row as long: nothing to hide
         else:  # row i, token t attends to its columns 0..past[i] + t
-            mask = (torch.arange(length)[None, None, :] <= positions[:, :, None])[:, None]
+            mask = (torch.arange(cache.length)[None, None, :] <= positions[:, :, None])[:, None]
             mask = mask.to(dev)                                            # [B, 1, N, L]
-        slots = torch.tensor([s.cache.index for s in sessions])            # [B]
-        cache = PassCache(self.pool, slots.to(dev), positions.to(dev), rows.to(dev),
-                          cols.to(dev), length)
-        # only the rows sessions asked for go through the output head (a prefill or a
-        # catch-up of many tokens would otherwise compute [B, N, V] logits)
-        lasts_t = torch.tensor(lasts)
-        keep = real & (steps[None, :] >= (fed - lasts_t)[:, None])           # [B, N]
         out = self.lm.model(input_ids=ids.to(dev), attention_mask=mask,
                             position_ids=positions.to(dev), past_key_values=cache,
                             use_cache=True, logits_to_keep=keep.to(dev))

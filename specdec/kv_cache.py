@@ -1,11 +1,13 @@
 """The KV cache of one engine: a pool of slots, one per session, in preallocated tensors.
 
-Per layer, keys and values are [slots, kv_heads, capacity, head_dim]. A session holds one
-slot and a length (Session.cache_len); rolling back moves the length, nothing is copied.
-A forward pass sees the pool through a PassCache (transformers' Cache interface): each row
-writes its new keys/values at its own positions of its own slot, and attention reads the
-rows' slots up to the longest row (a view when the rows' slots are adjacent, one gather of
-just those slots otherwise), masked per row by its length. The pool grows by reallocating
+Per layer, keys and values are [slots, capacity, kv_heads, head_dim] (token-major, so a
+pass writes its new tokens with one index_copy_ per layer; attention reads the transposed
+view [slots, kv_heads, capacity, head_dim]). A session holds one slot and a length
+(Session.cache_len); rolling back moves the length, nothing is copied. A forward pass sees
+the pool through a PassCache (transformers' Cache interface): each row writes its new
+keys/values at its own positions of its own slot, and attention reads the rows' slots up to
+the longest row (a view when the rows' slots are adjacent, one gather of just those slots
+otherwise), masked per row by its length. The pool grows by reallocating
 (doubling, so the copies are amortized) and packs the live slots to the front when it does.
 
 The attention function registered here ("specdec_slots", transformers' sdpa otherwise)
@@ -49,8 +51,8 @@ class KVPool:
                          or text.hidden_size // text.num_attention_heads)
         self.dtype, self.device = dtype, device
         self.max_slots, self.max_len, self.budget_tokens = max_slots, max_len, budget_tokens
-        self.keys: list[torch.Tensor] = []    # per layer [S, H, C, D]
-        self.values: list[torch.Tensor] = []  # per layer [S, H, C, D]
+        self.keys: list[torch.Tensor] = []    # per layer [S, C, H, D]
+        self.values: list[torch.Tensor] = []  # per layer [S, C, H, D]
         self.slots, self.capacity = 0, 0
         self.live: list[Slot] = []
 
@@ -92,7 +94,7 @@ class KVPool:
         self._reallocate(max(new_slots, need_slots), new_len)
 
     def _reallocate(self, slots: int, capacity: int) -> None:
-        shape = (slots, self.kv_heads, capacity, self.head_dim)
+        shape = (slots, capacity, self.kv_heads, self.head_dim)
         keys = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                 for _ in range(self.layers)]
         values = [torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -103,29 +105,33 @@ class KVPool:
             old = torch.tensor(stored, dtype=torch.int64, device=self.device)
             n, c = len(stored), self.capacity
             for layer in range(self.layers):
-                keys[layer][:n, :, :c] = self.keys[layer].index_select(0, old)
-                values[layer][:n, :, :c] = self.values[layer].index_select(0, old)
+                keys[layer][:n, :c] = self.keys[layer].index_select(0, old)
+                values[layer][:n, :c] = self.values[layer].index_select(0, old)
         for new_index, s in enumerate(order):
             s.index = new_index
         self.keys, self.values, self.slots, self.capacity = keys, values, slots, capacity
 
 
 class PassCache(Cache):
-    """One forward pass's view of the pool. Row b of the batch is slot `slots[b]`; it
-    holds `past[b]` cached tokens and feeds its tokens at positions past[b] + 0, 1, ...;
-    `rows`/`cols` name the batch positions that carry real tokens (pads are not written)."""
+    """One forward pass's view of the pool. Row b of the batch is slot slots[b]; it holds
+    past[b] cached tokens and feeds fed[b] tokens (padded on the right to the longest row)
+    at positions past[b] + 0, 1, ...; pads are not written."""
 
-    def __init__(self, pool: KVPool, slots: torch.Tensor, positions: torch.Tensor,
-                 rows: torch.Tensor, cols: torch.Tensor, length: int):
+    def __init__(self, pool: KVPool, slots: list[int], past: list[int], fed: list[int]):
         super().__init__(layers=[])
-        self.pool, self.length = pool, length
-        self.write_slot = slots[rows]                                   # [M]
-        self.write_pos = positions[rows, cols]                          # [M]
-        self.rows, self.cols = rows, cols
-        first = int(slots[0])
-        adjacent = bool((slots == torch.arange(first, first + len(slots),
-                                               device=slots.device)).all())
-        self.read = slice(first, first + len(slots)) if adjacent else slots
+        self.pool = pool
+        self.length = max(p + f for p, f in zip(past, fed, strict=True))
+        n_max, cap, dev = max(fed), pool.capacity, pool.device
+        # flat [B * N] index of each fed token in the pass, and [S * C] index in the pool
+        src = [b * n_max + t for b, f in enumerate(fed) for t in range(f)]
+        dst = [s * cap + p + t for s, p, f in zip(slots, past, fed, strict=True)
+               for t in range(f)]
+        self.src = None if len(src) == len(slots) * n_max else torch.tensor(src, device=dev)
+        self.dst = torch.tensor(dst, device=dev)
+        first = slots[0]
+        adjacent = slots == list(range(first, first + len(slots)))
+        self.read = (slice(first, first + len(slots)) if adjacent
+                     else torch.tensor(slots, device=dev))
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,10 +140,14 @@ class PassCache(Cache):
         out = []
         for store, new in ((self.pool.keys[layer_idx], key_states),
                            (self.pool.values[layer_idx], value_states)):
-            store[self.write_slot, :, self.write_pos] = new.transpose(1, 2)[self.rows, self.cols]
-            window = store[:, :, :self.length]
-            out.append(window[self.read] if isinstance(self.read, slice)
-                       else window.index_select(0, self.read))
+            rows = new.transpose(1, 2).reshape(-1, *store.shape[2:])     # [B*N, H, D]
+            if self.src is not None:
+                rows = rows.index_select(0, self.src)                      # [M, H, D]
+            store.view(-1, *store.shape[2:]).index_copy_(0, self.dst, rows.to(store.dtype))
+            window = store[:, :self.length]                                 # [S, L, H, D]
+            window = (window[self.read] if isinstance(self.read, slice)
+                      else window.index_select(0, self.read))
+            out.append(window.transpose(1, 2))                              # [B, H, L, D]
         return out[0], out[1]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
