@@ -121,24 +121,27 @@ class Engine:
         past = [s.cache_len for s in sessions]                            # B
         fed = [len(s.tokens) - s.cache_len for s in sessions]             # B
         b, n_max, dev = len(sessions), max(fed), self.lm.device
-        ids = torch.zeros(b, n_max, dtype=torch.int64)                    # [B, N]
-        keep = torch.zeros(b, n_max, dtype=torch.bool)                    # [B, N]
-        for i, s in enumerate(sessions):
-            ids[i, :fed[i]] = torch.tensor(s.tokens[s.cache_len:])
-            # only the rows asked for go through the output head (a prefill or a catch-up
-            # of many tokens would otherwise compute [B, N, V] logits)
-            keep[i, fed[i] - lasts[i]:fed[i]] = True
-        positions = torch.tensor(past)[:, None] + torch.arange(n_max)[None, :]  # [B, N]
+        ids = torch.tensor([s.tokens[s.cache_len:] + [0] * (n_max - f)
+                            for s, f in zip(sessions, fed, strict=True)])  # [B, N]
+        positions = torch.tensor([range(p, p + n_max) for p in past])      # [B, N]
         cache = PassCache(self.pool, [s.cache.index for s in sessions], past, fed)
         if n_max == 1 and len(set(past)) == 1:
             mask = None  # one token per row, every row as long: nothing to hide
         else:  # row i, token t attends to its columns 0..past[i] + t
             mask = (torch.arange(cache.length)[None, None, :] <= positions[:, :, None])[:, None]
             mask = mask.to(dev)                                            # [B, 1, N, L]
+        # only the rows asked for go through the output head (a prefill or a catch-up of
+        # many tokens would otherwise compute [B, N, V] logits)
+        if len(set(fed)) == 1 and len(set(lasts)) == 1:
+            keep = lasts[0]  # the same last rows of every row
+        else:
+            keep = torch.tensor([[f - last <= t < f for t in range(n_max)]
+                                 for f, last in zip(fed, lasts, strict=True)]).to(dev)
         out = self.lm.model(input_ids=ids.to(dev), attention_mask=mask,
                             position_ids=positions.to(dev), past_key_values=cache,
-                            use_cache=True, logits_to_keep=keep.to(dev))
-        rows_out = out.logits.split(lasts)                   # out.logits: [sum(lasts), V]
+                            use_cache=True, logits_to_keep=keep)
+        logits = out.logits if out.logits.dim() == 2 else out.logits.flatten(0, 1)
+        rows_out = logits.split(lasts)                           # logits: [sum(lasts), V]
         results: list[torch.Tensor] = [None] * b  # type: ignore[list-item]
         for i, s in enumerate(sessions):
             s.cache_len = len(s.tokens)
