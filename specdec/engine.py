@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import structlog
 import torch
-from transformers import DynamicCache
 
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, OutOfRange, SpecdecError
+from .kv_cache import ATTENTION, KVPool, PassCache
 from .models import LoadedModel
 from .sampling import GREEDY, SamplingParams, generator_for
 from .sessions import Session, SessionStore
@@ -53,12 +53,17 @@ class Engine:
 
     def __init__(self, lm: LoadedModel, max_sessions: int, session_ttl_s: float,
                  max_proposal_tokens: int, max_batch_items: int = 64, max_cache_mb: float = 0):
-        """max_cache_mb: bound on the KV cache memory sessions may reserve (0 = none); a
-        session reserves its max_tokens (or the model's context) when it opens."""
+        """max_cache_mb: bound on the KV cache memory (0 = none): the sessions' reservations
+        (each its max_tokens, or the model's context) and the pool's slots, one per session
+        as long as the longest reservation (specdec.kv_cache)."""
         self.lm = lm
         self.kv_bytes_per_token = kv_bytes_per_token(lm.model.config, lm.model.dtype)
         budget = int(max_cache_mb * 2**20 // self.kv_bytes_per_token) if max_cache_mb else None
-        self.sessions = SessionStore(max_sessions, session_ttl_s, max_reserved_tokens=budget)
+        self.sessions = SessionStore(max_sessions, session_ttl_s, max_reserved_tokens=budget,
+                                     on_drop=self._release)
+        self.pool = KVPool(lm.model.config, lm.model.dtype, lm.device, max_sessions,
+                           lm.max_context_length, budget)
+        lm.model.set_attn_implementation(ATTENTION)  # sdpa, serving the pool's masks
         self.max_proposal_tokens = max_proposal_tokens
         self.max_batch_items = max_batch_items
 
@@ -102,70 +107,50 @@ class Engine:
         """Feed every session's pending tokens in ONE forward pass.
 
         Returns, per session, the float32 logits of its last lasts[i] positions [lasts[i], V].
-        A lone session runs on its own cache. Several are stacked into one padded batch:
-        row i = [left pad | its cached tokens | its pending tokens | right pad], with an
-        attention mask hiding the pads and position ids counting from each row's own start;
-        afterwards each session keeps its own slice of the batch's cache.
+        Row i of the batch is session i's slot in the pool (specdec.kv_cache): its pending
+        tokens padded on the right to the longest row, written at its own positions, attending
+        to its own cached length. At least lasts[i] tokens are fed (cached ones again if
+        fewer are pending), so the rows asked for always come out of this pass.
         """
-        for s in sessions:
-            if s.cache_len >= len(s.tokens):  # nothing pending: re-feed the last token
-                self._crop(s, len(s.tokens) - 1)
-        if len(sessions) == 1:
-            s, last = sessions[0], lasts[0]
-            ids = torch.tensor([s.tokens[s.cache_len:]], device=self.lm.device)
-            out = self.lm.model(input_ids=ids, past_key_values=s.cache, use_cache=True,
-                                logits_to_keep=last)
-            s.cache_len = len(s.tokens)
-            return [out.logits[0, -last:].float()]
-
-        dev = self.lm.device
-        past = [s.cache_len for s in sessions]                            # [B]
-        new = [s.tokens[s.cache_len:] for s in sessions]                  # B lists
-        b, p_max, n_max = len(sessions), max(past), max(len(n) for n in new)
-        batch_cache = DynamicCache(config=self.lm.model.config)
-        if p_max:
-            template = next(s.cache for s in sessions if s.cache_len)
-            for layer, ref in enumerate(template.layers):
-                shape = (b, ref.keys.shape[1], p_max, ref.keys.shape[3])    # [B, H, P, D]
-                keys = ref.keys.new_zeros(shape)
-                values = ref.values.new_zeros(shape[:3] + (ref.values.shape[3],))
-                for i, s in enumerate(sessions):
-                    if past[i]:
-                        keys[i, :, p_max - past[i]:] = s.cache.layers[layer].keys[0]
-                        values[i, :, p_max - past[i]:] = s.cache.layers[layer].values[0]
-                batch_cache.update(keys, values, layer)
-        ids = torch.zeros(b, n_max, dtype=torch.int64)                     # [B, N]
-        mask = torch.zeros(b, p_max + n_max, dtype=torch.int64)            # [B, P+N]
-        positions = torch.zeros(b, n_max, dtype=torch.int64)              # [B, N]
-        for i, toks in enumerate(new):
-            ids[i, :len(toks)] = torch.tensor(toks)
-            mask[i, p_max - past[i]:p_max + len(toks)] = 1
-            positions[i] = past[i] + torch.arange(n_max)
-        # only the rows sessions asked for go through the output head (a prefill or a
-        # catch-up of many tokens would otherwise compute [B, N, V] logits)
-        keep = torch.zeros(b, n_max, dtype=torch.bool)                     # [B, N]
-        for i, (toks, last) in enumerate(zip(new, lasts, strict=True)):
-            keep[i, len(toks) - last:len(toks)] = True
-        out = self.lm.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                            position_ids=positions.to(dev), past_key_values=batch_cache,
-                            use_cache=True, logits_to_keep=keep.to(dev))
-        rows = out.logits.split(lasts)                      # out.logits: [sum(lasts), V]
-        results = []
+        for s, last in zip(sessions, lasts, strict=True):
+            s.cache_len = min(s.cache_len, len(s.tokens) - last)
+        order = sorted(range(len(sessions)), key=lambda i: sessions[i].cache.index)
+        sessions = [sessions[i] for i in order]  # adjacent slots: the pass reads a view
+        lasts = [lasts[i] for i in order]
+        self.pool.ensure([s.cache for s in sessions], max(len(s.tokens) for s in sessions))
+        past = [s.cache_len for s in sessions]                            # B
+        fed = [len(s.tokens) - s.cache_len for s in sessions]             # B
+        b, n_max, dev = len(sessions), max(fed), self.lm.device
+        ids = torch.tensor([s.tokens[s.cache_len:] + [0] * (n_max - f)
+                            for s, f in zip(sessions, fed, strict=True)])  # [B, N]
+        positions = torch.tensor([range(p, p + n_max) for p in past])      # [B, N]
+        cache = PassCache(self.pool, [s.cache.index for s in sessions], past, fed)
+        if n_max == 1 and len(set(past)) == 1:
+            mask = None  # one token per row, every row as long: nothing to hide
+        else:  # row i, token t attends to its columns 0..past[i] + t
+            mask = (torch.arange(cache.length)[None, None, :] <= positions[:, :, None])[:, None]
+            mask = mask.to(dev)                                            # [B, 1, N, L]
+        # only the rows asked for go through the output head (a prefill or a catch-up of
+        # many tokens would otherwise compute [B, N, V] logits)
+        if len(set(fed)) == 1 and len(set(lasts)) == 1:
+            keep = lasts[0]  # the same last rows of every row
+        else:
+            keep = torch.tensor([[f - last <= t < f for t in range(n_max)]
+                                 for f, last in zip(fed, lasts, strict=True)]).to(dev)
+        out = self.lm.model(input_ids=ids.to(dev), attention_mask=mask,
+                            position_ids=positions.to(dev), past_key_values=cache,
+                            use_cache=True, logits_to_keep=keep)
+        logits = out.logits if out.logits.dim() == 2 else out.logits.flatten(0, 1)
+        rows_out = logits.split(lasts)                           # logits: [sum(lasts), V]
+        results: list[torch.Tensor] = [None] * b  # type: ignore[list-item]
         for i, s in enumerate(sessions):
-            n = len(new[i])
-            own = DynamicCache(config=self.lm.model.config)
-            for layer, batched in enumerate(batch_cache.layers):
-                own.update(batched.keys[i:i + 1, :, p_max - past[i]:p_max + n],
-                           batched.values[i:i + 1, :, p_max - past[i]:p_max + n], layer)
-            s.cache, s.cache_len = own, len(s.tokens)
-            results.append(rows[i].float())
+            s.cache_len = len(s.tokens)
+            results[order[i]] = rows_out[i].float()
         return results
 
     def _crop(self, s: Session, length: int) -> None:
-        """Keep the first `length` tokens' cache entries."""
-        if s.cache_len > length:
-            s.cache.crop(length - s.cache_len)  # transformers 5: negative = tokens to drop
-            s.cache_len = length
+        """Keep the first `length` tokens' cache entries (moves a length; copies nothing)."""
+        s.cache_len = min(s.cache_len, length)
 
     def _truncate(self, s: Session, length: int) -> None:
         del s.tokens[length:]
@@ -222,14 +207,23 @@ class Engine:
                 return existing, True
             raise AlreadyExists(f"session {item.session_id} already exists with another state")
         reserve = item.max_tokens or self.lm.max_context_length
-        s = Session(item.session_id or uuid.uuid4().hex, list(prompt),
-                    DynamicCache(config=self.lm.model.config), sampling=item.sampling,
-                    reserved_tokens=reserve)
+        self.sessions.check_capacity()
+        live = [self.sessions.peek(sid).reserved_tokens for sid in self.sessions]
+        self.pool.check_admit(len(live) + 1, max(live + [reserve]))
+        s = Session(item.session_id or uuid.uuid4().hex, list(prompt), self.pool.acquire(),
+                    sampling=item.sampling, reserved_tokens=reserve)
         if not item.sampling.greedy:
             s.generator = generator_for(item.sampling.seed, self.role, self.lm.device)
         s.last_call = call
-        self.sessions.add(s)  # checks --max-sessions and the cache budget
+        try:
+            self.sessions.add(s)  # checks --max-sessions and the cache budget
+        except SpecdecError:
+            self._release(s)
+            raise
         return s, False
+
+    def _release(self, s: Session) -> None:
+        self.pool.release(s.cache)
 
     def truncate(self, session_id: str, position: int, length: int) -> int:
         s, retry = self._session_at(session_id, position, ("truncate", position, length))
@@ -261,11 +255,14 @@ class Engine:
         if not self.runs_model:
             return
         n = max(2, min(16, self.lm.max_context_length - max_new - 1))
-        s = Session("warmup", [0] * n, DynamicCache(config=self.lm.model.config))
-        for extra in range(max_new):
-            s.tokens.extend([0] * extra)
-            self._next_logits(s, extra + 1)
-            self._truncate(s, n)
+        s = Session("warmup", [0] * n, self.pool.acquire())
+        try:
+            for extra in range(max_new):
+                s.tokens.extend([0] * extra)
+                self._next_logits(s, extra + 1)
+                self._truncate(s, n)
+        finally:
+            self._release(s)
 
     def expire(self) -> list[str]:
         return self.sessions.expire()

@@ -19,8 +19,9 @@ CLOSED_IDS_KEPT = 65536
 class Session:
     """One generation's state on a model service.
 
-    tokens: every token the session holds. cache: the KV cache of tokens[:cache_len];
-    tokens[cache_len:] are pending and fed on the next forward pass.
+    tokens: every token the session holds. cache: its slot in the engine's KV cache pool
+    (specdec.kv_cache), holding tokens[:cache_len]; tokens[cache_len:] are pending and fed
+    on the next forward pass.
     last_call / last_result: the last state-changing call and its answer, so that a retry
     of the same call returns the same answer instead of applying it twice.
     sampling / generator: how tokens are chosen, and the session's own seeded generator
@@ -45,7 +46,10 @@ class Session:
 class SessionStore:
     def __init__(self, max_sessions: int, ttl_s: float,
                  clock: Callable[[], float] = time.monotonic,
-                 max_reserved_tokens: int | None = None):
+                 max_reserved_tokens: int | None = None,
+                 on_drop: Callable[[Session], None] | None = None):
+        """on_drop: called with each session closed or expired (frees its cache slot)."""
+        self.on_drop = on_drop
         self.max_sessions = max_sessions
         self.max_reserved_tokens = max_reserved_tokens
         self.reserved_tokens = 0
@@ -98,6 +102,8 @@ class SessionStore:
         session = self.get(session_id)
         del self._sessions[session_id]
         self.reserved_tokens -= session.reserved_tokens
+        if self.on_drop is not None:
+            self.on_drop(session)
         self.remember_closed(session_id)
         return session
 
@@ -113,6 +119,9 @@ class SessionStore:
         cutoff = self._clock() - self.ttl_s
         stale = [sid for sid, s in self._sessions.items() if s.last_used < cutoff]
         for sid in stale:
-            self.reserved_tokens -= self._sessions.pop(sid).reserved_tokens
+            session = self._sessions.pop(sid)
+            self.reserved_tokens -= session.reserved_tokens
+            if self.on_drop is not None:
+                self.on_drop(session)
             self.remember_closed(sid)
         return stale
