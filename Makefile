@@ -47,6 +47,13 @@ test: install
 test-stress: install
 	$(PY) tests/cpu_load.py -- $(PYTEST)
 
+# The compose stack run for real (tests/test_containers.py; never part of `make test`): sets up
+# Docker or Podman (tests/containers.sh), builds the CPU image from local wheels, runs the live
+# checks, tears everything down. Times and image size: docs/testing.md.
+.PHONY: test-containers
+test-containers: install
+	TORCH_VERSION=$(TORCH_VERSION) TORCH_INDEX_URL=$(TORCH_INDEX_URL) tests/containers.sh $(PY)
+
 # everything, the tests marked slow too (see docs/testing.md for times)
 test-all: install
 	$(PYTEST) -m "slow or not slow"
