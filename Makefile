@@ -20,7 +20,7 @@ CPU ?=
 COMPOSE = docker compose -f compose.yaml $(if $(CPU),-f compose.cpu.yaml)
 PROTOS := $(wildcard protos/specdec/v1/*.proto)
 
-.PHONY: install proto test test-all test-stress run serve demo models lint clean bench bench-quick bench-rtt bench-concurrency bench-pipeline bench-gpu llama-cpp up down
+.PHONY: install proto test test-all test-stress run serve demo models lint clean bench bench-quick bench-rtt bench-concurrency bench-pipeline bench-gpu bench-overhead llama-cpp up down
 
 install: $(VENV)/.installed
 
@@ -105,6 +105,11 @@ bench-concurrency: install
 # On a machine without network: bench/gpu-wheels.sh first (see docs/benchmarks.md).
 bench-gpu: install
 	$(PY) -m bench.gpu --out results/bench-gpu $(BENCH_ARGS)
+
+# What a round costs besides the forward passes (coordinator, gRPC, servicers), tiny pair,
+# 1 and 8 sessions, K = 0/1/4/8, lockstep and pipelined, OpenMP wait policies (~10 min here).
+bench-overhead: install
+	$(PY) -m bench.overhead $(BENCH_ARGS)
 
 # Drafting in turns vs drafting ahead (--draft-ahead), shared CPUs vs pinned one core each,
 # side by side (~8 min here).

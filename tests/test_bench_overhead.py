@@ -1,0 +1,29 @@
+"""bench.overhead end to end on a small configuration, and the services' OpenMP policy."""
+
+import json
+
+from bench.overhead import main
+from specdec.service_main import apply_omp_wait_policy
+
+
+def test_bench_overhead_writes_fixed_costs_per_round(tmp_path):
+    out = tmp_path / "overhead"
+    main(["--sessions", "1", "--ks", "0,2", "--schedules", "lockstep", "--pairs", "same",
+          "--omp", "shipped", "--repeats", "1", "--tokens", "40", "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["k"], r["sessions"]) for r in rows] == [(0, 1), (2, 1)]
+    for r in rows:
+        assert r["rounds"] > 0 and r["forward_ms"] > 0 and r["fixed_ms"] > 0
+    assert rows[1]["acceptance"] == 1.0  # draft == target
+    assert "fixed ms/round" in out.with_suffix(".md").read_text()
+
+
+def test_the_wait_policy_defaults_to_passive_and_respects_the_environment():
+    env = {}
+    apply_omp_wait_policy("auto", env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    apply_omp_wait_policy("auto", env)
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE"
+    apply_omp_wait_policy("passive", env)
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
