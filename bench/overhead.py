@@ -3,7 +3,8 @@ besides the models' forward passes (coordinator Python, gRPC, servicers, worker 
 
 python -m bench.overhead [--tokens 300] [--sessions 1,8] [--ks 0,1,4,8]
                          [--schedules lockstep,pipelined] [--pairs same,perturbed]
-                         [--omp shipped,PASSIVE] [--repeats 3] [--out results/bench-overhead]
+                         [--omp shipped,PASSIVE] [--round-streams 1,0] [--repeats 3]
+                         [--out results/bench-overhead]
 
 A tiny float32 pair (2 layers, hidden 64, built from a config with fixed seeds; nothing is
 downloaded) runs through the three real services on loopback, one process each. For every
@@ -125,7 +126,8 @@ def measure(stack, k: int, sessions: int, tokens: int, repeats: int) -> dict:
             "fixed_ms_runs": [round(r["fixed_ms"], 3) for r in runs]}
 
 
-def run_config(dirs, pair: str, schedule: str, omp: str, args, log_dir: Path) -> list[dict]:
+def run_config(dirs, pair: str, schedule: str, omp: str, streams: int, args, log_dir: Path
+               ) -> list[dict]:
     env_before = os.environ.get("OMP_WAIT_POLICY")
     if omp == "shipped":
         os.environ.pop("OMP_WAIT_POLICY", None)
@@ -136,7 +138,8 @@ def run_config(dirs, pair: str, schedule: str, omp: str, args, log_dir: Path) ->
         stack = start_local_stack(str(dirs[pair]), str(dirs["target"]), log_dir=log_dir,
                                   threads=args.threads, timeout_s=120, draft_args=flags,
                                   target_args=flags,
-                                  coordinator_args=("--schedule", schedule, "--adaptive-k", "0"))
+                                  coordinator_args=("--schedule", schedule, "--adaptive-k", "0",
+                                                    "--round-streams", str(streams)))
     finally:
         if env_before is None:
             os.environ.pop("OMP_WAIT_POLICY", None)
@@ -146,7 +149,7 @@ def run_config(dirs, pair: str, schedule: str, omp: str, args, log_dir: Path) ->
     try:
         for n in args.sessions:
             for k in args.ks:
-                row = {"pair": pair, "schedule": schedule, "omp": omp,
+                row = {"pair": pair, "schedule": schedule, "omp": omp, "streams": streams,
                        **measure(stack, k, n, args.tokens, args.repeats)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -160,14 +163,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
            f"`{meta['command']}`", "",
            "fixed = wall − the services' forward time, per round (mean of the median run; "
            "p50/p95 from the per-round wall times where every proposal is accepted).", "",
-           "| pair | schedule | OMP | sessions | K | tokens/s | forward ms/round | "
+           "| pair | schedule | OMP | streams | sessions | K | tokens/s | forward ms/round | "
            "fixed ms/round | fixed p50 | fixed p95 | acceptance |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     def f(r, key):
         v = r.get(key)
         return "–" if v is None else f"{v:.2f}"
     for r in rows:
-        out.append(f"| {r['pair']} | {r['schedule']} | {r['omp']} | {r['sessions']} | {r['k']} "
+        out.append(f"| {r['pair']} | {r['schedule']} | {r['omp']} | {r.get('streams', 1)} "
+                   f"| {r['sessions']} | {r['k']} "
                    f"| {r['tokens_per_s']:.0f} | {f(r, 'forward_ms')} | {f(r, 'fixed_ms')} | "
                    f"{f(r, 'fixed_p50_ms')} | {f(r, 'fixed_p95_ms')} | {f(r, 'acceptance')} |")
     return "\n".join(out) + "\n"
@@ -185,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pairs", type=names, default=["same", "perturbed"])
     p.add_argument("--omp", type=names, default=["shipped", "PASSIVE"],
                    help="OpenMP wait policies: shipped (as the project sets it) or a value")
+    p.add_argument("--round-streams", type=ints, default=[1],
+                   help="the coordinator's --round-streams values to compare (1,0: both)")
     p.add_argument("--repeats", type=int, default=3, help="runs per row (the median is kept)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per service (0 = torch's default)")
@@ -201,7 +207,9 @@ def main(argv: list[str] | None = None) -> None:
         for omp in args.omp:
             for pair in args.pairs:
                 for schedule in args.schedules:
-                    rows += run_config(dirs, pair, schedule, omp, args, work / "logs")
+                    for streams in args.round_streams:
+                        rows += run_config(dirs, pair, schedule, omp, streams, args,
+                                           work / "logs")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
