@@ -43,6 +43,12 @@ class Engine:
                                f"{done.stdout}\n{done.stderr}")
         return done.stdout.strip()
 
+    def logs(self, cid: str) -> str:
+        """A container's output, both streams (a process's stderr stays stderr here)."""
+        done = subprocess.run([self.cli, "logs", cid], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT)
+        return done.stdout + done.stderr
+
     def compose_run(self, *args: str, env: dict[str, str], timeout: float = 300) -> str:
         files = [a for f in self.files for a in ("-f", f)]
         done = subprocess.run([*self.compose, "-p", self.project, *files, *args],

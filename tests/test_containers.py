@@ -124,7 +124,7 @@ def test_openai_client_through_the_published_http_port(stack, reference):
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{stack['http']}/v1", api_key="unused",
                            max_retries=0, timeout=120)
     (model,) = client.models.list().data
-    assert model.id == stack["lm"].name
+    assert model.id == "/models/target"  # the target's --model inside its container
     prompt, ref = next(iter(reference.items()))
     resp = client.completions.create(model=model.id, prompt=prompt, max_tokens=32,
                                      temperature=0, extra_body={"adaptive_k": False})
@@ -176,8 +176,9 @@ def test_sigterm_to_the_coordinator_drains_the_running_stream(stack, reference):
     assert ENGINE.inspect(coordinator, "{{.State.Status}}") == "exited"
     assert ENGINE.inspect(coordinator, "{{.State.ExitCode}}") == "0"
     # the SIGTERM came while the stream ran: it drained one request and left none unfinished
-    events = {e["event"]: e for e in map(json.loads, ENGINE.run(
-        "logs", coordinator).splitlines()) if "event" in e}
+    events = {e["event"]: e for e in map(json.loads, (
+        line for line in ENGINE.logs(coordinator).splitlines() if line.startswith("{")))
+        if "event" in e}
     assert events["draining"]["running"] == 1 and events["stopped"]["unfinished"] == 0
 
 
