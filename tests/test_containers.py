@@ -130,7 +130,7 @@ def test_openai_client_through_the_published_http_port(stack, reference):
                                      temperature=0, extra_body={"adaptive_k": False})
     assert resp.choices[0].text == stack["lm"].tokenizer.decode(ref[:32])
     assert resp.usage.completion_tokens == len(ref[:32])
-    assert resp.model_extra["speculative_decoding"]["proposed_draft_tokens"] > 0
+    assert resp.model_extra["speculative_decoding"]["num_draft_tokens"] > 0
     client.close()
 
 
