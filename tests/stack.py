@@ -178,10 +178,16 @@ def gpu_like_costs(coordinator, draft_step_s: float = 0.001):
     # a 1-row verify made K=0 look 3x cheaper than K=1 in a fault test)
     verify.observe = draft.observe = lambda *args: None
     adaptive.verify, adaptive.draft = verify, draft
+    # the draft's prefill per token too: one measured on a loaded machine (seconds for a
+    # few tokens) made opening the draft not pay for a 24-token request
+    prefill, adaptive.prefill = adaptive.prefill, draft_step_s / 50
+    adaptive.observe_prefill = lambda *args: None
     try:
         yield
     finally:
         adaptive.verify, adaptive.draft = measured
+        del adaptive.observe_prefill
+        adaptive.prefill = prefill
 
 
 @contextlib.contextmanager
