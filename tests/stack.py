@@ -182,12 +182,14 @@ def gpu_like_costs(coordinator, draft_step_s: float = 0.001):
     # few tokens) made opening the draft not pay for a 24-token request
     prefill, adaptive.prefill = adaptive.prefill, draft_step_s / 50
     adaptive.observe_prefill = lambda *args: None
+    # and no penalty left by a draft call that timed out earlier on a loaded machine
+    timeouts, adaptive._timeouts = adaptive._timeouts, {}
     try:
         yield
     finally:
         adaptive.verify, adaptive.draft = measured
         del adaptive.observe_prefill
-        adaptive.prefill = prefill
+        adaptive.prefill, adaptive._timeouts = prefill, timeouts
 
 
 @contextlib.contextmanager
