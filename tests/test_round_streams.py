@@ -84,7 +84,7 @@ class SlowDraft(draft_pb2_grpc.DraftServiceServicer):
 def test_a_message_that_times_out_resets_the_stream_and_the_next_call_opens_another(loop):
     async def main():
         draft = SlowDraft()
-        async with standin_draft(draft, propose_timeout_s=0.3) as client:
+        async with standin_draft(draft, propose_timeout_s=1.0) as client:  # (vs a 30 s hang)
             await client.call("Propose", propose("s", 0))
             await client.call("Propose", propose("s", 0))
             assert draft.streams == 1  # both on one stream

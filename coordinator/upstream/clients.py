@@ -292,7 +292,7 @@ class ServiceClient:
 
     async def close(self) -> None:
         for stream in self._streams.values():
-            await stream.close()
+            stream.reset()
         await self.channel.close()
 
 

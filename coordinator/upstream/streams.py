@@ -60,6 +60,3 @@ class MessageStream:
         if self._call is not None:
             self._call.cancel()
             self._call = None
-
-    async def close(self) -> None:
-        self.reset()
