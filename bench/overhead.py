@@ -41,6 +41,7 @@ from specdec.launch import start_local_stack
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+CPU_NAMES = ("coordinator", "draft", "target", "client")  # client: this process
 PROMPT = "def add(a, b):\n    return"
 
 
@@ -86,6 +87,15 @@ async def generate(addr: str, sessions: int, k: int, tokens: int) -> tuple[float
         return time.perf_counter() - start, results
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process so far, all its threads (Linux /proc)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def round_walls(times: list[float], k: int) -> list[float]:
     """Per-round wall times of an all-accepted stream: a round ends every K + 1 tokens."""
     ends = times[k::k + 1]
@@ -93,13 +103,17 @@ def round_walls(times: list[float], k: int) -> list[float]:
 
 
 def measure(stack, k: int, sessions: int, tokens: int, repeats: int) -> dict:
-    draft, target, _ = stack.processes
+    draft, target, coordinator = stack.processes
     ports = [p.metrics_port for p in (draft, target)]
+    pids = dict(zip(CPU_NAMES, (coordinator.proc.pid, draft.proc.pid, target.proc.pid, None),
+                    strict=True))
     runs = []
     asyncio.run(generate(stack.addr, sessions, k, min(16, tokens)))  # warm-up
     for _ in range(repeats):
         before = sum(forward_seconds(p) for p in ports)
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         _, results = asyncio.run(generate(stack.addr, sessions, k, tokens))
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         forward = sum(forward_seconds(p) for p in ports) - before
         stats = [s for _, s in results]
         wall = max(s.total_time_s for s in stats)  # the coordinator's clock, prompt to stats
@@ -111,7 +125,10 @@ def measure(stack, k: int, sessions: int, tokens: int, repeats: int) -> dict:
                "tokens_per_s": generated / wall,
                "acceptance": accepted / proposed if proposed else None,
                "fixed_ms": (wall - forward) / rounds * 1e3,
-               "forward_ms": forward / rounds * 1e3}
+               "forward_ms": forward / rounds * 1e3,
+               # CPU time per round of each process (all threads): where the fixed cost is
+               # spent, read without the wall clock's sensitivity to a busy machine
+               **{f"cpu_{name}_ms": v / rounds * 1e3 for name, v in cpu.items()}}
         if sessions == 1 and (k == 0 or accepted == proposed):
             walls = sorted(round_walls(results[0][0], k))
             if walls:
@@ -164,8 +181,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
            "fixed = wall − the services' forward time, per round (mean of the median run; "
            "p50/p95 from the per-round wall times where every proposal is accepted).", "",
            "| pair | schedule | OMP | streams | sessions | K | tokens/s | forward ms/round | "
-           "fixed ms/round | fixed p50 | fixed p95 | acceptance |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "fixed ms/round | fixed p50 | fixed p95 | acceptance | CPU ms/round: coordinator "
+           "/ draft / target / client |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     def f(r, key):
         v = r.get(key)
         return "–" if v is None else f"{v:.2f}"
@@ -173,7 +191,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         out.append(f"| {r['pair']} | {r['schedule']} | {r['omp']} | {r.get('streams', 1)} "
                    f"| {r['sessions']} | {r['k']} "
                    f"| {r['tokens_per_s']:.0f} | {f(r, 'forward_ms')} | {f(r, 'fixed_ms')} | "
-                   f"{f(r, 'fixed_p50_ms')} | {f(r, 'fixed_p95_ms')} | {f(r, 'acceptance')} |")
+                   f"{f(r, 'fixed_p50_ms')} | {f(r, 'fixed_p95_ms')} | {f(r, 'acceptance')} | "
+                   + " / ".join(f(r, f"cpu_{n}_ms") for n in CPU_NAMES) + " |")
     return "\n".join(out) + "\n"
 
 

@@ -90,22 +90,37 @@ class Generation:
         self.ready: list[int] = []  # the next round's proposals, when a block drafted ahead holds
 
     async def run(self) -> AsyncIterator[Token | Stats]:
-        """Yield each accepted Token, then the Stats. Sessions are closed in every case."""
+        """Yield each accepted Token, then the Stats. Sessions are closed in every case.
+
+        A round's tokens are counted (and the end found) before any is yielded, so the next
+        round's calls go out first and writing the tokens to the client overlaps its passes
+        instead of delaying them."""
         if self.services.scheduler is not None:
             self.services.scheduler.begin()
-        finished = False
+        finished, upcoming = False, None
         try:
             await self.open()
+            upcoming = asyncio.ensure_future(self.run_round())
             while True:
-                for token_id in await self.run_round():
-                    yield self._emit(token_id)
+                tokens = []
+                for token_id in await upcoming:
+                    tokens.append(self._emit(token_id))
                     if self.stats.finish is not None:
-                        self.stats.total_time_s = time.perf_counter() - self.stats.started
-                        yield self.stats
-                        finished = True
-                        return
+                        break
+                upcoming = None
+                if self.stats.finish is None:
+                    upcoming = asyncio.ensure_future(self.run_round())
+                for token in tokens:
+                    yield token
+                if self.stats.finish is not None:
+                    self.stats.total_time_s = time.perf_counter() - self.stats.started
+                    yield self.stats
+                    finished = True
+                    return
         finally:
-            cleanup = asyncio.ensure_future(self._close())
+            if upcoming is not None:
+                upcoming.cancel()
+            cleanup = asyncio.ensure_future(self._close(upcoming))
             if finished:  # the call ends once its sessions are closed
                 await asyncio.shield(cleanup)
             else:  # failed or cancelled: report at once, close in the background
@@ -226,8 +241,11 @@ class Generation:
             stats.time_to_first_token_s = time.perf_counter() - stats.started
         return Token(token_id, delta)
 
-    async def _close(self) -> None:
+    async def _close(self, pending: asyncio.Future | None = None) -> None:
+        """Close both sessions once the round still in flight (cancelled) has let go."""
         try:
+            if pending is not None:
+                await asyncio.gather(pending, return_exceptions=True)
             await asyncio.gather(*(leg.close() for leg in (self.target, self.draft) if leg))
         except Exception as e:  # (leg.close retries in the background itself)
             log.warning("closing sessions failed", error=str(e))
