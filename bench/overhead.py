@@ -3,7 +3,8 @@ besides the models' forward passes (coordinator Python, gRPC, servicers, worker 
 
 python -m bench.overhead [--tokens 300] [--sessions 1,8] [--ks 0,1,4,8]
                          [--schedules lockstep,pipelined] [--pairs same,perturbed]
-                         [--omp shipped,PASSIVE] [--round-streams 1,0] [--repeats 3]
+                         [--omp shipped,PASSIVE] [--round-streams 1,0] [--placements shared,split]
+                         [--repeats 3]
                          [--out results/bench-overhead]
 
 A tiny float32 pair (2 layers, hidden 64, built from a config with fixed seeds; nothing is
@@ -143,17 +144,29 @@ def measure(stack, k: int, sessions: int, tokens: int, repeats: int) -> dict:
             "fixed_ms_runs": [round(r["fixed_ms"], 3) for r in runs]}
 
 
-def run_config(dirs, pair: str, schedule: str, omp: str, streams: int, args, log_dir: Path
-               ) -> list[dict]:
+# "split": the models on the last CPU, one thread each, the coordinator and this client on the
+# first: as on a GPU machine, where the round's CPU work does not share cores with the passes
+PLACEMENTS = ("shared", "split")
+
+
+def run_config(dirs, pair: str, schedule: str, omp: str, streams: int, placement: str, args,
+               log_dir: Path) -> list[dict]:
     env_before = os.environ.get("OMP_WAIT_POLICY")
     if omp == "shipped":
         os.environ.pop("OMP_WAIT_POLICY", None)
     else:
         os.environ["OMP_WAIT_POLICY"] = omp
     flags = ("--metrics-port", "0", "--max-cache-mb", "0")
+    mine = os.sched_getaffinity(0)
+    cpus = None
+    if placement == "split":
+        first, last = min(mine), max(mine)
+        cpus = {"draft": {last}, "target": {last}, "coordinator": {first}}
+        os.sched_setaffinity(0, {first})
     try:
         stack = start_local_stack(str(dirs[pair]), str(dirs["target"]), log_dir=log_dir,
-                                  threads=args.threads, timeout_s=120, draft_args=flags,
+                                  threads=1 if placement == "split" else args.threads,
+                                  cpus=cpus, timeout_s=120, draft_args=flags,
                                   target_args=flags,
                                   coordinator_args=("--schedule", schedule, "--adaptive-k", "0",
                                                     "--round-streams", str(streams)))
@@ -167,11 +180,13 @@ def run_config(dirs, pair: str, schedule: str, omp: str, streams: int, args, log
         for n in args.sessions:
             for k in args.ks:
                 row = {"pair": pair, "schedule": schedule, "omp": omp, "streams": streams,
+                       "placement": placement,
                        **measure(stack, k, n, args.tokens, args.repeats)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
         stack.stop()
+        os.sched_setaffinity(0, mine)
     return rows
 
 
@@ -180,16 +195,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
            f"`{meta['command']}`", "",
            "fixed = wall − the services' forward time, per round (mean of the median run; "
            "p50/p95 from the per-round wall times where every proposal is accepted).", "",
-           "| pair | schedule | OMP | streams | sessions | K | tokens/s | forward ms/round | "
+           "| pair | schedule | OMP | streams | placement | sessions | K | tokens/s | "
+           "forward ms/round | "
            "fixed ms/round | fixed p50 | fixed p95 | acceptance | CPU ms/round: coordinator "
            "/ draft / target / client |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     def f(r, key):
         v = r.get(key)
         return "–" if v is None else f"{v:.2f}"
     for r in rows:
         out.append(f"| {r['pair']} | {r['schedule']} | {r['omp']} | {r.get('streams', 1)} "
-                   f"| {r['sessions']} | {r['k']} "
+                   f"| {r.get('placement', 'shared')} | {r['sessions']} | {r['k']} "
                    f"| {r['tokens_per_s']:.0f} | {f(r, 'forward_ms')} | {f(r, 'fixed_ms')} | "
                    f"{f(r, 'fixed_p50_ms')} | {f(r, 'fixed_p95_ms')} | {f(r, 'acceptance')} | "
                    + " / ".join(f(r, f"cpu_{n}_ms") for n in CPU_NAMES) + " |")
@@ -210,11 +226,17 @@ def main(argv: list[str] | None = None) -> None:
                    help="OpenMP wait policies: shipped (as the project sets it) or a value")
     p.add_argument("--round-streams", type=ints, default=[1],
                    help="the coordinator's --round-streams values to compare (1,0: both)")
+    p.add_argument("--placements", type=names, default=["shared"],
+                   help="shared: every process on every CPU; split: the models on the last "
+                        "CPU (one thread each), the coordinator and the client on the first, "
+                        "as on a GPU machine")
     p.add_argument("--repeats", type=int, default=3, help="runs per row (the median is kept)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per service (0 = torch's default)")
     p.add_argument("--out", type=Path, default=Path("results/bench-overhead"))
     args = p.parse_args(argv)
+    if unknown := set(args.placements) - set(PLACEMENTS):
+        p.error(f"--placements: unknown {', '.join(sorted(unknown))}; expected {PLACEMENTS}")
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     meta = {"when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} CPUs, "
             f"{platform.processor() or platform.machine()}",
@@ -227,8 +249,9 @@ def main(argv: list[str] | None = None) -> None:
             for pair in args.pairs:
                 for schedule in args.schedules:
                     for streams in args.round_streams:
-                        rows += run_config(dirs, pair, schedule, omp, streams, args,
-                                           work / "logs")
+                        for placement in args.placements:
+                            rows += run_config(dirs, pair, schedule, omp, streams, placement,
+                                               args, work / "logs")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

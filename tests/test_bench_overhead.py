@@ -1,6 +1,7 @@
 """bench.overhead end to end on a small configuration, and the services' OpenMP policy."""
 
 import json
+import os
 
 from bench.overhead import main
 from specdec.service_main import apply_omp_wait_policy
@@ -8,13 +9,19 @@ from specdec.service_main import apply_omp_wait_policy
 
 def test_bench_overhead_writes_fixed_costs_per_round(tmp_path):
     out = tmp_path / "overhead"
+    affinity = os.sched_getaffinity(0)
     main(["--sessions", "1", "--ks", "0,2", "--schedules", "lockstep", "--pairs", "same",
-          "--omp", "shipped", "--repeats", "1", "--tokens", "40", "--out", str(out)])
+          "--omp", "shipped", "--placements", "shared,split", "--repeats", "1",
+          "--tokens", "40", "--out", str(out)])
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    assert [(r["k"], r["sessions"]) for r in rows] == [(0, 1), (2, 1)]
+    assert [(r["placement"], r["k"]) for r in rows] == [
+        ("shared", 0), ("shared", 2), ("split", 0), ("split", 2)]
     for r in rows:
         assert r["rounds"] > 0 and r["forward_ms"] > 0 and r["fixed_ms"] > 0
-    assert rows[1]["acceptance"] == 1.0  # draft == target
+        assert min(r[f"cpu_{n}_ms"] for n in ("coordinator", "draft", "target", "client")) >= 0
+    assert sum(r["cpu_target_ms"] for r in rows) > 0  # (CPU time ticks in 10 ms steps)
+    assert rows[1]["acceptance"] == rows[3]["acceptance"] == 1.0  # draft == target
+    assert os.sched_getaffinity(0) == affinity  # the split placement gave the CPUs back
     assert "fixed ms/round" in out.with_suffix(".md").read_text()
 
 
