@@ -148,19 +148,23 @@ class DraftEngine(Engine):
             if not looked_up and self.proposer.uses_model:
                 active.append(r)
         while active:
-            logits = self._forward([r.session for r in active], [1] * len(active))
-            passes += 1
-            for r, row in zip(active, logits, strict=True):                  # row: [1, V]
+            logits = self._forward_rows([r.session for r in active], [1] * len(active))
+            passes += 1                                                      # logits [B, V]
+            greedy = logits.argmax(-1).tolist()  # one reduction for every greedy row
+            unsure = ((torch.softmax(logits, dim=-1).amax(-1) < self.min_confidence).tolist()
+                      if self.min_confidence > 0 else None)
+            for i, r in enumerate(active):
                 s = r.session
-                q = None if s.generator is None else warp(row, s.sampling)[0]  # [V]
-                if r.tokens and self._unsure(row[-1] if q is None else q, q is None):
+                q = None if s.generator is None else warp(logits[i:i + 1], s.sampling)[0]
+                if r.tokens and (self._unsure(q, False) if q is not None
+                                 else unsure is not None and unsure[i]):
                     # Decided from q alone, before drawing: the proposals kept are still
                     # draws from q, so the target's ratio rule stays exact.
                     r.stopped = True
                     self.early_stops += 1
                     continue
                 if q is None:
-                    token = self._token(int(row[-1].argmax()))
+                    token = self._token(greedy[i])
                 else:
                     token = self._token(sample(q, s.generator))
                     r.rows.append(self._widen(q))
