@@ -80,13 +80,15 @@ class Engine:
         else:
             self.static = None
 
-    def use_static_passes(self, graphs: bool, buckets: Buckets | None = None) -> None:
+    def use_static_passes(self, graphs: bool, buckets: Buckets | None = None,
+                          backend=None) -> None:
         """Run passes that fit the buckets padded to them (specdec.static_pass); graphs:
-        replay them from CUDA graphs (CUDA only), else run them eagerly (on a CPU: the
-        tests' check that padding changes nothing)."""
+        replay them from CUDA graphs (CUDA only, or through `backend`), else run them
+        eagerly (on a CPU: the tests' check that padding changes nothing)."""
         self.static = StaticPasses(self.lm.model, self.pool,
                                    buckets or Buckets.for_proposals(self.max_proposal_tokens),
-                                   graphs=graphs, max_position=self.lm.max_context_length)
+                                   graphs=graphs, max_position=self.lm.max_context_length,
+                                   backend=backend)
 
     @property
     def reserved_bytes(self) -> int:

@@ -76,7 +76,7 @@ class _Entry:
     window: int
     direct: bool
     inputs: torch.Tensor  # flat int64: ids [B*N], positions [B*N], dst [B*N], read [B]
-    graph: object = None
+    graph: object = None  # replays the captured pass (CudaGraphs.capture)
     uses: int = 0
     failed: bool = False
 
@@ -117,16 +117,18 @@ class StaticPasses:
     """The engine's padded passes (and their CUDA graphs, when `graphs`)."""
 
     def __init__(self, model, pool: KVPool, buckets: Buckets, *, graphs: bool,
-                 max_position: int):
+                 max_position: int, backend=None):
+        """graphs: capture and replay (CUDA only, unless a `backend` with CudaGraphs'
+        interface is given: the tests replay "graphs" that run eagerly on a CPU)."""
         self.model, self.pool, self.buckets = model, pool, buckets
         self.device = pool.device
-        self.graphs = bool(graphs) and self.device.type == "cuda"
+        self.graphs = bool(graphs) and (backend is not None or self.device.type == "cuda")
         self.max_position = max_position
         self.entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self.generation = pool.generation
         self.stats = GraphStats()
         self._out: torch.Tensor | None = None  # [max Bb * max Nb, V] float32 (graphs)
-        self._mempool = None
+        self.backend = (backend or CudaGraphs(self.device)) if self.graphs else None
         pool.set_spare(1)
 
     # ---- the pass --------------------------------------------------------------------
@@ -135,6 +137,8 @@ class StaticPasses:
         """Float32 logits [sum(lasts), V]: session i's last lasts[i] fed positions, in
         order. None when the pass is outside the buckets (or graphs just failed): the
         caller runs its eager path. The pool must hold room for every row already."""
+        if self.stats.failure:  # graphs failed: the normal eager path from now on
+            return None
         b, n = len(slots), max(len(f) for f in feed)
         fit = self.buckets.fit(b, n)
         if fit is None:
@@ -143,7 +147,9 @@ class StaticPasses:
         if self.pool.generation != self.generation:
             if self.entries:
                 self.stats.invalidations += 1
-                log.info("cuda graphs dropped: the KV pool reallocated", graphs=len(self.entries))
+                if self.graphs:
+                    log.info("cuda graphs dropped: the KV pool reallocated",
+                             graphs=sum(e.graph is not None for e in self.entries.values()))
             self.drop()
             self.generation = self.pool.generation
         bb, nb = fit
@@ -156,7 +162,7 @@ class StaticPasses:
             try:
                 if entry.graph is None:
                     self._capture(entry)
-                entry.graph.replay()
+                entry.graph()
                 self.stats.replays += 1
                 return self._out.index_select(0, rows)
             except Exception as e:  # never fail a request over a graph: eager for good
@@ -214,37 +220,22 @@ class StaticPasses:
 
     # ---- CUDA graphs ------------------------------------------------------------------
     def _capture(self, e: _Entry) -> None:
-        """Capture e's pass (its buffers hold this pass's inputs: the warm-up passes write
-        this pass's keys and values, as the replay after will again)."""
-        dev = self.device
-        torch.cuda.synchronize(dev)
-        before = torch.cuda.memory_reserved(dev)
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                logits = self._forward(e)
-        torch.cuda.current_stream(dev).wait_stream(side)
-        width = logits.shape[-1]
-        del logits
-        most = max(self.buckets.sessions) * max(self.buckets.rows)
-        if self._out is None or self._out.shape[1] != width:
-            self._out = torch.empty(most, width, dtype=torch.float32, device=dev)
-        if self._mempool is None:
-            self._mempool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
+        """Capture e's pass. Its buffers hold this pass's inputs: the warm-up passes write
+        this pass's keys and values, as the replay that follows writes them again."""
         n = e.sessions * e.rows
-        with torch.cuda.graph(graph, pool=self._mempool):
-            logits = self._forward(e)
-            self._out[:n].copy_(logits.view(n, width))
-            del logits
-        torch.cuda.synchronize(dev)
-        e.graph = graph
-        grew = torch.cuda.memory_reserved(dev) - before
+        if self._out is None:
+            width = self._forward(e).shape[-1]
+            most = max(self.buckets.sessions) * max(self.buckets.rows)
+            self._out = torch.empty(most, width, dtype=torch.float32, device=self.device)
+
+        def body():
+            self._out[:n].copy_(self._forward(e).view(n, -1))
+
+        e.graph, grew = self.backend.capture(body)
         self.stats.captures += 1
-        self.stats.graph_bytes += max(grew, 0)
-        self.stats.by_key[f"{e.sessions}x{e.rows}@{e.window}"
-                          f"{'' if e.direct else '/gather'}"] = max(grew, 0)
+        self.stats.graph_bytes += grew
+        key = f"{e.sessions}x{e.rows}@{e.window}{'' if e.direct else '/gather'}"
+        self.stats.by_key[key] = grew
         log.info("cuda graph captured", sessions=e.sessions, rows=e.rows, window=e.window,
                  layout="direct" if e.direct else "gather", graphs=len(self.entries),
                  grew_bytes=grew, graph_bytes=self.stats.graph_bytes)
@@ -256,14 +247,47 @@ class StaticPasses:
                     sessions=e.sessions, rows=e.rows, window=e.window,
                     error=self.stats.failure)
         self.drop()
-        try:
-            torch.cuda.synchronize(self.device)
-        except Exception:  # (the eager pass that follows reports a broken device)
-            pass
+        self.backend = None
 
     def drop(self) -> None:
         """Forget every entry and graph (their memory returns to the caching allocator)."""
         self.entries.clear()
-        self._mempool = None
+        if self.backend is not None:
+            self.backend.reset()
         self.stats.graph_bytes = 0
         self.stats.by_key.clear()
+
+
+class CudaGraphs:
+    """The thin CUDA layer: capture a function's kernels into a graph and replay them.
+    Every graph of one engine shares one memory pool (they replay one at a time)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.pool = None
+
+    def capture(self, fn) -> tuple[object, int]:
+        """Warm fn up on a side stream, capture it; returns (replay, bytes the capture
+        added to the CUDA memory reserved)."""
+        dev = self.device
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()  # (torch.cuda.graph does too: count only what it adds)
+        before = torch.cuda.memory_reserved(dev)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: CUDA calls of other threads (another engine) don't break capture
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            fn()
+        torch.cuda.synchronize(dev)
+        return graph.replay, max(torch.cuda.memory_reserved(dev) - before, 0)
+
+    def reset(self) -> None:
+        """A fresh pool for the next captures (the old one goes with its graphs)."""
+        self.pool = None

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from specdec.draft_engine import DraftEngine, ProposeItem
-from specdec.static_pass import Buckets, StaticPasses
+from specdec.static_pass import Buckets
 from specdec.target_engine import TargetEngine, VerifyItem
 from tiny_models import PROMPTS
 
@@ -122,19 +122,64 @@ def test_bucket_fit_and_window():
     assert Buckets.for_proposals(32).rows == tuple(range(1, 10))
 
 
-def test_failed_capture_falls_back_to_eager_for_good(lms, prompts, reference, monkeypatch):
+class EagerGraphs:
+    """CudaGraphs' interface on a CPU: "replay" runs the captured function again, which
+    reads the same fixed buffers a CUDA graph's kernels would; it checks that the pool's
+    tensors a graph would hold are still the ones it was captured on."""
+
+    def __init__(self, pool, fail: bool = False):
+        self.pool, self.fail, self.captured, self.resets = pool, fail, 0, 0
+
+    def capture(self, fn):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        fn()
+        fn()  # (warm-up)
+        self.captured += 1
+        ptrs = [t.data_ptr() for t in self.pool.keys + self.pool.values]
+
+        def replay():
+            assert [t.data_ptr() for t in self.pool.keys + self.pool.values] == ptrs, \
+                "a graph replayed on a reallocated pool"
+            fn()
+        return replay, 1000
+
+    def reset(self):
+        self.resets += 1
+
+
+def test_graph_replays_equal_normal_path(lms, prompts, reference):
+    """The capture / replay flow (shared output buffer, copy-out, LRU, drops on pool
+    growth) with a backend that replays eagerly: token-identical, one capture per key."""
+    sessions = [prompts[i % len(prompts)] for i in range(6)]
+    normal, _, _ = speculate(lms, sessions, 3, static=False)
+    backends = []
+    orig = TargetEngine.use_static_passes
+
+    def with_backend(self, graphs, buckets=None, backend=None):
+        backends.append(EagerGraphs(self.pool))
+        orig(self, True, buckets, backends[-1])
+
+    try:
+        TargetEngine.use_static_passes = DraftEngine.use_static_passes = with_backend
+        replayed, d, t = speculate(lms, sessions, 3, static=True)
+    finally:
+        TargetEngine.use_static_passes = DraftEngine.use_static_passes = orig
+    assert replayed == normal
+    assert_target_only(replayed, [reference[i % len(prompts)] for i in range(6)])
+    for s, backend in zip((t, d), backends, strict=True):
+        assert s.graphs and s.stats.replays > s.stats.captures > 0
+        assert s.stats.captures == backend.captured and s.stats.static_eager == 0
+        assert backend.resets >= s.stats.invalidations > 0
+        assert s.stats.graph_bytes == 1000 * len([e for e in s.entries.values() if e.graph])
+
+
+def test_failed_capture_falls_back_to_eager_for_good(lms, prompts, reference):
     """A capture that raises (as a CUDA graph capture can) turns graphs off: that pass and
     every later one run on the eager path, and the outputs stay exact."""
-    calls = []
-
-    def broken(self, entry):
-        calls.append(entry)
-        raise RuntimeError("operation not permitted when stream is capturing")
-
-    monkeypatch.setattr(StaticPasses, "_capture", broken)
     target = TargetEngine(lms["target"], 4, 60, 8)
-    target.use_static_passes(graphs=False, buckets=BUCKETS)
-    target.static.graphs = True  # as on CUDA
+    backend = EagerGraphs(target.pool, fail=True)
+    target.use_static_passes(graphs=True, buckets=BUCKETS, backend=backend)
     sid, pos = target.open("s", prompts[0])
     out = []
     for _ in range(6):
@@ -143,8 +188,9 @@ def test_failed_capture_falls_back_to_eager_for_good(lms, prompts, reference, mo
         out.append(o.next_token_id)
         pos = o.position
     assert out == reference[0][:6]
-    assert len(calls) == 1 and not target.static.graphs
+    assert not target.static.graphs and target.static.backend is None
     assert "stream is capturing" in target.static.stats.failure
+    assert target.static.stats.replays == target.static.stats.static_eager == 0
 
 
 def test_cuda_graphs_flag_is_a_no_op_on_cpu(lms):
