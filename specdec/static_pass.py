@@ -75,7 +75,7 @@ class _Entry:
     rows: int
     window: int
     direct: bool
-    inputs: torch.Tensor  # flat int64: ids [B*N], positions [B*N], dst [B*N], read [B]
+    inputs: torch.Tensor  # flat int64: ids, positions, dst [B*N each], read [B], rows out
     graph: object = None  # replays the captured pass (CudaGraphs.capture)
     uses: int = 0
     failed: bool = False
@@ -98,7 +98,12 @@ class _Entry:
     @property
     def read(self) -> slice | torch.Tensor:
         n = self.sessions * self.rows
-        return slice(0, self.sessions) if self.direct else self.inputs[3 * n:]
+        return slice(0, self.sessions) if self.direct else self.inputs[3 * n:3 * n + self.sessions]
+
+    @property
+    def head(self) -> int:
+        """Where the rows asked for start in `inputs` (read outside the graph)."""
+        return 3 * self.sessions * self.rows + self.sessions
 
 
 @dataclass
@@ -176,7 +181,7 @@ class StaticPasses:
         entry = self.entries.get(key)
         if entry is None:
             bb, nb, window, direct = key
-            size = 3 * bb * nb + (0 if direct else bb)
+            size = 4 * bb * nb + bb
             entry = _Entry(bb, nb, window, direct,
                            torch.zeros(size, dtype=torch.int64, device=self.device))
             self.entries[key] = entry
@@ -188,7 +193,7 @@ class StaticPasses:
 
     def _fill(self, e: _Entry, slots, past, feed, lasts) -> torch.Tensor:
         """Write the pass's inputs into e's buffer (one host-to-device copy); returns the
-        flat [Bb * Nb] indices of the rows asked for, session by session."""
+        flat [Bb * Nb] indices of the rows asked for, session by session (a view of it)."""
         bb, nb, cap = e.sessions, e.rows, self.pool.capacity
         scratch = self.pool.slots * cap  # flat index of the scratch slot's first column
         top = self.max_position - 1
@@ -205,9 +210,9 @@ class StaticPasses:
             dst[base:base + k] = range(slot * cap + p, slot * cap + p + k)
             read[i] = slot
             want.extend(range(base + k - last, base + k))
-        flat = ids + pos + dst + ([] if e.direct else read)
-        e.inputs.copy_(torch.tensor(flat, dtype=torch.int64))
-        return torch.tensor(want, device=self.device)
+        flat = ids + pos + dst + read + want
+        e.inputs[:len(flat)].copy_(torch.tensor(flat, dtype=torch.int64))
+        return e.inputs[e.head:e.head + len(want)]
 
     def _forward(self, e: _Entry) -> torch.Tensor:
         """The padded pass on e's buffers: logits [Bb, Nb, V] (every row)."""
