@@ -157,25 +157,31 @@ class StaticPasses:
                              graphs=sum(e.graph is not None for e in self.entries.values()))
             self.drop()
             self.generation = self.pool.generation
+        if not self.graphs:
+            self.stats.static_eager += 1
+            entry, rows = self._prepare(fit, slots, past, feed, lasts)
+            logits = self._forward(entry)
+            return logits.view(entry.sessions * entry.rows, -1).index_select(0, rows).float()
+        try:  # never fail a request over a graph: any error turns them off for good
+            entry, rows = self._prepare(fit, slots, past, feed, lasts)
+            if entry.graph is None:
+                self._capture(entry)
+            entry.graph()
+            self.stats.replays += 1
+            return self._out.index_select(0, rows)
+        except Exception as e:
+            self._give_up(e)
+            return None
+
+    def _prepare(self, fit: tuple[int, int], slots, past, feed, lasts
+                 ) -> tuple[_Entry, torch.Tensor]:
+        """The pass's entry, its buffer filled; and the rows to read out."""
         bb, nb = fit
         need = max(p + len(f) for p, f in zip(past, feed, strict=True))
         window = self.buckets.window(need, self.pool.capacity)
         direct = max(slots) < bb <= self.pool.slots
         entry = self._entry((bb, nb, window, direct))
-        rows = self._fill(entry, slots, past, feed, lasts)
-        if self.graphs:
-            try:
-                if entry.graph is None:
-                    self._capture(entry)
-                entry.graph()
-                self.stats.replays += 1
-                return self._out.index_select(0, rows)
-            except Exception as e:  # never fail a request over a graph: eager for good
-                self._give_up(entry, e)
-                return None
-        self.stats.static_eager += 1
-        logits = self._forward(entry)
-        return logits.view(bb * nb, -1).index_select(0, rows).float()
+        return entry, self._fill(entry, slots, past, feed, lasts)
 
     def _entry(self, key: tuple) -> _Entry:
         entry = self.entries.get(key)
@@ -245,12 +251,11 @@ class StaticPasses:
                  layout="direct" if e.direct else "gather", graphs=len(self.entries),
                  grew_bytes=grew, graph_bytes=self.stats.graph_bytes)
 
-    def _give_up(self, e: _Entry, error: Exception) -> None:
+    def _give_up(self, error: Exception) -> None:
         self.graphs = False
         self.stats.failure = f"{type(error).__name__}: {error}"[:500]
         log.warning("cuda graphs off for good after a failure; passes run eagerly",
-                    sessions=e.sessions, rows=e.rows, window=e.window,
-                    error=self.stats.failure)
+                    error=self.stats.failure, exc_info=True)
         self.drop()
         self.backend = None
 
