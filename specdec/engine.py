@@ -79,6 +79,7 @@ class Engine:
             self.use_static_passes(graphs=True)
         else:
             self.static = None
+            self.pool.set_spare(0)  # (no scratch slot without padded passes)
 
     def use_static_passes(self, graphs: bool, buckets: Buckets | None = None,
                           backend=None) -> None:

@@ -114,6 +114,7 @@ class GraphStats:
     outside: int = 0  # passes outside the buckets (the normal eager path)
     invalidations: int = 0  # graphs dropped because the pool reallocated
     graph_bytes: int = 0  # memory the live graphs' pool took (CUDA memory reserved)
+    out_bytes: int = 0  # the graphs' shared float32 output buffer
     failure: str = ""  # why graphs were turned off
     by_key: dict = field(default_factory=dict)
 
@@ -238,6 +239,7 @@ class StaticPasses:
             width = self._forward(e).shape[-1]
             most = max(self.buckets.sessions) * max(self.buckets.rows)
             self._out = torch.empty(most, width, dtype=torch.float32, device=self.device)
+            self.stats.out_bytes = self._out.numel() * 4
 
         def body():
             self._out[:n].copy_(self._forward(e).view(n, -1))
@@ -249,7 +251,8 @@ class StaticPasses:
         self.stats.by_key[key] = grew
         log.info("cuda graph captured", sessions=e.sessions, rows=e.rows, window=e.window,
                  layout="direct" if e.direct else "gather", graphs=len(self.entries),
-                 grew_bytes=grew, graph_bytes=self.stats.graph_bytes)
+                 grew_bytes=grew, graph_bytes=self.stats.graph_bytes,
+                 out_bytes=self.stats.out_bytes)
 
     def _give_up(self, error: Exception) -> None:
         self.graphs = False

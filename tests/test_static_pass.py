@@ -196,5 +196,15 @@ def test_failed_capture_falls_back_to_eager_for_good(lms, prompts, reference):
 def test_cuda_graphs_flag_is_a_no_op_on_cpu(lms):
     e = TargetEngine(lms["target"], 4, 60, 8, cuda_graphs=True)
     assert e.static is None and e.pool.spare == 0
+    e.use_static_passes(graphs=False)
+    assert e.pool.spare == 1  # the scratch slot
     e.set_cuda_graphs(False)
-    assert e.static is None
+    assert e.static is None and e.pool.spare == 0
+
+
+def test_cuda_graphs_flag_parses():
+    from specdec.config import model_service_config, model_service_parser
+    p = model_service_parser("target", "target", 50052)
+    assert model_service_config(p.parse_args(["--model", "m"])).cuda_graphs is True
+    assert model_service_config(p.parse_args(["--model", "m", "--cuda-graphs", "0"])
+                                ).cuda_graphs is False
