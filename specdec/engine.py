@@ -7,6 +7,7 @@ engine on one worker thread. They raise specdec.errors on bad input and never im
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from dataclasses import dataclass
 
@@ -46,6 +47,22 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     return 2 * text.num_hidden_layers * heads * head_dim * torch.finfo(dtype).bits // 8
 
 
+def mask_mapping_types(model) -> tuple[str, ...] | None:
+    """The layer types when the model takes its attention masks ready-made, one per layer
+    type (transformers' `causal_mask_mapping`: passing it skips create_causal_mask on every
+    pass), and every layer attends fully (no sliding window our masks would have to add);
+    None otherwise (the mask goes through create_causal_mask, which returns ours as is)."""
+    try:
+        text = model.config.get_text_config()
+        types = tuple(getattr(text, "layer_types", None) or ())
+        source = inspect.getsource(type(model.base_model).forward)
+    except (AttributeError, OSError, TypeError):
+        return None
+    if not types or set(types) != {"full_attention"}:
+        return None
+    return ("full_attention",) if "causal_mask_mapping := attention_mask, dict" in source else None
+
+
 class Engine:
     """Sessions and their caches on one model; the operations both services share."""
 
@@ -68,6 +85,7 @@ class Engine:
         self.pool = KVPool(lm.model.config, lm.model.dtype, lm.device, max_sessions,
                            lm.max_context_length, budget)
         lm.model.set_attn_implementation(ATTENTION)  # sdpa, serving the pool's masks
+        self.mask_types = mask_mapping_types(lm.model)
         self.max_proposal_tokens = max_proposal_tokens
         self.max_batch_items = max_batch_items
         self.static: StaticPasses | None = None  # padded passes (CUDA graphs), or None
@@ -168,19 +186,28 @@ class Engine:
             lasts = [lasts[i] for i in order]
         fed = [len(f) for f in feed]
         n_max = max(fed)
-        if n_max == 1:  # a decode step
-            ids = torch.tensor(feed, device=dev)                                   # [B, 1]
-            positions = torch.tensor(past, device=dev)[:, None]                    # [B, 1]
+        if n_max == 1:  # a decode step: ids, positions and write indices in one tensor
+            cap = self.pool.capacity
+            flat = torch.tensor([f[0] for f in feed] + past
+                                + [s * cap + p for s, p in zip(slots, past, strict=True)],
+                                device=dev)
+            ids, positions = flat[:b].view(b, 1), flat[b:2 * b].view(b, 1)         # [B, 1]
+            adjacent = slots[-1] - slots[0] == b - 1  # (sorted, distinct)
+            read = (slice(slots[0], slots[0] + b) if adjacent
+                    else torch.tensor(slots, device=dev))
+            cache = PassCache(self.pool, flat[2 * b:], None, read, max(past) + 1)
         else:
             ids = torch.tensor([f + [0] * (n_max - len(f)) for f in feed], device=dev)
             positions = (torch.tensor(past, device=dev)[:, None]
                          + torch.arange(n_max, device=dev))                        # [B, N]
-        cache = PassCache.for_rows(self.pool, slots, past, fed)
+            cache = PassCache.for_rows(self.pool, slots, past, fed)
         if n_max == 1 and min(past) == max(past):
             mask = None  # one token per row, every row as long: nothing to hide
         else:  # row i, token t attends to its columns 0..past[i] + t
             columns = torch.arange(cache.length, device=dev)
             mask = (columns[None, None, :] <= positions[:, :, None])[:, None]    # [B, 1, N, L]
+        if self.mask_types is not None:
+            mask = dict.fromkeys(self.mask_types, mask)
         # only the rows asked for go through the output head (a prefill or a catch-up of
         # many tokens would otherwise compute [B, N, V] logits)
         if min(fed) == n_max and min(lasts) == max(lasts):
