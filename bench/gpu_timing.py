@@ -123,12 +123,14 @@ def bare_costs(model, prompt: list[int], sessions: int, *, warmup: int, repeats:
 def engine_target_only(lm, prompt: list[int], tokens: int, runs: int,
                        cuda_graphs: bool = True) -> dict:
     """Target-only greedy decoding through TargetEngine (open + one verify per token, no
-    proposals): what a K=0 round costs the target service. Best of `runs`."""
+    proposals): what a K=0 round costs the target service. Best of `runs`, after a warm-up
+    run: one engine throughout, so its pool and CUDA graphs (captured in the warm-up, which
+    on CUDA is as long as a run) are those of a service that has served such requests."""
     from specdec.target_engine import TargetEngine, VerifyItem
+    engine = TargetEngine(lm, 2, 1e6, 16, max_cache_mb=0, cuda_graphs=cuda_graphs)
     totals = []
     for run in range(runs + 1):  # run 0 warms up
-        engine = TargetEngine(lm, 2, 1e6, 16, max_cache_mb=0, cuda_graphs=cuda_graphs)
-        n = tokens if run else min(tokens, 8)
+        n = tokens if run or lm.device.type == "cuda" else min(tokens, 8)
         sync(lm.device)
         start = time.perf_counter()
         sid, pos = engine.open(f"t{run}", prompt)
@@ -138,6 +140,7 @@ def engine_target_only(lm, prompt: list[int], tokens: int, runs: int,
         sync(lm.device)
         if run:
             totals.append(time.perf_counter() - start)
+        engine.close(sid)
     best = min(totals)
     return {"tokens": tokens, "s": round(best, 4), "tokens_per_s": round(tokens / best, 2),
             "runs": len(totals), "graphs": graph_stats(engine)}
