@@ -167,15 +167,17 @@ class PassCache(Cache):
         """key_states / value_states: [B, H, N, D]. Returns the rows' keys and values
         [B, H, length, D]."""
         out = []
+        read, length = self.read, self.length
         for store, new in ((self.pool.keys[layer_idx], key_states),
                            (self.pool.values[layer_idx], value_states)):
             rows = new.transpose(1, 2).reshape(-1, *store.shape[2:])     # [B*N, H, D]
             if self.src is not None:
                 rows = rows.index_select(0, self.src)                      # [M, H, D]
-            store.view(-1, *store.shape[2:]).index_copy_(0, self.dst, rows.to(store.dtype))
-            window = store[:, :self.length]                                 # [S, L, H, D]
-            window = (window[self.read] if isinstance(self.read, slice)
-                      else window.index_select(0, self.read))
+            if rows.dtype != store.dtype:
+                rows = rows.to(store.dtype)
+            store.view(-1, *store.shape[2:]).index_copy_(0, self.dst, rows)
+            window = (store[read, :length] if isinstance(read, slice)      # [B, L, H, D]
+                      else store[:, :length].index_select(0, read))
             out.append(window.transpose(1, 2))                              # [B, H, L, D]
         return out[0], out[1]
 
