@@ -7,7 +7,8 @@ Real-shaped models with random weights (timing does not depend on weights): a Qw
 shaped target and a Qwen2.5-0.5B-shaped draft, bf16, built directly on the GPU (or --target /
 --draft DIR: a real model on disk). Phases, each with its share of --time-budget-s:
   A  per-pass ms through specdec's engines: DraftEngine Propose (per step), TargetEngine
-     verify of 1, 2, 3, 5, 9 rows, at 1 and 8 sessions; and bare HF forwards of the same
+     verify of 1, 2, 3, 5, 9 rows, at 1 and 8 sessions; and bare HF forwards of the same;
+     on CUDA with CUDA graphs (the default) and with --cuda-graphs 0 side by side
   B  target-only decoding: Hugging Face `generate` vs our TargetEngine, tokens/s
   C  expected speedup at acceptance 0.6 / 0.8, K = 2, 4, 8 (formula in the report)
   D  end to end through the three services (real gRPC processes) with draft == target
@@ -64,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--time-budget-s", type=float, default=420.0)
+    p.add_argument("--eager-too", choices=["auto", "0", "1"], default="auto",
+                   help="phases A and B: measure the engines with --cuda-graphs 0 too, beside "
+                        "the default (graphs on CUDA); auto = on CUDA")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads of this process; 0 = torch's default")
     args = p.parse_args(argv)
@@ -125,6 +129,29 @@ class Run:
         self.write()
 
 
+def graph_note(stats: dict | None) -> str:
+    if not stats:
+        return "none (not on CUDA, or --cuda-graphs 0)"
+    if stats.get("failure"):
+        return f"OFF after a failure: {stats['failure']}"
+    return (f"{stats['captures']} captured, {stats['replays']} replays, "
+            f"{stats['graph_bytes'] / 2**20:.0f} MiB")
+
+
+def engine_costs_or_eager(engine_costs, lm, prompt, n, graphs: bool, **kw) -> dict:
+    """engine_costs; if it raises with graphs on, the eager figures with the error noted
+    (a failed capture falls back by itself; this catches anything else)."""
+    try:
+        return engine_costs(lm, prompt, n, cuda_graphs=graphs, **kw)
+    except Exception as e:
+        if not graphs:
+            raise
+        traceback.print_exc()
+        out = engine_costs(lm, prompt, n, cuda_graphs=False, **kw)
+        out["graphs_error"] = f"{type(e).__name__}: {e}"[:500]
+        return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     stubbed = gm.stub_missing_modules()
@@ -148,6 +175,8 @@ def main(argv=None) -> int:
         return models[role]
 
     sessions = [int(s) for s in args.sessions.split(",")]
+    eager_too = args.eager_too == "1" or (args.eager_too == "auto" and run.dev.type == "cuda")
+    m["cuda_graphs_compared"] = eager_too
     prompt = {role: None for role in ("draft", "target")}
 
     def ids(role):
@@ -159,18 +188,28 @@ def main(argv=None) -> int:
     def phase_a():
         from bench.gpu_timing import bare_costs, engine_costs
         out: dict = {}
-        each = run.budget("A") / (2 * len(sessions) * 2)
+        variants = [("engine", True)] + ([("engine_eager", False)] if eager_too else [])
+        each = run.budget("A") / ((len(variants) + 1) * len(sessions) * 2)
         kw = dict(warmup=args.warmup, repeats=args.repeats, budget_s=each)
         for role in ("target", "draft"):
             lm = gm.loaded(model(role), role)
-            out[role] = {"engine": {}, "bare": {}}
+            out[role] = {name: {} for name, _ in variants} | {"bare": {}}
             for n in sessions:
-                e = out[role]["engine"][str(n)] = engine_costs(lm, ids(role), n, **kw)
+                for name, graphs in variants:
+                    out[role][name][str(n)] = engine_costs_or_eager(
+                        engine_costs, lm, ids(role), n, graphs, **kw)
+                e = out[role]["engine"][str(n)]
                 b = out[role]["bare"][str(n)] = bare_costs(lm.model, ids(role), n, **kw)
                 log(f"  A: {role} x{n}: step {e['draft_step_ms']:.2f} ms, verify 1/5/9 rows "
                     f"{e['verify_1']['ms']:.2f}/{e['verify_5']['ms']:.2f}/"
                     f"{e['verify_9']['ms']:.2f} ms (bare {b['forward_1']['ms']:.2f}/"
                     f"{b['forward_5']['ms']:.2f}/{b['forward_9']['ms']:.2f})")
+                if eager_too:
+                    g = out[role]["engine_eager"][str(n)]
+                    log(f"  A: {role} x{n} --cuda-graphs 0: step {g['draft_step_ms']:.2f} ms, "
+                        f"verify 1/5/9 rows {g['verify_1']['ms']:.2f}/{g['verify_5']['ms']:.2f}/"
+                        f"{g['verify_9']['ms']:.2f} ms; graphs: "
+                        f"{graph_note(e.get('target_graphs'))}")
         return out
 
     def phase_b():
@@ -179,10 +218,25 @@ def main(argv=None) -> int:
         target = model("target")
         hf = hf_generate(target, ids("target"), args.tokens, runs)
         log(f"  B: HF generate {hf['tokens_per_s']:.1f} tok/s")
-        ours = engine_target_only(gm.loaded(target, "target"), ids("target"), args.tokens, runs)
-        log(f"  B: our engine target-only {ours['tokens_per_s']:.1f} tok/s")
-        return {"hf_generate": hf, "engine_target_only": ours,
-                "ratio": round(ours["tokens_per_s"] / hf["tokens_per_s"], 3)}
+        lm = gm.loaded(target, "target")
+        out = {"hf_generate": hf}
+        if eager_too:
+            out["engine_target_only_eager"] = engine_target_only(lm, ids("target"), args.tokens,
+                                                                 runs, cuda_graphs=False)
+            log(f"  B: our engine target-only, --cuda-graphs 0: "
+                f"{out['engine_target_only_eager']['tokens_per_s']:.1f} tok/s")
+        try:
+            ours = engine_target_only(lm, ids("target"), args.tokens, runs)
+        except Exception as e:  # (graphs on: keep the eager figure as ours)
+            traceback.print_exc()
+            if not eager_too:
+                raise
+            ours = dict(out["engine_target_only_eager"], error=f"{type(e).__name__}: {e}"[:500])
+        log(f"  B: our engine target-only {ours['tokens_per_s']:.1f} tok/s; graphs: "
+            f"{graph_note(ours.get('graphs'))}")
+        out["engine_target_only"] = ours
+        out["ratio"] = round(ours["tokens_per_s"] / hf["tokens_per_s"], 3)
+        return out
 
     def phase_c():
         from bench.gpu_report import speedup_table

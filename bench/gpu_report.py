@@ -74,8 +74,10 @@ def markdown(res: dict) -> str:
            f"`{m['command']}`  ", f"{m['time']}; torch {m['torch']}, transformers "
            f"{m['transformers']}, {m['dtype']}; prompt {m['prompt_tokens']} tokens; target "
            f"{m['target']} ({m['target_params']/1e9:.2f} B params), draft {m['draft']} "
-           f"({m['draft_params']/1e9:.2f} B params); random weights. Current engine (no CUDA "
-           "graphs): before figures.", "", "## Goals", "", "| goal | value | |", "|---|---|---|"]
+           f"({m['draft_params']/1e9:.2f} B params); random weights. Engines as served: CUDA "
+           "graphs on CUDA (--cuda-graphs 1, the default)" + (
+               "; --cuda-graphs 0 beside them" if m.get("cuda_graphs_compared") else "")
+           + ".", "", "## Goals", "", "| goal | value | |", "|---|---|---|"]
     out += [f"| {g} | {v} | {s} |" for g, v, s in goals(res)]
     a = res.get("A")
     if a and "error" not in a:
@@ -94,11 +96,12 @@ def markdown(res: dict) -> str:
         out.append("draft step (Propose of 4 / 4): " + ", ".join(
             f"{s} session(s) {_num(a['draft']['engine'][s]['draft_step_ms'])} ms"
             for s in a.get("draft", {}).get("engine", {})))
+        out += graphs_section(a)
     b = res.get("B")
     if b and "error" not in b:
         out += ["", "## B. Target-only decoding, 1 session", "", "| system | tokens | s | "
                 "tokens/s |", "|---|---|---|---|"]
-        for name in ("hf_generate", "engine_target_only"):
+        for name in ("hf_generate", "engine_target_only", "engine_target_only_eager"):
             r = b.get(name)
             if r:
                 out.append(f"| {name} | {r['tokens']} | {r['s']} | {r['tokens_per_s']} |")
@@ -137,6 +140,31 @@ def markdown(res: dict) -> str:
     if errors:
         out += ["", "## Errors", ""] + [f"- phase {k}: {v}" for k, v in errors.items()]
     return "\n".join(out) + "\n"
+
+
+def graphs_section(a: dict) -> list[str]:
+    """Phase A with CUDA graphs (the default) and with --cuda-graphs 0, side by side."""
+    roles = [r for r in ("draft", "target") if "engine_eager" in a.get(r, {})]
+    if not roles:
+        return []
+    out = ["", "### CUDA graphs on vs off (--cuda-graphs 0), median ms per pass", "",
+           "| model | op | sessions | graphs | eager | eager / graphs | graphs captured, MiB |",
+           "|---|---|---|---|---|---|---|"]
+    for role in roles:
+        for s, on in a[role]["engine"].items():
+            off = a[role]["engine_eager"].get(s, {})
+            stats = on.get("draft_graphs" if role == "draft" else "target_graphs") or {}
+            note = (f"failed: {stats['failure']}" if stats.get("failure") else
+                    f"{stats.get('captures', 0)}, {stats.get('graph_bytes', 0) / 2**20:.0f}")
+            if on.get("graphs_error"):
+                note = f"error: {on['graphs_error']}"
+            for op in ["draft_step_ms"] + [k for k in on if k.startswith("verify_")]:
+                g = on[op] if op == "draft_step_ms" else on[op]["ms"]
+                e = off.get(op) if op == "draft_step_ms" else off.get(op, {}).get("ms")
+                ratio = f"{e / g:.2f}x" if e and g else "n/a"
+                out.append(f"| {role} | {op.removesuffix('_ms')} | {s} | {_num(g)} | {_num(e)} "
+                           f"| {ratio} | {note} |")
+    return out
 
 
 def where_section(e: dict | None) -> list[str]:

@@ -57,10 +57,17 @@ def _rewind(engine, sids: list[str], length: int):
     return setup
 
 
+def graph_stats(engine) -> dict | None:
+    """The engine's CUDA graph counters (specdec.static_pass), None when it has none."""
+    from dataclasses import asdict
+    return None if engine.static is None else asdict(engine.static.stats)
+
+
 def engine_costs(lm, prompt: list[int], sessions: int, *, warmup: int, repeats: int,
-                 budget_s: float, rows=ROWS) -> dict:
+                 budget_s: float, rows=ROWS, cuda_graphs: bool = True) -> dict:
     """One model through DraftEngine (Propose of 1 and 4 tokens) and TargetEngine (verify
-    passes of `rows` rows), `sessions` sessions per call, each holding `prompt`."""
+    passes of `rows` rows), `sessions` sessions per call, each holding `prompt`.
+    cuda_graphs: the engines' --cuda-graphs (a no-op off CUDA)."""
     from specdec.draft_engine import DraftEngine, ProposeItem
     from specdec.engine import OpenItem
     from specdec.target_engine import TargetEngine, VerifyItem
@@ -69,7 +76,7 @@ def engine_costs(lm, prompt: list[int], sessions: int, *, warmup: int, repeats: 
     sids = [f"s{i}" for i in range(sessions)]
     each = budget_s / (2 + len(rows))
     out: dict = {}
-    draft = DraftEngine(lm, sessions + 1, 1e6, 16, max_cache_mb=0)
+    draft = DraftEngine(lm, sessions + 1, 1e6, 16, max_cache_mb=0, cuda_graphs=cuda_graphs)
     draft.open_many([OpenItem(sid, prompt) for sid in sids])
     for k in (1, 4):
         items = [ProposeItem(sid, pos, None, [], k) for sid in sids]
@@ -77,8 +84,9 @@ def engine_costs(lm, prompt: list[int], sessions: int, *, warmup: int, repeats: 
                     repeats=repeats, budget_s=each, setup=_rewind(draft, sids, pos))
         out[f"propose_{k}"] = r
     out["draft_step_ms"] = round(out["propose_4"]["ms"] / 4, 3)
+    out["draft_graphs"] = graph_stats(draft)
     draft.close_many(sids)  # (free their caches)
-    target = TargetEngine(lm, sessions + 1, 1e6, 16, max_cache_mb=0)
+    target = TargetEngine(lm, sessions + 1, 1e6, 16, max_cache_mb=0, cuda_graphs=cuda_graphs)
     target.open_many([OpenItem(sid, prompt) for sid in sids])
     for n in rows:
         drafts = prompt[:n - 1]  # (accepted or not, the pass is the same)
@@ -86,6 +94,7 @@ def engine_costs(lm, prompt: list[int], sessions: int, *, warmup: int, repeats: 
         out[f"verify_{n}"] = measure(lambda items=items: target.verify(items), dev,
                                      warmup=warmup, repeats=repeats, budget_s=each,
                                      setup=_rewind(target, sids, pos))
+    out["target_graphs"] = graph_stats(target)
     return out
 
 
@@ -111,14 +120,17 @@ def bare_costs(model, prompt: list[int], sessions: int, *, warmup: int, repeats:
     return out
 
 
-def engine_target_only(lm, prompt: list[int], tokens: int, runs: int) -> dict:
+def engine_target_only(lm, prompt: list[int], tokens: int, runs: int,
+                       cuda_graphs: bool = True) -> dict:
     """Target-only greedy decoding through TargetEngine (open + one verify per token, no
-    proposals): what a K=0 round costs the target service. Best of `runs`."""
+    proposals): what a K=0 round costs the target service. Best of `runs`, after a warm-up
+    run: one engine throughout, so its pool and CUDA graphs (captured in the warm-up, which
+    on CUDA is as long as a run) are those of a service that has served such requests."""
     from specdec.target_engine import TargetEngine, VerifyItem
+    engine = TargetEngine(lm, 2, 1e6, 16, max_cache_mb=0, cuda_graphs=cuda_graphs)
     totals = []
     for run in range(runs + 1):  # run 0 warms up
-        engine = TargetEngine(lm, 2, 1e6, 16, max_cache_mb=0)
-        n = tokens if run else min(tokens, 8)
+        n = tokens if run or lm.device.type == "cuda" else min(tokens, 8)
         sync(lm.device)
         start = time.perf_counter()
         sid, pos = engine.open(f"t{run}", prompt)
@@ -128,9 +140,10 @@ def engine_target_only(lm, prompt: list[int], tokens: int, runs: int) -> dict:
         sync(lm.device)
         if run:
             totals.append(time.perf_counter() - start)
+        engine.close(sid)
     best = min(totals)
     return {"tokens": tokens, "s": round(best, 4), "tokens_per_s": round(tokens / best, 2),
-            "runs": len(totals)}
+            "runs": len(totals), "graphs": graph_stats(engine)}
 
 
 @torch.inference_mode()

@@ -103,6 +103,7 @@ class ModelServiceConfig:
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # set: mutual TLS, clients must show a certificate
     omp_wait_policy: str = "auto"  # (specdec.service_main.apply_omp_wait_policy)
+    cuda_graphs: bool = True  # (specdec.static_pass) CUDA only
 
 
 def add_tls_server_options(p: EnvDefaultsParser, what: str) -> None:
@@ -171,6 +172,11 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
                           "propose more often, and worse)")
     p.add_option("--warmup", default=1, type=int, choices=[0, 1],
                  help="run warm-up passes before reporting SERVING")
+    p.add_option("--cuda-graphs", default=1, type=int, choices=[0, 1],
+                 help="on CUDA, decode steps and verify passes of up to 16 sessions x 9 rows "
+                      "replay captured CUDA graphs (padded to fixed shapes; others run "
+                      "eagerly; a failed capture logs a warning and turns them off); 0 = "
+                      "eager always; ignored on CPU")
     add_tls_server_options(p, "the gRPC API")
     p.add_option("--tls-client-ca-file", default="",
                  help="PEM CA: every client (the coordinator) must show a certificate it "
@@ -196,4 +202,5 @@ def model_service_config(args: argparse.Namespace) -> ModelServiceConfig:
         draft_vocab=getattr(args, "draft_vocab", ""),
         tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
         tls_client_ca_file=args.tls_client_ca_file, omp_wait_policy=args.omp_wait_policy,
+        cuda_graphs=bool(args.cuda_graphs),
     )

@@ -36,6 +36,7 @@ class _Run:
     """One item's proposal in progress."""
     item: ProposeItem
     session: Session
+    call: tuple  # (DraftEngine._call: what a retry repeats)
     tokens: list[int] = field(default_factory=list)
     rows: list[torch.Tensor] = field(default_factory=list)
     stopped: bool = False  # ended early by min_confidence
@@ -95,15 +96,16 @@ class DraftEngine(Engine):
         outcomes: list[ProposeOutcome | None] = [None] * len(items)
         runs: list[tuple[int, _Run]] = []
         for i, item in enumerate(items):
+            call = self._call(item)
             try:
-                s, retry = self._prepare(item)
+                s, retry = self._prepare(item, call)
             except SpecdecError as e:
                 outcomes[i] = ProposeOutcome(item.session_id, error=e)
                 continue
             if retry:
                 outcomes[i] = s.last_result
             else:
-                runs.append((i, _Run(item, s)))
+                runs.append((i, _Run(item, s, call)))
         passes = self._guarded([r.session for _, r in runs], lambda: self._run(runs))
         for i, r in runs:
             s = r.session
@@ -111,7 +113,7 @@ class DraftEngine(Engine):
             probs = (tuple(s.draft_rows[torch.arange(len(r.tokens)),
                                         torch.tensor(r.tokens)].tolist()) if r.rows else ())
             s.last_result = ProposeOutcome(s.id, tuple(r.tokens), len(s.tokens), probs)
-            s.last_call = self._call(r.item)
+            s.last_call = r.call
             outcomes[i] = s.last_result
         return outcomes, passes
 
@@ -120,8 +122,8 @@ class DraftEngine(Engine):
         return ("propose", item.position, item.truncate_to, tuple(item.append_token_ids),
                 item.num_tokens)
 
-    def _prepare(self, item: ProposeItem) -> tuple[Session, bool]:
-        s, retry = self._session_at(item.session_id, item.position, self._call(item))
+    def _prepare(self, item: ProposeItem, call: tuple) -> tuple[Session, bool]:
+        s, retry = self._session_at(item.session_id, item.position, call)
         if retry:
             return s, True
         k, position = item.num_tokens, item.position
@@ -148,19 +150,23 @@ class DraftEngine(Engine):
             if not looked_up and self.proposer.uses_model:
                 active.append(r)
         while active:
-            logits = self._forward([r.session for r in active], [1] * len(active))
-            passes += 1
-            for r, row in zip(active, logits, strict=True):                  # row: [1, V]
+            logits = self._forward_rows([r.session for r in active], [1] * len(active))
+            passes += 1                                                      # logits [B, V]
+            greedy = logits.argmax(-1).tolist()  # one reduction for every greedy row
+            unsure = ((torch.softmax(logits, dim=-1).amax(-1) < self.min_confidence).tolist()
+                      if self.min_confidence > 0 else None)
+            for i, r in enumerate(active):
                 s = r.session
-                q = None if s.generator is None else warp(row, s.sampling)[0]  # [V]
-                if r.tokens and self._unsure(row[-1] if q is None else q, q is None):
+                q = None if s.generator is None else warp(logits[i:i + 1], s.sampling)[0]
+                if r.tokens and (self._unsure(q, False) if q is not None
+                                 else unsure is not None and unsure[i]):
                     # Decided from q alone, before drawing: the proposals kept are still
                     # draws from q, so the target's ratio rule stays exact.
                     r.stopped = True
                     self.early_stops += 1
                     continue
                 if q is None:
-                    token = self._token(int(row[-1].argmax()))
+                    token = self._token(greedy[i])
                 else:
                     token = self._token(sample(q, s.generator))
                     r.rows.append(self._widen(q))

@@ -7,6 +7,7 @@ engine on one worker thread. They raise specdec.errors on bad input and never im
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from .kv_cache import ATTENTION, KVPool, PassCache
 from .models import LoadedModel
 from .sampling import GREEDY, SamplingParams, generator_for
 from .sessions import Session, SessionStore
+from .static_pass import Buckets, StaticPasses
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +47,22 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     return 2 * text.num_hidden_layers * heads * head_dim * torch.finfo(dtype).bits // 8
 
 
+def mask_mapping_types(model) -> tuple[str, ...] | None:
+    """The layer types when the model takes its attention masks ready-made, one per layer
+    type (transformers' `causal_mask_mapping`: passing it skips create_causal_mask on every
+    pass), and every layer attends fully (no sliding window our masks would have to add);
+    None otherwise (the mask goes through create_causal_mask, which returns ours as is)."""
+    try:
+        text = model.config.get_text_config()
+        types = tuple(getattr(text, "layer_types", None) or ())
+        source = inspect.getsource(type(model.base_model).forward)
+    except (AttributeError, OSError, TypeError):
+        return None
+    if not types or set(types) != {"full_attention"}:
+        return None
+    return ("full_attention",) if "causal_mask_mapping := attention_mask, dict" in source else None
+
+
 class Engine:
     """Sessions and their caches on one model; the operations both services share."""
 
@@ -52,10 +70,13 @@ class Engine:
     runs_model = True  # False: sessions are never fed to the model (prompt lookup alone)
 
     def __init__(self, lm: LoadedModel, max_sessions: int, session_ttl_s: float,
-                 max_proposal_tokens: int, max_batch_items: int = 64, max_cache_mb: float = 0):
+                 max_proposal_tokens: int, max_batch_items: int = 64, max_cache_mb: float = 0,
+                 cuda_graphs: bool = True):
         """max_cache_mb: bound on the KV cache memory (0 = none): the sessions' reservations
         (each its max_tokens, or the model's context) and the pool's slots, one per session
-        as long as the longest reservation (specdec.kv_cache)."""
+        as long as the longest reservation (specdec.kv_cache). cuda_graphs: on a CUDA
+        device, decode and verify passes replay captured CUDA graphs (specdec.static_pass;
+        --cuda-graphs); ignored elsewhere."""
         self.lm = lm
         self.kv_bytes_per_token = kv_bytes_per_token(lm.model.config, lm.model.dtype)
         budget = int(max_cache_mb * 2**20 // self.kv_bytes_per_token) if max_cache_mb else None
@@ -64,8 +85,29 @@ class Engine:
         self.pool = KVPool(lm.model.config, lm.model.dtype, lm.device, max_sessions,
                            lm.max_context_length, budget)
         lm.model.set_attn_implementation(ATTENTION)  # sdpa, serving the pool's masks
+        self.mask_types = mask_mapping_types(lm.model)
         self.max_proposal_tokens = max_proposal_tokens
         self.max_batch_items = max_batch_items
+        self.static: StaticPasses | None = None  # padded passes (CUDA graphs), or None
+        self.set_cuda_graphs(cuda_graphs)
+
+    def set_cuda_graphs(self, on: bool) -> None:
+        """--cuda-graphs: replay captured graphs on CUDA; a no-op elsewhere."""
+        if on and self.lm.device.type == "cuda":
+            self.use_static_passes(graphs=True)
+        else:
+            self.static = None
+            self.pool.set_spare(0)  # (no scratch slot without padded passes)
+
+    def use_static_passes(self, graphs: bool, buckets: Buckets | None = None,
+                          backend=None) -> None:
+        """Run passes that fit the buckets padded to them (specdec.static_pass); graphs:
+        replay them from CUDA graphs (CUDA only, or through `backend`), else run them
+        eagerly (on a CPU: the tests' check that padding changes nothing)."""
+        self.static = StaticPasses(self.lm.model, self.pool,
+                                   buckets or Buckets.for_proposals(self.max_proposal_tokens),
+                                   graphs=graphs, max_position=self.lm.max_context_length,
+                                   backend=backend)
 
     @property
     def reserved_bytes(self) -> int:
@@ -102,51 +144,90 @@ class Engine:
         """Feed the pending tokens; return the logits of the last `last` positions [last, V]."""
         return self._forward([s], [last])[0]
 
-    @torch.inference_mode()
     def _forward(self, sessions: list[Session], lasts: list[int]) -> list[torch.Tensor]:
+        """Per session, the float32 logits of its last lasts[i] positions [lasts[i], V]
+        (see _forward_rows)."""
+        return list(self._forward_rows(sessions, lasts).split(lasts))
+
+    @torch.inference_mode()
+    def _forward_rows(self, sessions: list[Session], lasts: list[int]) -> torch.Tensor:
         """Feed every session's pending tokens in ONE forward pass.
 
-        Returns, per session, the float32 logits of its last lasts[i] positions [lasts[i], V].
-        Row i of the batch is session i's slot in the pool (specdec.kv_cache): its pending
-        tokens padded on the right to the longest row, written at its own positions, attending
-        to its own cached length. At least lasts[i] tokens are fed (cached ones again if
-        fewer are pending), so the rows asked for always come out of this pass.
+        Returns the float32 logits of each session's last lasts[i] positions, session after
+        session [sum(lasts), V]. Row i of the batch is session i's slot in the pool
+        (specdec.kv_cache): its pending tokens padded on the right to the longest row,
+        written at its own positions, attending to its own cached length. At least lasts[i]
+        tokens are fed (cached ones again if fewer are pending), so the rows asked for
+        always come out of this pass. Passes that fit the static-shape buckets run padded
+        to them (specdec.static_pass: CUDA graphs), the others eagerly.
         """
+        past = []
         for s, last in zip(sessions, lasts, strict=True):
             s.cache_len = min(s.cache_len, len(s.tokens) - last)
-        order = sorted(range(len(sessions)), key=lambda i: sessions[i].cache.index)
-        sessions = [sessions[i] for i in order]  # adjacent slots: the pass reads a view
-        lasts = [lasts[i] for i in order]
+            past.append(s.cache_len)
         self.pool.ensure([s.cache for s in sessions], max(len(s.tokens) for s in sessions))
-        past = [s.cache_len for s in sessions]                            # B
-        fed = [len(s.tokens) - s.cache_len for s in sessions]             # B
-        b, n_max, dev = len(sessions), max(fed), self.lm.device
-        ids = torch.tensor([s.tokens[s.cache_len:] + [0] * (n_max - f)
-                            for s, f in zip(sessions, fed, strict=True)])  # [B, N]
-        positions = torch.tensor([range(p, p + n_max) for p in past])      # [B, N]
-        cache = PassCache(self.pool, [s.cache.index for s in sessions], past, fed)
-        if n_max == 1 and len(set(past)) == 1:
+        slots = [s.cache.index for s in sessions]
+        feed = [s.tokens[p:] for s, p in zip(sessions, past, strict=True)]
+        out = None if self.static is None else self.static.run(slots, past, feed, lasts)
+        if out is None:
+            out = self._eager_pass(slots, past, feed, lasts)
+        for s in sessions:
+            s.cache_len = len(s.tokens)
+        return out
+
+    def _eager_pass(self, slots: list[int], past: list[int], feed: list[list[int]],
+                    lasts: list[int]) -> torch.Tensor:
+        b, dev = len(slots), self.lm.device
+        order = sorted(range(b), key=slots.__getitem__)
+        permuted = order != list(range(b))
+        if permuted:  # adjacent slots in order: the pass reads a view of the pool
+            slots, past, feed = ([x[i] for i in order] for x in (slots, past, feed))
+            lasts_in = lasts
+            lasts = [lasts[i] for i in order]
+        fed = [len(f) for f in feed]
+        n_max = max(fed)
+        if n_max == 1:  # a decode step: ids, positions and write indices in one tensor
+            cap = self.pool.capacity
+            flat = torch.tensor([f[0] for f in feed] + past
+                                + [s * cap + p for s, p in zip(slots, past, strict=True)],
+                                device=dev)
+            ids, positions = flat[:b].view(b, 1), flat[b:2 * b].view(b, 1)         # [B, 1]
+            adjacent = slots[-1] - slots[0] == b - 1  # (sorted, distinct)
+            read = (slice(slots[0], slots[0] + b) if adjacent
+                    else torch.tensor(slots, device=dev))
+            cache = PassCache(self.pool, flat[2 * b:], None, read, max(past) + 1)
+        else:
+            ids = torch.tensor([f + [0] * (n_max - len(f)) for f in feed], device=dev)
+            positions = (torch.tensor(past, device=dev)[:, None]
+                         + torch.arange(n_max, device=dev))                        # [B, N]
+            cache = PassCache.for_rows(self.pool, slots, past, fed)
+        if n_max == 1 and min(past) == max(past):
             mask = None  # one token per row, every row as long: nothing to hide
         else:  # row i, token t attends to its columns 0..past[i] + t
-            mask = (torch.arange(cache.length)[None, None, :] <= positions[:, :, None])[:, None]
-            mask = mask.to(dev)                                            # [B, 1, N, L]
+            columns = torch.arange(cache.length, device=dev)
+            mask = (columns[None, None, :] <= positions[:, :, None])[:, None]    # [B, 1, N, L]
+        if self.mask_types is not None:
+            mask = dict.fromkeys(self.mask_types, mask)
         # only the rows asked for go through the output head (a prefill or a catch-up of
         # many tokens would otherwise compute [B, N, V] logits)
-        if len(set(fed)) == 1 and len(set(lasts)) == 1:
+        if min(fed) == n_max and min(lasts) == max(lasts):
             keep = lasts[0]  # the same last rows of every row
         else:
             keep = torch.tensor([[f - last <= t < f for t in range(n_max)]
-                                 for f, last in zip(fed, lasts, strict=True)]).to(dev)
-        out = self.lm.model(input_ids=ids.to(dev), attention_mask=mask,
-                            position_ids=positions.to(dev), past_key_values=cache,
-                            use_cache=True, logits_to_keep=keep)
+                                 for f, last in zip(fed, lasts, strict=True)], device=dev)
+        out = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True, logits_to_keep=keep)
         logits = out.logits if out.logits.dim() == 2 else out.logits.flatten(0, 1)
-        rows_out = logits.split(lasts)                           # logits: [sum(lasts), V]
-        results: list[torch.Tensor] = [None] * b  # type: ignore[list-item]
-        for i, s in enumerate(sessions):
-            s.cache_len = len(s.tokens)
-            results[order[i]] = rows_out[i].float()
-        return results
+        logits = logits.float()                                  # [sum(lasts), V]
+        if permuted:  # back to the callers' order, session after session
+            starts = [0] * b
+            at = 0
+            for j, i in enumerate(order):
+                starts[i] = at
+                at += lasts[j]
+            back = [r for i in range(b) for r in range(starts[i], starts[i] + lasts_in[i])]
+            logits = logits.index_select(0, torch.tensor(back, device=logits.device))
+        return logits
 
     def _crop(self, s: Session, length: int) -> None:
         """Keep the first `length` tokens' cache entries (moves a length; copies nothing)."""

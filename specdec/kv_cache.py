@@ -8,7 +8,11 @@ the pool through a PassCache (transformers' Cache interface): each row writes it
 keys/values at its own positions of its own slot, and attention reads the rows' slots up to
 the longest row (a view when the rows' slots are adjacent, one gather of just those slots
 otherwise), masked per row by its length. The pool grows by reallocating
-(doubling, so the copies are amortized) and packs the live slots to the front when it does.
+(doubling, so the copies are amortized) and packs the live slots to the front when it does;
+`generation` counts reallocations (whatever holds the tensors' addresses, such as captured
+CUDA graphs, is stale once it changes). With `spare` = 1 the tensors hold one more slot past
+the last, a scratch slot no session owns: the static-shape pass (specdec.static_pass) points
+its padding rows and tokens there.
 
 The attention function registered here ("specdec_slots", transformers' sdpa otherwise)
 serves grouped-query models without repeating keys and values per query head: the query
@@ -55,6 +59,16 @@ class KVPool:
         self.values: list[torch.Tensor] = []  # per layer [S, C, H, D]
         self.slots, self.capacity = 0, 0
         self.live: list[Slot] = []
+        self.spare = 0  # scratch slots after the last (index self.slots)
+        self.generation = 0  # reallocations so far
+
+    def set_spare(self, spare: int) -> None:
+        """Keep `spare` scratch slots after the last slot (reallocates a pool that has
+        storage already)."""
+        if spare != self.spare:
+            self.spare = spare
+            if self.keys:
+                self._reallocate(self.slots, self.capacity)
 
     @property
     def allocated_bytes(self) -> int:
@@ -94,7 +108,7 @@ class KVPool:
         self._reallocate(max(new_slots, need_slots), new_len)
 
     def _reallocate(self, slots: int, capacity: int) -> None:
-        shape = (slots, capacity, self.kv_heads, self.head_dim)
+        shape = (slots + self.spare, capacity, self.kv_heads, self.head_dim)
         keys = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                 for _ in range(self.layers)]
         values = [torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -110,43 +124,60 @@ class KVPool:
         for new_index, s in enumerate(order):
             s.index = new_index
         self.keys, self.values, self.slots, self.capacity = keys, values, slots, capacity
+        self.generation += 1
 
 
 class PassCache(Cache):
-    """One forward pass's view of the pool. Row b of the batch is slot slots[b]; it holds
-    past[b] cached tokens and feeds fed[b] tokens (padded on the right to the longest row)
-    at positions past[b] + 0, 1, ...; pads are not written."""
+    """One forward pass's view of the pool: row b of the batch reads slot read[b] (a slice
+    of slots, or an index tensor [B]) up to `length` columns; the pass's new keys/values
+    [B * N] rows (or those `src` selects) are written at the flat [slots * capacity]
+    indices `dst` of the pool. Built from per-row lists by `for_rows`, or from a static
+    pass's fixed buffers (specdec.static_pass), so nothing here depends on the values."""
 
-    def __init__(self, pool: KVPool, slots: list[int], past: list[int], fed: list[int]):
+    def __init__(self, pool: KVPool, dst: torch.Tensor, src: torch.Tensor | None,
+                 read: slice | torch.Tensor, length: int):
         super().__init__(layers=[])
-        self.pool = pool
-        self.length = max(p + f for p, f in zip(past, fed, strict=True))
-        n_max, cap, dev = max(fed), pool.capacity, pool.device
+        self.pool, self.dst, self.src, self.read, self.length = pool, dst, src, read, length
+
+    @classmethod
+    def for_rows(cls, pool: KVPool, slots: list[int], past: list[int],
+                 fed: list[int]) -> PassCache:
+        """Row b is slot slots[b]; it holds past[b] cached tokens and feeds fed[b] tokens
+        (padded on the right to the longest row) at positions past[b] + 0, 1, ...; pads
+        are not written."""
+        n_max, cap, dev, b = max(fed), pool.capacity, pool.device, len(slots)
+        length = max(p + f for p, f in zip(past, fed, strict=True))
         # flat [B * N] index of each fed token in the pass, and [S * C] index in the pool
-        src = [b * n_max + t for b, f in enumerate(fed) for t in range(f)]
-        dst = [s * cap + p + t for s, p, f in zip(slots, past, fed, strict=True)
-               for t in range(f)]
-        self.src = None if len(src) == len(slots) * n_max else torch.tensor(src, device=dev)
-        self.dst = torch.tensor(dst, device=dev)
+        if n_max == 1:  # a decode step: one token per row, nothing to select
+            src = None
+            dst = torch.tensor([s * cap + p for s, p in zip(slots, past, strict=True)],
+                               device=dev)
+        else:
+            src_l = [i * n_max + t for i, f in enumerate(fed) for t in range(f)]
+            src = None if len(src_l) == b * n_max else torch.tensor(src_l, device=dev)
+            dst = torch.tensor([s * cap + p + t for s, p, f in zip(slots, past, fed, strict=True)
+                                for t in range(f)], device=dev)
         first = slots[0]
-        adjacent = slots == list(range(first, first + len(slots)))
-        self.read = (slice(first, first + len(slots)) if adjacent
-                     else torch.tensor(slots, device=dev))
+        adjacent = slots == list(range(first, first + b))
+        read = slice(first, first + b) if adjacent else torch.tensor(slots, device=dev)
+        return cls(pool, dst, src, read, length)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
                *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """key_states / value_states: [B, H, N, D]. Returns the rows' keys and values
         [B, H, length, D]."""
         out = []
+        read, length = self.read, self.length
         for store, new in ((self.pool.keys[layer_idx], key_states),
                            (self.pool.values[layer_idx], value_states)):
             rows = new.transpose(1, 2).reshape(-1, *store.shape[2:])     # [B*N, H, D]
             if self.src is not None:
                 rows = rows.index_select(0, self.src)                      # [M, H, D]
-            store.view(-1, *store.shape[2:]).index_copy_(0, self.dst, rows.to(store.dtype))
-            window = store[:, :self.length]                                 # [S, L, H, D]
-            window = (window[self.read] if isinstance(self.read, slice)
-                      else window.index_select(0, self.read))
+            if rows.dtype != store.dtype:
+                rows = rows.to(store.dtype)
+            store.view(-1, *store.shape[2:]).index_copy_(0, self.dst, rows)
+            window = (store[read, :length] if isinstance(read, slice)      # [B, L, H, D]
+                      else store[:, :length].index_select(0, read))
             out.append(window.transpose(1, 2))                              # [B, H, L, D]
         return out[0], out[1]
 

@@ -38,7 +38,8 @@ def result(tmp_path_factory):
 def _run(out):
     assert gpu.main(["--device", "cpu", "--out", str(out), "--tokens", str(TOKENS),
                      "--prompt-tokens", "16", "--repeats", "3", "--warmup", "1",
-                     "--sessions", "1,2", "--e2e-ks", "0,2,4", "--threads", "1"]) == 0
+                     "--sessions", "1,2", "--e2e-ks", "0,2,4", "--threads", "1",
+                     "--eager-too", "1"]) == 0
     yield json.loads((out / "bench-gpu.json").read_text()), (out / "bench-gpu.md").read_text()
 
 
@@ -60,6 +61,20 @@ def test_phase_a_times_are_positive(result):
             for rows in (1, 2, 3, 5, 9):
                 assert eng[f"verify_{rows}"]["ms"] > 0 and eng[f"verify_{rows}"]["n"] >= 3
                 assert bare[f"forward_{rows}"]["ms"] > 0
+
+
+def test_graphs_on_and_off_side_by_side(result):
+    """--eager-too 1 (the default on CUDA): each engine figure also with --cuda-graphs 0,
+    in a table of its own (on a CPU the flag changes nothing: no graphs, stats None)."""
+    res, md = result
+    assert res["meta"]["cuda_graphs_compared"] is True
+    for role in ("draft", "target"):
+        for sessions in ("1", "2"):
+            on, off = res["A"][role]["engine"][sessions], res["A"][role]["engine_eager"][sessions]
+            assert off["draft_step_ms"] > 0 and off["verify_9"]["ms"] > 0
+            assert on["target_graphs"] is None and "graphs_error" not in on
+    assert res["B"]["engine_target_only_eager"]["tokens_per_s"] > 0
+    assert "### CUDA graphs on vs off" in md and "| target | verify_9 | 2 |" in md
 
 
 def test_phase_b_target_only(result):

@@ -153,6 +153,7 @@ async def start_model_service(cfg: ModelServiceConfig, servicer: ModelServicer,
         lm = await servicer.worker.run(load_model, cfg.model, cfg.dtype, cfg.device,
                                        cfg.cache_dir, cfg.quantization, cfg.draft_vocab)
     engine = build_engine(lm)
+    engine.set_cuda_graphs(cfg.cuda_graphs)  # (captured in warm-up and on first use)
     if cfg.warmup:
         await servicer.worker.run(engine.warmup)
     servicer.attach(engine)
