@@ -190,7 +190,8 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
             log.info("no bf16 matrix kernels on this CPU: passes of many rows (prefills) "
                      "multiply fp16 copies of the weights in float32 (fbgemm)", model=spec,
                      layers=dense)
-        max_rows = calibrate(model)
+        max_rows = calibrate(model, cache_file=None if cache is None
+                             else cache.with_suffix(".calibration.json"))
         log.info("quantized", model=spec, scheme=quantization, cache=str(cache),
                  low_bit_max_rows=max_rows, **counts)
     if slow_bf16:

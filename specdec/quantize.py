@@ -28,6 +28,9 @@ them instead.
 from __future__ import annotations
 
 import functools
+import json
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -170,14 +173,53 @@ def fastest_pass(calls: list, repeats: int = 2) -> float:
     return best
 
 
-def calibrate(model: nn.Module, repeats: int = 2) -> int:
+def _calibration_key(layers: list) -> str:
+    """What a calibration result depends on: this machine's CPU and threads, torch, and the
+    layers' shapes, dtypes and dense paths."""
+    cpu = platform.processor()
+    try:
+        cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return json.dumps([platform.machine(), cpu, os.cpu_count(), torch.get_num_threads(),
+                       torch.__version__, CALIBRATION_ROWS, SMALL_ROWS,
+                       [(m.in_features, m.out_features, str(m.dtype), type(m).__name__,
+                         type(m.dense).__name__) for m in layers]])
+
+
+def calibrate(model: nn.Module, repeats: int = 2, cache_file: Path | None = None) -> int:
     """Set every low-bit layer's max_rows to the largest of CALIBRATION_ROWS (at least
     SMALL_ROWS) at which its low-bit kernels, summed over the model's layers, still beat the
     dense product on this machine; returns it. Both paths compute the same model, so this
-    changes speed only."""
+    changes speed only. With cache_file (a JSON file), reuse the result saved there for the
+    same machine, torch and layers (_calibration_key), else measure and save it."""
     layers = [m for m in model.modules() if isinstance(m, _LowBit)]
     if not layers:
         return SMALL_ROWS
+    key = _calibration_key(layers)
+    if cache_file is not None and cache_file.exists():
+        try:
+            saved = json.loads(cache_file.read_text())
+            if saved["key"] == key:
+                for layer in layers:
+                    layer.max_rows = int(saved["max_rows"])
+                return int(saved["max_rows"])
+        except Exception as e:  # a torn or foreign file: measure again and rewrite it
+            log.warning("ignoring an unreadable calibration cache", path=str(cache_file),
+                        error=str(e))
+    limit = _measure_max_rows(layers, repeats)
+    for layer in layers:
+        layer.max_rows = limit
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(".partial")
+        partial.write_text(json.dumps({"key": key, "max_rows": limit}))
+        partial.replace(cache_file)  # atomic
+    return limit
+
+
+def _measure_max_rows(layers: list, repeats: int) -> int:
     dtype = layers[0].dtype
 
     def seconds(path, rows: int) -> float:
@@ -191,8 +233,6 @@ def calibrate(model: nn.Module, repeats: int = 2) -> int:
                 lambda layer, x: layer.dense(x), rows):
             break
         limit = max(limit, rows)
-    for layer in layers:
-        layer.max_rows = limit
     return limit
 
 

@@ -2,6 +2,8 @@
 dequantized weights, and quantized models through the real loading path. End-to-end
 exactness with quantized drafts is in test_exactness.py."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -122,9 +124,9 @@ def test_quantized_layers_are_cached_and_restored_identically(model_dirs, tmp_pa
     second loads them instead, with the same buffers and the same logits."""
     cache = str(tmp_path)
     first = load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", cache, scheme)
-    (cached,) = (tmp_path / "quantized").iterdir()
+    (cached,) = (tmp_path / "quantized").glob("*.pt")
     second = load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", cache, scheme)
-    assert list((tmp_path / "quantized").iterdir()) == [cached]  # read, not rewritten
+    assert list((tmp_path / "quantized").glob("*.pt")) == [cached]  # read, not rewritten
     a, b = dict(first.model.named_buffers()), dict(second.model.named_buffers())
     assert a.keys() == b.keys() and any("qweight" in name for name in a)
     assert all(torch.equal(a[name], b[name]) for name in a)
@@ -135,17 +137,42 @@ def test_quantized_layers_are_cached_and_restored_identically(model_dirs, tmp_pa
     other = load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", cache,
                        "int8" if scheme == "int4" else "int4")
     assert other.quantization != first.quantization
-    assert len(list((tmp_path / "quantized").iterdir())) == 2  # a key per scheme
+    assert len(list((tmp_path / "quantized").glob("*.pt"))) == 2  # a key per scheme
 
 
 def test_an_unreadable_cache_is_quantized_again(model_dirs, tmp_path):
     cache = str(tmp_path)
     load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", cache, "int8")
-    (cached,) = (tmp_path / "quantized").iterdir()
+    (cached,) = (tmp_path / "quantized").glob("*.pt")
     cached.write_bytes(b"torn")
     lm = load_model(str(model_dirs["draft_perturbed"]), "float32", "cpu", cache, "int8")
     assert any(isinstance(m, Int8Linear) for m in lm.model.modules())
     assert torch.load(cached, weights_only=True)  # rewritten whole
+
+
+def test_a_second_int4_load_reuses_the_cached_layers_and_calibration(model_dirs, tmp_path,
+                                                                     monkeypatch):
+    import specdec.quantize as quantize_module
+    path, cache = str(model_dirs["draft_perturbed"]), str(tmp_path / "cache")
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    uncached = load_model(path, "float32", "cpu", str(tmp_path / "other"), "int4")
+    first = load_model(path, "float32", "cpu", cache, "int4")
+    (calibration,) = (tmp_path / "cache" / "quantized").glob("*.calibration.json")
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("calibrated again despite a cached result")
+
+    monkeypatch.setattr(quantize_module, "_measure_max_rows", no_measuring)
+    second = load_model(path, "float32", "cpu", cache, "int4")
+    with torch.inference_mode():
+        logits = [lm.model(ids).logits for lm in (uncached, first, second)]
+    assert torch.equal(logits[1], logits[2]) and torch.equal(logits[0], logits[1])
+    limits = {m.max_rows for m in second.model.modules() if isinstance(m, Int4Linear)}
+    assert limits == {json.loads(calibration.read_text())["max_rows"]}
+    calibration.write_text("torn")  # an unreadable calibration is measured again
+    monkeypatch.undo()
+    load_model(path, "float32", "cpu", cache, "int4")
+    assert json.loads(calibration.read_text())["max_rows"] in (SMALL_ROWS, *CALIBRATION_ROWS)
 
 
 def test_calibration_sets_one_row_limit_and_changes_speed_only():
