@@ -30,8 +30,10 @@ Rules:
   passes on a side stream, then torch.cuda.graph into one memory pool shared by all the
   engine's graphs, which replay one at a time and leave their result in the shared output
   buffer, copied out before the next pass). At most Buckets.max_graphs are kept (least
-  recently used dropped). Any exception while capturing or replaying logs a warning, drops
-  the graphs and turns them off for good: that pass and every later one run eagerly.
+  recently used dropped). A graph's first two replays are checked against the eager pass
+  on the same inputs (same greedy tokens, logits within rounding). Any exception while capturing
+  or replaying, or a failed check, logs a warning, drops the graphs and turns them off for
+  good: that pass and every later one run eagerly.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ import torch
 from .kv_cache import KVPool, PassCache
 
 log = structlog.get_logger(__name__)
+
+
+# a graph's first replays are checked against the eager pass: the first has the inputs it
+# was captured on, the second new ones (a value baked in at capture shows there)
+CHECKED_REPLAYS = 2
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class _Entry:
     graph: object = None  # replays the captured pass (CudaGraphs.capture)
     uses: int = 0
     failed: bool = False
+    checks: int = 0  # replays still to check against the eager pass
 
     @property
     def ids(self) -> torch.Tensor:
@@ -167,9 +175,14 @@ class StaticPasses:
             entry, rows = self._prepare(fit, slots, past, feed, lasts)
             if entry.graph is None:
                 self._capture(entry)
+                entry.checks = CHECKED_REPLAYS
             entry.graph()
             self.stats.replays += 1
-            return self._out.index_select(0, rows)
+            out = self._out.index_select(0, rows)
+            if entry.checks:
+                entry.checks -= 1
+                self._check_replay(entry, rows, out)
+            return out
         except Exception as e:
             self._give_up(e)
             return None
@@ -253,6 +266,18 @@ class StaticPasses:
                  layout="direct" if e.direct else "gather", graphs=len(self.entries),
                  grew_bytes=grew, graph_bytes=self.stats.graph_bytes,
                  out_bytes=self.stats.out_bytes)
+
+    def _check_replay(self, e: _Entry, rows: torch.Tensor, replayed: torch.Tensor) -> None:
+        """A graph's first replays must give the eager pass's logits on the same inputs (the
+        eager pass writes the same keys and values again): a graph that read stale inputs
+        would otherwise give wrong tokens silently. A mismatch turns graphs off (run)."""
+        n = e.sessions * e.rows
+        eager = self._forward(e).view(n, -1).index_select(0, rows).float()
+        if not torch.equal(replayed.argmax(-1), eager.argmax(-1)) or not torch.allclose(
+                replayed, eager, rtol=0.0, atol=0.05 * (1.0 + eager.abs().max().item())):
+            diff = (replayed - eager).abs().max().item()
+            raise RuntimeError(f"a replayed cuda graph differs from the eager pass "
+                               f"(bucket {e.sessions}x{e.rows}@{e.window}, max |diff| {diff:.3g})")
 
     def _give_up(self, error: Exception) -> None:
         self.graphs = False

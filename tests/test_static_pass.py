@@ -127,8 +127,10 @@ class EagerGraphs:
     reads the same fixed buffers a CUDA graph's kernels would; it checks that the pool's
     tensors a graph would hold are still the ones it was captured on."""
 
-    def __init__(self, pool, fail: bool = False):
-        self.pool, self.fail, self.captured, self.resets = pool, fail, 0, 0
+    def __init__(self, pool, fail: bool = False, stale: bool = False):
+        """fail: capture raises; stale: replay skips its kernels (as a graph that read
+        inputs captured once would leave an old result behind)."""
+        self.pool, self.fail, self.stale, self.captured, self.resets = pool, fail, stale, 0, 0
 
     def capture(self, fn):
         if self.fail:
@@ -141,7 +143,8 @@ class EagerGraphs:
         def replay():
             assert [t.data_ptr() for t in self.pool.keys + self.pool.values] == ptrs, \
                 "a graph replayed on a reallocated pool"
-            fn()
+            if not self.stale:
+                fn()
         return replay, 1000
 
     def reset(self):
@@ -191,6 +194,24 @@ def test_failed_capture_falls_back_to_eager_for_good(lms, prompts, reference):
     assert not target.static.graphs and target.static.backend is None
     assert "stream is capturing" in target.static.stats.failure
     assert target.static.stats.replays == target.static.stats.static_eager == 0
+
+
+def test_a_replay_that_differs_from_eager_turns_graphs_off(lms, prompts, reference):
+    """A graph whose replay leaves a stale result (here: it runs nothing) fails the check of
+    its first replay against the eager pass: graphs go off, the outputs stay exact."""
+    target = TargetEngine(lms["target"], 4, 60, 8)
+    target.use_static_passes(graphs=True, buckets=BUCKETS,
+                             backend=EagerGraphs(target.pool, stale=True))
+    sid, pos = target.open("s", prompts[0])
+    out = []
+    for _ in range(6):
+        (o,), _, _ = target.verify([VerifyItem(sid, pos, [])])
+        assert o.error is None
+        out.append(o.next_token_id)
+        pos = o.position
+    assert out == reference[0][:6]
+    assert not target.static.graphs
+    assert "differs from the eager pass" in target.static.stats.failure
 
 
 def test_cuda_graphs_flag_is_a_no_op_on_cpu(lms):
