@@ -177,20 +177,25 @@ def test_graph_replays_equal_normal_path(lms, prompts, reference):
         assert s.stats.graph_bytes == 1000 * len([e for e in s.entries.values() if e.graph])
 
 
+def target_only_steps(target, prompt, n: int) -> list[int]:
+    """n verify calls without proposals (target-only decoding); the tokens they give."""
+    sid, pos = target.open("s", prompt)
+    out = []
+    for _ in range(n):
+        (o,), _, _ = target.verify([VerifyItem(sid, pos, [])])
+        assert o.error is None
+        out.append(o.next_token_id)
+        pos = o.position
+    return out
+
+
 def test_failed_capture_falls_back_to_eager_for_good(lms, prompts, reference):
     """A capture that raises (as a CUDA graph capture can) turns graphs off: that pass and
     every later one run on the eager path, and the outputs stay exact."""
     target = TargetEngine(lms["target"], 4, 60, 8)
     backend = EagerGraphs(target.pool, fail=True)
     target.use_static_passes(graphs=True, buckets=BUCKETS, backend=backend)
-    sid, pos = target.open("s", prompts[0])
-    out = []
-    for _ in range(6):
-        (o,), _, _ = target.verify([VerifyItem(sid, pos, [])])
-        assert o.error is None
-        out.append(o.next_token_id)
-        pos = o.position
-    assert out == reference[0][:6]
+    assert target_only_steps(target, prompts[0], 6) == reference[0][:6]
     assert not target.static.graphs and target.static.backend is None
     assert "stream is capturing" in target.static.stats.failure
     assert target.static.stats.replays == target.static.stats.static_eager == 0
@@ -202,14 +207,7 @@ def test_a_replay_that_differs_from_eager_turns_graphs_off(lms, prompts, referen
     target = TargetEngine(lms["target"], 4, 60, 8)
     target.use_static_passes(graphs=True, buckets=BUCKETS,
                              backend=EagerGraphs(target.pool, stale=True))
-    sid, pos = target.open("s", prompts[0])
-    out = []
-    for _ in range(6):
-        (o,), _, _ = target.verify([VerifyItem(sid, pos, [])])
-        assert o.error is None
-        out.append(o.next_token_id)
-        pos = o.position
-    assert out == reference[0][:6]
+    assert target_only_steps(target, prompts[0], 6) == reference[0][:6]
     assert not target.static.graphs
     assert "differs from the eager pass" in target.static.stats.failure
 
