@@ -79,9 +79,13 @@ class _LowBit(nn.Module):
         raise NotImplementedError
 
     def packed(self) -> dict:
-        """What restore() needs to rebuild this layer without quantizing again."""
+        """What restore() needs to rebuild this layer without quantizing again; int4 adds
+        its 4-bit codes (two per byte), which the packed kernel layout cannot give back,
+        so that a restore rebuilds the dense weights without quantizing them again."""
+        extra = {} if getattr(self, "codes", None) is None else {"codes": self.codes}
         return {"kind": type(self).__name__, "group_size": getattr(self, "group_size", 0),
-                **{name: buf for name, buf in self.named_buffers() if "." not in name}}
+                **{name: buf for name, buf in self.named_buffers() if "." not in name},
+                **extra}
 
     @staticmethod
     def restore(linear: nn.Linear, packed: dict) -> _LowBit:
@@ -89,11 +93,19 @@ class _LowBit(nn.Module):
         layer = cls.__new__(cls)
         _LowBit.__init__(layer, linear)
         for name, value in packed.items():
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and name != "codes":
                 layer.register_buffer(name, value)
         if packed["group_size"]:
             layer.group_size = packed["group_size"]
-        layer._use_dequantized(layer.dequantized(linear.weight))
+        codes = packed.get("codes")
+        if codes is not None:
+            layer._use_dequantized(layer._from_codes(unpack_codes(codes), linear.weight.dtype))
+        elif isinstance(layer, Int4Linear):  # a cache from before the codes: quantize the
+            q, _, _ = _int4_codes(linear.weight.detach(), layer.group_size)  # once more and
+            layer.codes = pack_codes(q)  # keep them, so quantize() rewrites the cache
+            layer._use_dequantized(layer._from_codes(q, linear.weight.dtype))
+        else:
+            layer._use_dequantized(layer.dequantized(linear.weight))
         return layer
 
 
@@ -128,6 +140,17 @@ def _int4_codes(w: torch.Tensor, group_size: int):
     return q.reshape(w.shape), scales, lo + scales * 8
 
 
+def pack_codes(q: torch.Tensor) -> torch.Tensor:
+    """4-bit codes [N, K] (values 0..15, K even) -> [N, K/2] uint8, two per byte."""
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    """pack_codes' inverse: [N, K/2] uint8 -> [N, K] float32 codes."""
+    return torch.stack([packed & 15, packed >> 4], dim=2).reshape(packed.shape[0], -1).float()
+
+
 class Int4Linear(_LowBit):
     def __init__(self, linear: nn.Linear, group_size: int):
         super().__init__(linear)
@@ -140,6 +163,7 @@ class Int4Linear(_LowBit):
             [scales.reshape(n, -1, 1), zeros.reshape(n, -1, 1)], dim=2)
             .transpose(0, 1).contiguous().to(dtype))                         # [K/G, N, 2]
         self.group_size = group_size
+        self.codes = pack_codes(q)  # [N, K/2] uint8, for the cache only (quantize drops it)
         self._use_dequantized(self._from_codes(q, dtype))
 
     def dequantized(self, weight: torch.Tensor) -> torch.Tensor:                # [N, K]
@@ -283,11 +307,16 @@ def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> d
             continue
         fp16_weights.replace_module(model, name, new)
         counts["quantized"] += 1
-    if cache_file is not None and saved is None:
+    stale = saved is not None and any(getattr(m, "codes", None) is not None
+                                      for m in model.modules() if isinstance(m, Int4Linear))
+    if cache_file is not None and (saved is None or stale):
         packed = {name: m.packed() for name, m in model.named_modules()
                   if isinstance(m, _LowBit)}
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         partial = cache_file.with_suffix(".partial")
         torch.save(packed, partial)
         partial.replace(cache_file)  # atomic: a reader never sees half a file
+    for m in model.modules():  # the codes were kept for the cache only
+        if isinstance(m, Int4Linear):
+            m.codes = None
     return counts

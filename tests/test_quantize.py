@@ -162,8 +162,16 @@ def test_a_second_int4_load_reuses_the_cached_layers_and_calibration(model_dirs,
     def no_measuring(*args, **kwargs):
         raise AssertionError("calibrated again despite a cached result")
 
+    def no_quantizing(*args, **kwargs):
+        raise AssertionError("quantized again despite cached codes")
+
     monkeypatch.setattr(quantize_module, "_measure_max_rows", no_measuring)
+    monkeypatch.setattr(quantize_module, "_int4_codes", no_quantizing)
     second = load_model(path, "float32", "cpu", cache, "int4")
+    dense = [[m.dense.weight for m in lm.model.modules() if isinstance(m, Int4Linear)]
+             for lm in (first, second)]
+    assert dense[0] and all(torch.equal(a, b) for a, b in zip(*dense, strict=True))
+    assert all(m.codes is None for m in first.model.modules() if isinstance(m, Int4Linear))
     with torch.inference_mode():
         logits = [lm.model(ids).logits for lm in (uncached, first, second)]
     assert torch.equal(logits[1], logits[2]) and torch.equal(logits[0], logits[1])
