@@ -166,12 +166,6 @@ class Int4Linear(_LowBit):
         self.codes = pack_codes(q)  # [N, K/2] uint8, for the cache only (quantize drops it)
         self._use_dequantized(self._from_codes(q, dtype))
 
-    def dequantized(self, weight: torch.Tensor) -> torch.Tensor:                # [N, K]
-        """The dequantized weights. The packed codes cannot be read back, so they come again
-        from `weight`: the original weights (quantizing is deterministic)."""
-        q, _, _ = _int4_codes(weight.detach(), self.group_size)
-        return self._from_codes(q, weight.dtype)
-
     def _from_codes(self, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # [N, K]
         """(q - 8) * scale + zero with the scales and zeros the kernel uses."""
         n, k = q.shape
