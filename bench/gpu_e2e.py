@@ -38,13 +38,16 @@ def generate(addr: str, prompt: str, tokens: int, k: int, timeout_s: float) -> d
     from specdec.v1 import generator_pb2, generator_pb2_grpc
     req = generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=tokens,
                                         num_speculative_tokens=k, adaptive_k=False,
-                                        temperature=0.0)
+                                        temperature=0.0,
+                                        # one message per round: the client's cost per
+                                        # token stays out of the round
+                                        token_grouping=generator_pb2.TOKEN_GROUPING_ROUND)
     n, stats = 0, None
     start = time.perf_counter()
     with grpc.insecure_channel(addr) as channel:
         for msg in generator_pb2_grpc.GeneratorStub(channel).Generate(req, timeout=timeout_s):
-            if msg.HasField("token"):
-                n += 1
+            if msg.HasField("tokens"):
+                n += len(msg.tokens.ids)
             else:
                 stats = msg.stats
     wall = time.perf_counter() - start

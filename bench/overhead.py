@@ -4,7 +4,7 @@ besides the models' forward passes (coordinator Python, gRPC, servicers, worker 
 python -m bench.overhead [--tokens 300] [--sessions 1,8] [--ks 0,1,4,8]
                          [--schedules lockstep,pipelined] [--pairs same,perturbed]
                          [--omp shipped,PASSIVE] [--round-streams 1,0] [--placements shared,split]
-                         [--repeats 3]
+                         [--groupings token,round] [--repeats 3]
                          [--out results/bench-overhead]
 
 A tiny float32 pair (2 layers, hidden 64, built from a config with fixed seeds; nothing is
@@ -17,7 +17,9 @@ the model call alone) is subtracted from the generation's wall time:
 With draft == target every proposal is accepted, so a round yields exactly K + 1 tokens and
 the client sees each round end; the per-round wall times give p50/p95 (minus the mean forward
 per round). `--omp shipped` runs the services with the environment the project ships
-(specdec.launch), `--omp PASSIVE` with OMP_WAIT_POLICY=PASSIVE set by hand.
+(specdec.launch), `--omp PASSIVE` with OMP_WAIT_POLICY=PASSIVE set by hand. `--groupings`:
+the client asks for one message per token (the API's default) and/or one per round
+(GenerateRequest.token_grouping ROUND).
 Writes <out>.json and <out>.md.
 """
 
@@ -38,6 +40,7 @@ from pathlib import Path
 
 import grpc
 
+from coordinator.client import message_tokens
 from specdec.launch import start_local_stack
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
@@ -66,19 +69,23 @@ def forward_seconds(port: int) -> float:
                if line.startswith("specdec_forward_seconds_sum"))
 
 
-async def generate(addr: str, sessions: int, k: int, tokens: int) -> tuple[float, list]:
+async def generate(addr: str, sessions: int, k: int, tokens: int, grouping: str = "token"
+                   ) -> tuple[float, list]:
     """`sessions` greedy generations at once, EOS ignored by length (a prompt with no early
-    EOS is asked for `tokens`); returns (wall s, [(token arrival times, stats)])."""
+    EOS is asked for `tokens`); returns (wall s, [(token arrival times, stats)]): a message
+    of n tokens gives n arrival times."""
+    token_grouping = generator_pb2.TokenGrouping.Value(f"TOKEN_GROUPING_{grouping.upper()}")
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = generator_pb2_grpc.GeneratorStub(channel)
 
         async def one(i: int):
             req = generator_pb2.GenerateRequest(prompt=PROMPT + " " * i, max_new_tokens=tokens,
-                                                num_speculative_tokens=k, adaptive_k=False)
+                                                num_speculative_tokens=k, adaptive_k=False,
+                                                token_grouping=token_grouping)
             times, stats = [], None
             async for msg in stub.Generate(req, timeout=600):
-                if msg.HasField("token"):
-                    times.append(time.perf_counter())
+                if (got := message_tokens(msg)) is not None:
+                    times += [time.perf_counter()] * len(got[0])
                 else:
                     stats = msg.stats
             return times, stats
@@ -103,17 +110,17 @@ def round_walls(times: list[float], k: int) -> list[float]:
     return [b - a for a, b in zip(ends, ends[1:], strict=False)]
 
 
-def measure(stack, k: int, sessions: int, tokens: int, repeats: int) -> dict:
+def measure(stack, k: int, sessions: int, tokens: int, repeats: int, grouping: str) -> dict:
     draft, target, coordinator = stack.processes
     ports = [p.metrics_port for p in (draft, target)]
     pids = dict(zip(CPU_NAMES, (coordinator.proc.pid, draft.proc.pid, target.proc.pid, None),
                     strict=True))
     runs = []
-    asyncio.run(generate(stack.addr, sessions, k, min(16, tokens)))  # warm-up
+    asyncio.run(generate(stack.addr, sessions, k, min(16, tokens), grouping))  # warm-up
     for _ in range(repeats):
         before = sum(forward_seconds(p) for p in ports)
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        _, results = asyncio.run(generate(stack.addr, sessions, k, tokens))
+        _, results = asyncio.run(generate(stack.addr, sessions, k, tokens, grouping))
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         forward = sum(forward_seconds(p) for p in ports) - before
         stats = [s for _, s in results]
@@ -139,8 +146,8 @@ def measure(stack, k: int, sessions: int, tokens: int, repeats: int) -> dict:
                 run["fixed_p95_ms"] = run["round_p95_ms"] - run["forward_ms"]
         runs.append(run)
     best = sorted(runs, key=lambda r: r["fixed_ms"])[len(runs) // 2]  # the median run
-    return {"k": k, "sessions": sessions, **{key: round(v, 4) if isinstance(v, float) else v
-                                             for key, v in best.items()},
+    return {"k": k, "sessions": sessions, "grouping": grouping,
+            **{key: round(v, 4) if isinstance(v, float) else v for key, v in best.items()},
             "fixed_ms_runs": [round(r["fixed_ms"], 3) for r in runs]}
 
 
@@ -179,11 +186,12 @@ def run_config(dirs, pair: str, schedule: str, omp: str, streams: int, placement
     try:
         for n in args.sessions:
             for k in args.ks:
-                row = {"pair": pair, "schedule": schedule, "omp": omp, "streams": streams,
-                       "placement": placement,
-                       **measure(stack, k, n, args.tokens, args.repeats)}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                for grouping in args.groupings:
+                    row = {"pair": pair, "schedule": schedule, "omp": omp, "streams": streams,
+                           "placement": placement,
+                           **measure(stack, k, n, args.tokens, args.repeats, grouping)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     finally:
         stack.stop()
         os.sched_setaffinity(0, mine)
@@ -195,17 +203,18 @@ def markdown(rows: list[dict], meta: dict) -> str:
            f"`{meta['command']}`", "",
            "fixed = wall − the services' forward time, per round (mean of the median run; "
            "p50/p95 from the per-round wall times where every proposal is accepted).", "",
-           "| pair | schedule | OMP | streams | placement | sessions | K | tokens/s | "
+           "| pair | schedule | OMP | streams | placement | messages | sessions | K | tokens/s | "
            "forward ms/round | "
            "fixed ms/round | fixed p50 | fixed p95 | acceptance | CPU ms/round: coordinator "
            "/ draft / target / client |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     def f(r, key):
         v = r.get(key)
         return "–" if v is None else f"{v:.2f}"
     for r in rows:
         out.append(f"| {r['pair']} | {r['schedule']} | {r['omp']} | {r.get('streams', 1)} "
-                   f"| {r.get('placement', 'shared')} | {r['sessions']} | {r['k']} "
+                   f"| {r.get('placement', 'shared')} | per {r.get('grouping', 'token')} "
+                   f"| {r['sessions']} | {r['k']} "
                    f"| {r['tokens_per_s']:.0f} | {f(r, 'forward_ms')} | {f(r, 'fixed_ms')} | "
                    f"{f(r, 'fixed_p50_ms')} | {f(r, 'fixed_p95_ms')} | {f(r, 'acceptance')} | "
                    + " / ".join(f(r, f"cpu_{n}_ms") for n in CPU_NAMES) + " |")
@@ -230,11 +239,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="shared: every process on every CPU; split: the models on the last "
                         "CPU (one thread each), the coordinator and the client on the first, "
                         "as on a GPU machine")
+    p.add_argument("--groupings", type=names, default=["token", "round"],
+                   help="the client's messages: one per token and/or one per round")
     p.add_argument("--repeats", type=int, default=3, help="runs per row (the median is kept)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per service (0 = torch's default)")
     p.add_argument("--out", type=Path, default=Path("results/bench-overhead"))
     args = p.parse_args(argv)
+    if unknown := set(args.groupings) - {"token", "round"}:
+        p.error(f"--groupings: unknown {', '.join(sorted(unknown))}; expected token, round")
     if unknown := set(args.placements) - set(PLACEMENTS):
         p.error(f"--placements: unknown {', '.join(sorted(unknown))}; expected {PLACEMENTS}")
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))

@@ -18,7 +18,9 @@ from specdec.v1 import generator_pb2, generator_pb2_grpc
 def build_request(args: argparse.Namespace) -> generator_pb2.GenerateRequest:
     req = generator_pb2.GenerateRequest(
         prompt=args.prompt, max_new_tokens=args.max_new_tokens, num_speculative_tokens=args.k,
-        temperature=args.temperature, top_k=args.top_k, stop=args.stop)
+        temperature=args.temperature, top_k=args.top_k, stop=args.stop,
+        token_grouping=generator_pb2.TokenGrouping.Value(
+            f"TOKEN_GROUPING_{args.token_grouping.upper()}"))
     if args.k is None:
         req.ClearField("num_speculative_tokens")
     if args.top_p is not None:
@@ -26,6 +28,16 @@ def build_request(args: argparse.Namespace) -> generator_pb2.GenerateRequest:
     if args.seed is not None:
         req.seed = args.seed
     return req
+
+
+def message_tokens(msg: generator_pb2.GenerateResponse) -> tuple[list[int], str] | None:
+    """The token ids and text a GenerateResponse carries (one token or a round's), or None
+    for the final stats message."""
+    if msg.HasField("token"):
+        return [msg.token.id], msg.token.text
+    if msg.HasField("tokens"):
+        return list(msg.tokens.ids), msg.tokens.text
+    return None
 
 
 def stats_dict(stats: generator_pb2.GenerationStats) -> dict:
@@ -46,11 +58,11 @@ def generate(addr: str, req: generator_pb2.GenerateRequest, timeout_s: float | N
     with grpc.insecure_channel(addr) as channel:
         for msg in generator_pb2_grpc.GeneratorStub(channel).Generate(req, timeout=timeout_s,
                                                                       metadata=metadata):
-            if msg.HasField("token"):
-                ids.append(msg.token.id)
-                texts.append(msg.token.text)
+            if (got := message_tokens(msg)) is not None:
+                ids += got[0]
+                texts.append(got[1])
                 if on_text:
-                    on_text(msg.token.text)
+                    on_text(got[1])
             else:
                 stats = stats_dict(msg.stats)
     return ids, "".join(texts), stats
@@ -70,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--timeout-s", type=float, default=None, help="deadline for the whole call")
+    p.add_argument("--token-grouping", choices=("token", "round"), default="token",
+                   help="stream one token per message, or one message per round")
     p.add_argument("--json", action="store_true", help="print stats as one JSON line")
     p.add_argument("--api-key", default=os.environ.get("SPECDEC_API_KEY") or None,
                    help="the coordinator's API key, if it asks for one [env SPECDEC_API_KEY]")

@@ -2,13 +2,14 @@
 
 import collections
 
+import grpc
 import pytest
 import torch
 
 from coordinator.client import generate as client_generate
 from coordinator.config import parser
 from specdec import fp16_weights
-from specdec.v1 import generator_pb2
+from specdec.v1 import generator_pb2, generator_pb2_grpc
 from stack import draft_opens, gpu_like_costs, start_stack
 from tiny_models import PROMPTS
 
@@ -48,6 +49,33 @@ def run(stack, prompt, k, adaptive=False):
     req = generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=MAX_NEW,
                                         num_speculative_tokens=k, adaptive_k=adaptive)
     return client_generate(stack.addr, req, timeout_s=60)
+
+
+def test_one_message_per_round_carries_the_same_tokens_and_text(stacks, reference):
+    """token_grouping ROUND: one message per round holding that round's tokens; the ids and
+    the text (stop strings included) equal per-token streaming's and the target's own."""
+    stack = stacks("draft_perturbed")
+    for prompt in PROMPTS[:3]:
+        req = generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=MAX_NEW,
+                                            num_speculative_tokens=3, adaptive_k=False)
+        ids, text, _ = client_generate(stack.addr, req, timeout_s=60)
+        assert ids == reference[prompt]
+        stop = text[len(text) // 2:len(text) // 2 + 2]
+        for stops in ([], [stop]):
+            del req.stop[:]
+            req.stop.extend(stops)
+            req.token_grouping = generator_pb2.TOKEN_GROUPING_TOKEN
+            want_ids, want_text, _ = client_generate(stack.addr, req, timeout_s=60)
+            req.token_grouping = generator_pb2.TOKEN_GROUPING_ROUND
+            with grpc.insecure_channel(stack.addr) as channel:
+                *rounds, last = generator_pb2_grpc.GeneratorStub(channel).Generate(req,
+                                                                                   timeout=60)
+            assert all(m.HasField("tokens") and m.tokens.ids for m in rounds)
+            assert len(rounds) == last.stats.rounds
+            assert [i for m in rounds for i in m.tokens.ids] == want_ids
+            assert "".join(m.tokens.text for m in rounds) == want_text
+            assert max(len(m.tokens.ids) for m in rounds) > 1, prompt  # proposals accepted
+        assert stop not in want_text and len(want_text) < len(text)
 
 
 def test_target_only_k0_equals_generate(stacks, reference):

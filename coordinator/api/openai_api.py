@@ -132,8 +132,8 @@ async def run_to_end(core: GenerationCore, args: GenerateArgs, deadline_s: float
     async def collect():
         text = []
         async for event in core.stream(args, deadline_s, api="http"):
-            if isinstance(event, Token):
-                text.append(event.text)
+            if isinstance(event, list):
+                text.extend(t.text for t in event)
             else:
                 return "".join(text), event
     task = asyncio.ensure_future(collect())
@@ -157,7 +157,7 @@ def sse(obj) -> str:
 
 
 async def stream_events(core: GenerationCore, args: GenerateArgs, deadline_s: float,
-                        ) -> tuple[AsyncIterator[Token | Stats], Token | Stats]:
+                        ) -> tuple[AsyncIterator[list[Token] | Stats], list[Token] | Stats]:
     """Start generating and wait for the first event, so that errors before the first token
     (bad input, limits, target down) still get their HTTP status."""
     events = core.stream(args, deadline_s, api="http", stream=True)
@@ -278,15 +278,15 @@ class Chunks:
             out["usage"] = None
         return out
 
-    async def body(self, events: AsyncIterator[Token | Stats], first: Token | Stats):
+    async def body(self, events: AsyncIterator[list[Token] | Stats], first: list[Token] | Stats):
         async with contextlib.aclosing(events):
             if self.chat:
                 yield sse(self.chunk(None, None, role=True))
             event = first
             while True:
-                if isinstance(event, Token):
-                    if event.text:
-                        yield sse(self.chunk(event.text, None))
+                if isinstance(event, list):  # one chunk per round, as its tokens arrive
+                    if delta := "".join(t.text for t in event):
+                        yield sse(self.chunk(delta, None))
                 else:
                     spec = spec_stats(event)
                     yield sse({**self.chunk(None, FINISH_REASON[event.finish]),

@@ -12,7 +12,7 @@ from specdec.rpc.status import status_code
 from specdec.v1 import generator_pb2, generator_pb2_grpc
 
 from ..generation.core import GenerateArgs, GenerationCore
-from ..generation.decode import Finish, Stats, Token
+from ..generation.decode import Finish, Stats
 from .auth import UNAUTHENTICATED_MESSAGE, ApiKeys, bearer
 
 log = structlog.get_logger(__name__)
@@ -67,13 +67,18 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         try:
             args = await args_from_pb(request, self.core)
             events = self.core.stream(args, context.time_remaining())
+            per_round = request.token_grouping == generator_pb2.TOKEN_GROUPING_ROUND
             async with contextlib.aclosing(events):
                 async for event in events:
-                    if isinstance(event, Token):
-                        yield generator_pb2.GenerateResponse(
-                            token=generator_pb2.GeneratedToken(id=event.id, text=event.text))
-                    else:
+                    if isinstance(event, Stats):
                         yield generator_pb2.GenerateResponse(stats=stats_to_pb(event))
+                    elif per_round:
+                        yield generator_pb2.GenerateResponse(tokens=generator_pb2.GeneratedTokens(
+                            ids=[t.id for t in event], text="".join(t.text for t in event)))
+                    else:
+                        for t in event:
+                            yield generator_pb2.GenerateResponse(
+                                token=generator_pb2.GeneratedToken(id=t.id, text=t.text))
         except SpecdecError as e:
             await context.abort(status_code(e), str(e))
         except Exception as e:  # (logged with its traceback by the core)

@@ -1,7 +1,7 @@
 """What every front end of the coordinator shares (the gRPC Generator and the OpenAI-
 compatible HTTP API): request validation, the decode loop with its metrics, the canonical
 log line, draining. Transport-free: front ends convert their messages to a GenerateArgs and
-the yielded Tokens / Stats back, and map SpecdecError codes to their own statuses."""
+the yielded rounds of Tokens / Stats back, and map SpecdecError codes to their own statuses."""
 
 from __future__ import annotations
 
@@ -124,8 +124,9 @@ class GenerationCore:
                                     f"--max-concurrent-requests {cap} requests; retry shortly")
 
     async def stream(self, args: GenerateArgs, deadline_s: float | None = None,
-                     **log_fields) -> AsyncIterator[Token | Stats]:
-        """Validate, generate, count: yields each Token, then the Stats. Raises
+                     **log_fields) -> AsyncIterator[list[Token] | Stats]:
+        """Validate, generate, count: yields each round's Tokens (a non-empty list), then the
+        Stats. Raises
         SpecdecError (InvalidArgument, ResourceExhausted, Unavailable, …). deadline_s: the
         time the caller still waits; log_fields: extra fields of the canonical log line."""
         if self.draining:
@@ -151,12 +152,14 @@ class GenerationCore:
                                     deadline, stats).run()
                 async with contextlib.aclosing(events):
                     async for event in events:
-                        if isinstance(event, Token):
+                        if isinstance(event, list):
                             now = asyncio.get_running_loop().time()
                             if last_token_at is None:
                                 self.metrics.ttft.observe(stats.time_to_first_token_s)
                             else:
                                 self.metrics.itl.observe(now - last_token_at)
+                            for _ in event[1:]:  # (a round's tokens arrive together)
+                                self.metrics.itl.observe(0.0)
                             last_token_at = now
                         else:
                             status = "OK"

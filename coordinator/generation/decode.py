@@ -89,10 +89,11 @@ class Generation:
         self.chooser = adaptive.session() if adaptive is not None and params.adaptive else None
         self.ready: list[int] = []  # the next round's proposals, when a block drafted ahead holds
 
-    async def run(self) -> AsyncIterator[Token | Stats]:
-        """Yield each accepted Token, then the Stats. Sessions are closed in every case.
+    async def run(self) -> AsyncIterator[list[Token] | Stats]:
+        """Yield each round's final Tokens (a non-empty list), then the Stats. Sessions are
+        closed in every case.
 
-        A round's tokens are counted (and the end found) before any is yielded, so the next
+        A round's tokens are counted (and the end found) before they are yielded, so the next
         round's calls go out first and writing the tokens to the client overlaps its passes
         instead of delaying them."""
         if self.services.scheduler is not None:
@@ -110,8 +111,7 @@ class Generation:
                 upcoming = None
                 if self.stats.finish is None:
                     upcoming = asyncio.ensure_future(self.run_round())
-                for token in tokens:
-                    yield token
+                yield tokens
                 if self.stats.finish is not None:
                     self.stats.total_time_s = time.perf_counter() - self.stats.started
                     yield self.stats

@@ -24,23 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aspecdec/v1/generator.proto\x12\nspecdec.v1\"\x8d\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\x12#\n\x16num_speculative_tokens\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x17\n\nadaptive_k\x18\t \x01(\x08H\x03\x88\x01\x01\x42\x19\n\x17_num_speculative_tokensB\x08\n\x06_top_pB\x07\n\x05_seedB\r\n\x0b_adaptive_k\"v\n\x10GenerateResponse\x12+\n\x05token\x18\x01 \x01(\x0b\x32\x1a.specdec.v1.GeneratedTokenH\x00\x12,\n\x05stats\x18\x02 \x01(\x0b\x32\x1b.specdec.v1.GenerationStatsH\x00\x42\x07\n\x05\x65vent\"*\n\x0eGeneratedToken\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xc3\x05\n\x0fGenerationStats\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.specdec.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x18\n\x10generated_tokens\x18\x03 \x01(\r\x12\x0e\n\x06rounds\x18\x04 \x01(\r\x12\x1d\n\x15proposed_draft_tokens\x18\x05 \x01(\r\x12\x1d\n\x15\x61\x63\x63\x65pted_draft_tokens\x18\x06 \x01(\r\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x07 \x01(\x01\x12\x1c\n\x14mean_accepted_length\x18\x08 \x01(\x01\x12\x1d\n\x15time_to_first_token_s\x18\t \x01(\x01\x12\x14\n\x0ctotal_time_s\x18\n \x01(\x01\x12\x14\n\x0c\x64raft_time_s\x18\x0b \x01(\x01\x12\x15\n\rverify_time_s\x18\x0c \x01(\x01\x12\x1a\n\x12\x63oordinator_time_s\x18\r \x01(\x01\x12\x12\n\nsession_id\x18\x0e \x01(\t\x12\x0c\n\x04seed\x18\x0f \x01(\x04\x12\x12\n\nwire_bytes\x18\x10 \x01(\x04\x12\x19\n\x11mean_verify_batch\x18\x11 \x01(\x01\x12\x1c\n\x14proposed_at_position\x18\x12 \x03(\r\x12\x1c\n\x14\x61\x63\x63\x65pted_at_position\x18\x13 \x03(\r\x12\x1d\n\x15\x64raft_fallback_rounds\x18\x14 \x01(\r\x12\x1d\n\x15\x64raft_fallback_reason\x18\x15 \x01(\t\x12\x15\n\rdraft_reopens\x18\x16 \x01(\r\x12\x16\n\x0etarget_reopens\x18\x17 \x01(\r\x12\x19\n\x11\x61head_used_blocks\x18\x18 \x01(\r\x12\x1e\n\x16\x61head_discarded_blocks\x18\x19 \x01(\r\x12\x16\n\x0e\x66orward_time_s\x18\x1a \x01(\x01*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x32T\n\tGenerator\x12G\n\x08Generate\x12\x1b.specdec.v1.GenerateRequest\x1a\x1c.specdec.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aspecdec/v1/generator.proto\x12\nspecdec.v1\"\xc0\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\x12#\n\x16num_speculative_tokens\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x17\n\nadaptive_k\x18\t \x01(\x08H\x03\x88\x01\x01\x12\x31\n\x0etoken_grouping\x18\n \x01(\x0e\x32\x19.specdec.v1.TokenGroupingB\x19\n\x17_num_speculative_tokensB\x08\n\x06_top_pB\x07\n\x05_seedB\r\n\x0b_adaptive_k\"\xa5\x01\n\x10GenerateResponse\x12+\n\x05token\x18\x01 \x01(\x0b\x32\x1a.specdec.v1.GeneratedTokenH\x00\x12,\n\x05stats\x18\x02 \x01(\x0b\x32\x1b.specdec.v1.GenerationStatsH\x00\x12-\n\x06tokens\x18\x03 \x01(\x0b\x32\x1b.specdec.v1.GeneratedTokensH\x00\x42\x07\n\x05\x65vent\",\n\x0fGeneratedTokens\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"*\n\x0eGeneratedToken\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xc3\x05\n\x0fGenerationStats\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.specdec.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x18\n\x10generated_tokens\x18\x03 \x01(\r\x12\x0e\n\x06rounds\x18\x04 \x01(\r\x12\x1d\n\x15proposed_draft_tokens\x18\x05 \x01(\r\x12\x1d\n\x15\x61\x63\x63\x65pted_draft_tokens\x18\x06 \x01(\r\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x07 \x01(\x01\x12\x1c\n\x14mean_accepted_length\x18\x08 \x01(\x01\x12\x1d\n\x15time_to_first_token_s\x18\t \x01(\x01\x12\x14\n\x0ctotal_time_s\x18\n \x01(\x01\x12\x14\n\x0c\x64raft_time_s\x18\x0b \x01(\x01\x12\x15\n\rverify_time_s\x18\x0c \x01(\x01\x12\x1a\n\x12\x63oordinator_time_s\x18\r \x01(\x01\x12\x12\n\nsession_id\x18\x0e \x01(\t\x12\x0c\n\x04seed\x18\x0f \x01(\x04\x12\x12\n\nwire_bytes\x18\x10 \x01(\x04\x12\x19\n\x11mean_verify_batch\x18\x11 \x01(\x01\x12\x1c\n\x14proposed_at_position\x18\x12 \x03(\r\x12\x1c\n\x14\x61\x63\x63\x65pted_at_position\x18\x13 \x03(\r\x12\x1d\n\x15\x64raft_fallback_rounds\x18\x14 \x01(\r\x12\x1d\n\x15\x64raft_fallback_reason\x18\x15 \x01(\t\x12\x15\n\rdraft_reopens\x18\x16 \x01(\r\x12\x16\n\x0etarget_reopens\x18\x17 \x01(\r\x12\x19\n\x11\x61head_used_blocks\x18\x18 \x01(\r\x12\x1e\n\x16\x61head_discarded_blocks\x18\x19 \x01(\r\x12\x16\n\x0e\x66orward_time_s\x18\x1a \x01(\x01*c\n\rTokenGrouping\x12\x1e\n\x1aTOKEN_GROUPING_UNSPECIFIED\x10\x00\x12\x18\n\x14TOKEN_GROUPING_TOKEN\x10\x01\x12\x18\n\x14TOKEN_GROUPING_ROUND\x10\x02*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x32T\n\tGenerator\x12G\n\x08Generate\x12\x1b.specdec.v1.GenerateRequest\x1a\x1c.specdec.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'specdec.v1.generator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1188
-  _globals['_FINISHREASON']._serialized_end=1306
+  _globals['_TOKENGROUPING']._serialized_start=1333
+  _globals['_TOKENGROUPING']._serialized_end=1432
+  _globals['_FINISHREASON']._serialized_start=1434
+  _globals['_FINISHREASON']._serialized_end=1552
   _globals['_GENERATEREQUEST']._serialized_start=43
-  _globals['_GENERATEREQUEST']._serialized_end=312
-  _globals['_GENERATERESPONSE']._serialized_start=314
-  _globals['_GENERATERESPONSE']._serialized_end=432
-  _globals['_GENERATEDTOKEN']._serialized_start=434
-  _globals['_GENERATEDTOKEN']._serialized_end=476
-  _globals['_GENERATIONSTATS']._serialized_start=479
-  _globals['_GENERATIONSTATS']._serialized_end=1186
-  _globals['_GENERATOR']._serialized_start=1308
-  _globals['_GENERATOR']._serialized_end=1392
+  _globals['_GENERATEREQUEST']._serialized_end=363
+  _globals['_GENERATERESPONSE']._serialized_start=366
+  _globals['_GENERATERESPONSE']._serialized_end=531
+  _globals['_GENERATEDTOKENS']._serialized_start=533
+  _globals['_GENERATEDTOKENS']._serialized_end=577
+  _globals['_GENERATEDTOKEN']._serialized_start=579
+  _globals['_GENERATEDTOKEN']._serialized_end=621
+  _globals['_GENERATIONSTATS']._serialized_start=624
+  _globals['_GENERATIONSTATS']._serialized_end=1331
+  _globals['_GENERATOR']._serialized_start=1554
+  _globals['_GENERATOR']._serialized_end=1638
 # @@protoc_insertion_point(module_scope)

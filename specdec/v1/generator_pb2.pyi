@@ -7,19 +7,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TokenGrouping(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOKEN_GROUPING_UNSPECIFIED: _ClassVar[TokenGrouping]
+    TOKEN_GROUPING_TOKEN: _ClassVar[TokenGrouping]
+    TOKEN_GROUPING_ROUND: _ClassVar[TokenGrouping]
+
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_EOS: _ClassVar[FinishReason]
+TOKEN_GROUPING_UNSPECIFIED: TokenGrouping
+TOKEN_GROUPING_TOKEN: TokenGrouping
+TOKEN_GROUPING_ROUND: TokenGrouping
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_EOS: FinishReason
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "max_new_tokens", "num_speculative_tokens", "temperature", "top_k", "top_p", "seed", "stop", "adaptive_k")
+    __slots__ = ("prompt", "max_new_tokens", "num_speculative_tokens", "temperature", "top_k", "top_p", "seed", "stop", "adaptive_k", "token_grouping")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +38,7 @@ class GenerateRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     ADAPTIVE_K_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_GROUPING_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     max_new_tokens: int
     num_speculative_tokens: int
@@ -38,15 +48,26 @@ class GenerateRequest(_message.Message):
     seed: int
     stop: _containers.RepeatedScalarFieldContainer[str]
     adaptive_k: bool
-    def __init__(self, prompt: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., num_speculative_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., adaptive_k: _Optional[bool] = ...) -> None: ...
+    token_grouping: TokenGrouping
+    def __init__(self, prompt: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., num_speculative_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., adaptive_k: _Optional[bool] = ..., token_grouping: _Optional[_Union[TokenGrouping, str]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("token", "stats")
+    __slots__ = ("token", "stats", "tokens")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
     token: GeneratedToken
     stats: GenerationStats
-    def __init__(self, token: _Optional[_Union[GeneratedToken, _Mapping]] = ..., stats: _Optional[_Union[GenerationStats, _Mapping]] = ...) -> None: ...
+    tokens: GeneratedTokens
+    def __init__(self, token: _Optional[_Union[GeneratedToken, _Mapping]] = ..., stats: _Optional[_Union[GenerationStats, _Mapping]] = ..., tokens: _Optional[_Union[GeneratedTokens, _Mapping]] = ...) -> None: ...
+
+class GeneratedTokens(_message.Message):
+    __slots__ = ("ids", "text")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class GeneratedToken(_message.Message):
     __slots__ = ("id", "text")

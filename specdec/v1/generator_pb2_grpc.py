@@ -47,8 +47,8 @@ class GeneratorServicer:
     """
 
     def Generate(self, request, context):
-        """Generates a continuation of `prompt`, streaming one message per accepted token, then one
-        final message with the request's statistics.
+        """Generates a continuation of `prompt`, streaming its tokens (one per message, or one message
+        per round: token_grouping), then one final message with the request's statistics.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
