@@ -1,4 +1,4 @@
-"""Weight-only int8 / int4 linear layers on torch's own CPU kernels.
+"""Weight-only int8 / int4 linear layers on torch's own CPU kernels (int4 on CUDA too).
 
 Every token step of a small model streams all its weights; with 8- or 4-bit weights it
 streams a half or a quarter of the bytes. torch's kernels dequantize per row of activations,
@@ -17,7 +17,9 @@ up to rounding. Where the two cross depends on the shapes and the machine (4-5 r
 1.5B target's 1536x8960 weights here, beyond 16 for the 0.5B draft's), so `calibrate`
 measures it on the model's own layers when it is loaded. So quantization speeds up small
 passes and costs memory (the low-bit copy on top of the dense one). Layers whose shapes a
-kernel does not take stay as they are (counted in the returned summary). CPU only for now.
+kernel does not take stay as they are (counted in the returned summary).
+On CUDA, int4 runs torch's CUDA int4 kernel on the same codes, scales and zeros, with no
+dense copy, and int8 is refused (specdec.quantize_cuda; not yet run on a GPU).
 The scheme "fp16" (fp16 weights, float32 activations, fbgemm) lives in specdec.fp16_weights.
 
 Quantizing a 0.5B model takes tens of seconds on a small CPU, so the packed weights can be
@@ -140,6 +142,23 @@ def _int4_codes(w: torch.Tensor, group_size: int):
     return q.reshape(w.shape), scales, lo + scales * 8
 
 
+def tinygemm_scales_and_zeros(scales: torch.Tensor, zeros: torch.Tensor, n: int,
+                              dtype: torch.dtype) -> torch.Tensor:
+    """_int4_codes' scales and zeros [N*K/G, 1] -> [K/G, N, 2] in dtype, the layout both
+    torch int4 kernels (CPU and CUDA) take."""
+    return torch.cat([scales.reshape(n, -1, 1), zeros.reshape(n, -1, 1)], dim=2) \
+        .transpose(0, 1).contiguous().to(dtype)
+
+
+def dequantize_codes(q: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """(q - 8) * scale + zero [N, K] in dtype, with the scales and zeros the kernels use."""
+    n, k = q.shape
+    sz = scales_and_zeros.float().transpose(0, 1)                            # [N, K/G, 2]
+    groups = (q.reshape(n, -1, group_size) - 8) * sz[..., :1] + sz[..., 1:]
+    return groups.reshape(n, k).to(dtype)
+
+
 def pack_codes(q: torch.Tensor) -> torch.Tensor:
     """4-bit codes [N, K] (values 0..15, K even) -> [N, K/2] uint8, two per byte."""
     q = q.to(torch.uint8)
@@ -159,19 +178,14 @@ class Int4Linear(_LowBit):
         dtype = linear.weight.dtype
         self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
             q.to(torch.int32), INT4_INNER_K_TILES))
-        self.register_buffer("scales_and_zeros", torch.cat(
-            [scales.reshape(n, -1, 1), zeros.reshape(n, -1, 1)], dim=2)
-            .transpose(0, 1).contiguous().to(dtype))                         # [K/G, N, 2]
+        self.register_buffer("scales_and_zeros",
+                             tinygemm_scales_and_zeros(scales, zeros, n, dtype))
         self.group_size = group_size
         self.codes = pack_codes(q)  # [N, K/2] uint8, for the cache only (quantize drops it)
         self._use_dequantized(self._from_codes(q, dtype))
 
     def _from_codes(self, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # [N, K]
-        """(q - 8) * scale + zero with the scales and zeros the kernel uses."""
-        n, k = q.shape
-        sz = self.scales_and_zeros.float().transpose(0, 1)                  # [N, K/G, 2]
-        groups = (q.reshape(n, -1, self.group_size) - 8) * sz[..., :1] + sz[..., 1:]
-        return groups.reshape(n, k).to(dtype)
+        return dequantize_codes(q, self.scales_and_zeros, self.group_size, dtype)
 
     def low_bit(self, rows: torch.Tensor) -> torch.Tensor:                  # [M, K] -> [M, N]
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -277,6 +291,10 @@ def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> d
         return counts
     if scheme == fp16_weights.SCHEME:  # fbgemm packs in a second or so: nothing to cache
         return {**fp16_weights.use_fp16_weights(model), "cached": 0}
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if any(m.weight.is_cuda for _, m in targets):  # (cache_file unused: quantize_cuda)
+        from .quantize_cuda import quantize_model
+        return quantize_model(model, scheme, targets)
     saved = None
     if cache_file is not None and cache_file.exists():
         try:
@@ -285,7 +303,6 @@ def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> d
         except Exception as e:  # a torn or foreign file: quantize again and rewrite it
             log.warning("ignoring an unreadable quantization cache", path=str(cache_file),
                         error=str(e))
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, linear in targets:
         new = None
         if saved is not None:
