@@ -228,35 +228,6 @@ def test_nibble_order_matches_the_cuda_packing_kernels_documented_equivalence():
     assert any(from_bytes(b) != from_codes(c) for b, c in zip(pack_codes(q), q, strict=True))
 
 
-def fake_pack(nibbles, tiles):
-    """Stands in for _convert_weight_to_int4pack: keeps its documented input, uint8 [N, K/2]
-    with channel 2i in the high nibble."""
-    assert nibbles.dtype == torch.uint8 and nibbles.is_contiguous() and tiles in (2, 4, 8)
-    assert nibbles.shape[1] * 2 % (16 * tiles) == 0
-    return nibbles.clone()
-
-
-def fake_mm(rows, packed, group_size, scales_and_zeros):
-    """Stands in for _weight_int4pack_mm: bf16 contiguous rows [M, K], scales and zeros
-    [K/G, N, 2], w = (q - 8) * scale + zero, bf16 out."""
-    assert rows.dtype == torch.bfloat16 and rows.is_contiguous() and rows.dim() == 2
-    n, k = packed.shape[0], packed.shape[1] * 2
-    assert scales_and_zeros.shape == (k // group_size, n, 2)
-    assert scales_and_zeros.dtype == torch.bfloat16
-    q = torch.stack([packed >> 4, packed & 15], dim=2).reshape(n, k).float()
-    sz = scales_and_zeros.float()
-    scale, zero = sz[..., 0].t()[..., None], sz[..., 1].t()[..., None]       # [N, K/G, 1]
-    w = ((q.reshape(n, -1, group_size) - 8) * scale + zero).reshape(n, k)
-    return (rows.float() @ w.t()).to(torch.bfloat16)
-
-
-@pytest.fixture
-def fake_cuda_kernels(monkeypatch):
-    import specdec.quantize_cuda as qc
-    monkeypatch.setattr(qc, "_pack", fake_pack)
-    monkeypatch.setattr(qc, "_mm", fake_mm)
-
-
 def test_cuda_int4_layer_is_the_cpu_quantized_model_without_a_dense_copy(fake_cuda_kernels):
     """The same codes, scales and zeros as the CPU layer (only packing and product differ),
     every pass through the int4 kernel whatever its rows, and no dense weight kept."""
