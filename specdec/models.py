@@ -183,6 +183,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
             "fp16 weights, float32 activations", model=spec, **counts)
     elif quantization != "none" and dev.type == "cuda":  # int4 (checked above)
         counts = quantize(model, quantization)
+        torch.cuda.empty_cache()  # (hand the freed dense weights back to the device)
         log.info("quantized on CUDA: torch's int4 kernel for every pass, no dense copy",
                  model=spec, scheme=quantization, **counts)
     elif quantization != "none":
