@@ -48,6 +48,7 @@ log = structlog.get_logger(__name__)
 SCHEMES = QUANTIZATIONS
 INT4_GROUP_SIZES = (128, 64, 32)
 INT4_INNER_K_TILES = 2
+REBUILD_STEP = 1 << 20  # weights per step of dense_from_codes: 4 MiB of float32, in the L3
 SMALL_ROWS = 4  # passes of at most this many rows use the low-bit kernels (until calibrated)
 CALIBRATION_ROWS = (4, 8, 16, 32)  # the row limits calibrate() tries
 
@@ -101,7 +102,8 @@ class _LowBit(nn.Module):
             layer.group_size = packed["group_size"]
         codes = packed.get("codes")
         if codes is not None:
-            layer._use_dequantized(layer._from_codes(unpack_codes(codes), linear.weight.dtype))
+            layer._use_dequantized(dense_from_codes(codes, layer.scales_and_zeros,
+                                                    layer.group_size, linear.weight.dtype))
         elif isinstance(layer, Int4Linear):  # a cache from before the codes: quantize the
             q, _, _ = _int4_codes(linear.weight.detach(), layer.group_size)  # once more and
             layer.codes = pack_codes(q)  # keep them, so quantize() rewrites the cache
@@ -151,12 +153,16 @@ def tinygemm_scales_and_zeros(scales: torch.Tensor, zeros: torch.Tensor, n: int,
 
 
 def dequantize_codes(q: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
-                     dtype: torch.dtype) -> torch.Tensor:
-    """(q - 8) * scale + zero [N, K] in dtype, with the scales and zeros the kernels use."""
+                     dtype: torch.dtype, in_place: bool = False) -> torch.Tensor:
+    """(q - 8) * scale + zero [N, K] in dtype, with the scales and zeros the kernels use, in
+    float32. in_place: q (float32 codes, contiguous) holds the float32 result afterwards. The
+    same operations in the same order either way (bit-identical), but full-size temporaries
+    cost more than the arithmetic: a cached start rebuilds every layer (issue 30)."""
     n, k = q.shape
     sz = scales_and_zeros.float().transpose(0, 1)                            # [N, K/G, 2]
-    groups = (q.reshape(n, -1, group_size) - 8) * sz[..., :1] + sz[..., 1:]
-    return groups.reshape(n, k).to(dtype)
+    groups = q.view(n, -1, group_size).sub_(8) if in_place else q.reshape(n, -1, group_size) - 8
+    groups.mul_(sz[..., :1]).add_(sz[..., 1:])
+    return groups.view(n, k).to(dtype)
 
 
 def pack_codes(q: torch.Tensor) -> torch.Tensor:
@@ -165,9 +171,27 @@ def pack_codes(q: torch.Tensor) -> torch.Tensor:
     return q[:, 0::2] | (q[:, 1::2] << 4)
 
 
-def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
-    """pack_codes' inverse: [N, K/2] uint8 -> [N, K] float32 codes."""
-    return torch.stack([packed & 15, packed >> 4], dim=2).reshape(packed.shape[0], -1).float()
+def dense_from_codes(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
+                     dtype: torch.dtype, step: int = REBUILD_STEP) -> torch.Tensor:
+    """The dense weights [N, K] in dtype from pack_codes' [N, K/2] uint8: the codes unpacked
+    and dequantize_codes'd in place, bit for bit what the two give apart, a few rows at a time
+    (about `step` weights) so the work stays in the CPU's cache, each weight written to memory
+    once. A cached start rebuilds every layer this way (issue 30)."""
+    n, half = packed.shape
+    rows = max(1, step // (2 * half))
+    out = torch.empty(n, 2 * half, dtype=dtype)
+    scratch = None if dtype == torch.float32 else torch.empty(rows, 2 * half)
+    for r in range(0, n, rows):
+        part = packed[r:r + rows]
+        q = out[r:r + rows] if scratch is None else scratch[:part.shape[0]]
+        pairs = q.view(-1, half, 2)
+        pairs[..., 0] = part & 15
+        pairs[..., 1] = part >> 4
+        dequantize_codes(q, scales_and_zeros[:, r:r + rows], group_size, torch.float32,
+                         in_place=True)
+        if scratch is not None:
+            out[r:r + rows] = q  # (rounds as .to(dtype) does)
+    return out
 
 
 class Int4Linear(_LowBit):
@@ -185,7 +209,8 @@ class Int4Linear(_LowBit):
         self._use_dequantized(self._from_codes(q, dtype))
 
     def _from_codes(self, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # [N, K]
-        return dequantize_codes(q, self.scales_and_zeros, self.group_size, dtype)
+        """The dense weights; consumes q (float32 codes, overwritten)."""
+        return dequantize_codes(q, self.scales_and_zeros, self.group_size, dtype, in_place=True)
 
     def low_bit(self, rows: torch.Tensor) -> torch.Tensor:                  # [M, K] -> [M, N]
         return torch.ops.aten._weight_int4pack_mm_for_cpu(

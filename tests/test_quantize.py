@@ -312,3 +312,29 @@ def test_int4_model_loads_on_cuda_and_approximates_the_original(model_dirs, tmp_
     with torch.inference_mode():
         ref, got = full.model(ids).logits[0].float(), lm.model(ids).logits[0].float()
     assert nn.functional.cosine_similarity(got, ref, dim=-1).min() >= 0.8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rebuilding_dense_weights_from_codes_is_bit_identical_to_the_plain_expression(dtype):
+    """The cached start's rebuild (dense_from_codes: in place, a few rows at a time) gives
+    exactly what the plain expressions gave before (issue 30), as does dequantize_codes."""
+    from specdec.quantize import (
+        _int4_codes,
+        dense_from_codes,
+        dequantize_codes,
+        pack_codes,
+        tinygemm_scales_and_zeros,
+    )
+    torch.manual_seed(0)
+    w = torch.randn(48, 256) * 0.05
+    q, scales, zeros = _int4_codes(w, 64)
+    sz = tinygemm_scales_and_zeros(scales, zeros, 48, dtype)
+    packed = pack_codes(q)
+    plain_q = torch.stack([packed & 15, packed >> 4], dim=2).reshape(48, -1).float()
+    s = sz.float().transpose(0, 1)
+    plain = ((plain_q.reshape(48, -1, 64) - 8) * s[..., :1] + s[..., 1:]).reshape(48, 256)
+    assert torch.equal(plain_q, q)
+    assert torch.equal(dequantize_codes(q, sz, 64, dtype), plain.to(dtype))
+    for step in (256 * 5, 1 << 20):  # 5 rows a step (the last step 3), or all at once
+        rebuilt = dense_from_codes(packed, sz, 64, dtype, step=step)
+        assert rebuilt.dtype == dtype and torch.equal(rebuilt, plain.to(dtype))
