@@ -326,9 +326,12 @@ def main(argv=None) -> int:
         models.pop("draft")  # quantized in place: later phases would build it again
         q = lowbit_check(draft, prompt_ids, warmup=args.warmup, repeats=args.repeats,
                          budget_s=run.budget("Q"))
+        a = ((run.res.get("A") or {}).get("draft", {}).get("engine", {}).get("1") or {})
+        q["engine_bf16_draft_step_ms"] = a.get("draft_step_ms")  # (phase A's, if it ran)
         g = q["greedy_vs_dequantized"]
         log(f"  Q: draft 1-token step bf16 {q['bf16']['step_1']['ms']:.2f} ms, int4 "
-            f"{q['int4']['step_1']['ms']:.2f} ms; greedy tokens same as its dequantized "
+            f"{q['int4']['step_1']['ms']:.2f} ms (engine: bf16 {a.get('draft_step_ms')}, int4 "
+            f"{q['engine_int4']}); greedy tokens same as its dequantized "
             f"weights: {g['same']}/{g['tokens']}; prompt logits max |diff| "
             f"{g['prompt_logits_max_abs_diff']} (std {g['prompt_logits_std']})")
         return q

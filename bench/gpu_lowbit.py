@@ -1,7 +1,8 @@
 """bench.gpu phase Q: weight-only int4 on CUDA (specdec.quantize_cuda) on the draft's shape.
 
 A bare 1-token step over a cached prompt and a pass of the whole prompt (its rows through the
-int4 kernel too), bf16 and int4 side by side, the weight bytes of each, and whether the int4
+int4 kernel too), bf16 and int4 side by side, the weight bytes of each, the int4 draft's step
+through DraftEngine as served (CUDA graphs; phase A has bf16's), and whether the int4
 model's greedy tokens agree with a bf16 copy holding the int4 model's own dequantized weights
 (read back through the kernel): the two differ only by rounding in the products, so a wrong
 packing shows as logits far apart. Random weights make near-ties common, so a few differing
@@ -17,7 +18,8 @@ import time
 import torch
 from torch import nn
 
-from bench.gpu_timing import measure, sync
+from bench import gpu_models as gm
+from bench.gpu_timing import engine_costs, measure, sync
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -72,6 +74,11 @@ def lowbit_check(model, prompt: list[int], *, warmup: int, repeats: int, budget_
     out["int4"] = pass_costs(model, prompt, **kw)
     out["step_int4_over_bf16"] = round(out["int4"]["step_1"]["ms"] / out["bf16"]["step_1"]["ms"],
                                        3)
+    try:  # as served: through DraftEngine, with CUDA graphs where they capture
+        e = engine_costs(gm.loaded(model, "draft-int4"), prompt, 1, rows=(1,), **kw)
+        out["engine_int4"] = {"draft_step_ms": e["draft_step_ms"], "graphs": e["draft_graphs"]}
+    except Exception as e:  # (keep the figures above)
+        out["engine_int4"] = {"error": f"{type(e).__name__}: {e}"[:500]}
     with torch.no_grad():  # the reference multiplies by the int4 model's own weights
         for name, m in model.named_modules():
             if isinstance(m, CudaInt4Linear):  # (a new parameter: unties a tied head)

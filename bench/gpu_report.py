@@ -204,6 +204,14 @@ def lowbit_section(q: dict | None) -> list[str]:
         mib = q["dense_weight_bytes" if name == "bf16" else "int4_weight_bytes"] / 2**20
         out.append(f"| {name} | {mib:.0f} | {_num(q[name]['step_1']['ms'])} | "
                    + " | ".join(_num(q[name][k]["ms"]) for k in passes) + " |")
+    e = q.get("engine_int4") or {}
+    stats = e.get("graphs") or {}
+    out += ["", "draft step through DraftEngine as served (1 session): bf16 "
+            f"{_num(q.get('engine_bf16_draft_step_ms'))} ms (phase A), int4 "
+            + (f"{_num(e['draft_step_ms'])} ms; CUDA graphs: "
+               + (f"OFF after a failure: {stats['failure']}" if stats.get("failure") else
+                  f"{stats.get('captures', 0)} captured") if "draft_step_ms" in e
+               else f"error: {e.get('error')}")]
     g = q["greedy_vs_dequantized"]
     out += ["", f"quantized {q['counts']['quantized']} layers ({q['counts']['kept']} kept) in "
             f"{q['quantize_s']} s. Greedy tokens of the int4 model vs a bf16 copy holding its "

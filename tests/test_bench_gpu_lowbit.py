@@ -34,9 +34,10 @@ def test_phase_q_code_path_with_stand_in_kernels(fake_cuda_kernels, monkeypatch)
     assert q["counts"]["quantized"] == 2 * 7 + 1  # 7 per layer and the (tied) head
     assert q["int4"]["step_1"]["ms"] > 0 and q["bf16"]["pass_16"]["ms"] > 0
     assert q["int4_weight_bytes"] < q["dense_weight_bytes"]
+    assert q["engine_int4"]["draft_step_ms"] > 0  # through DraftEngine (no graphs on a CPU)
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
     g = q["greedy_vs_dequantized"]
     assert g["tokens"] == 8 and g["same"] >= 6  # (bf16 rounding may flip a near-tie)
     assert g["prompt_logits_mean_abs_diff"] < 0.05 * g["prompt_logits_std"]
     md = "\n".join(lowbit_section(q))
-    assert "| int4 |" in md and f"{g['same']}/8 the same" in md
+    assert "| int4 |" in md and f"{g['same']}/8 the same" in md and "int4 " in md
