@@ -1,7 +1,7 @@
 """make bench-gpu: a one-shot GPU benchmark of the current engine (issue 28, item 5).
 
 python -m bench.gpu [--device cuda] [--out results/bench-gpu] [--tokens 128]
-                    [--phases ABCDE] [--e2e-model draft|target] [--time-budget-s 420]
+                    [--phases ABCDEQ] [--e2e-model draft|target] [--time-budget-s 420]
 
 Real-shaped models with random weights (timing does not depend on weights): a Qwen2.5-7B-
 shaped target and a Qwen2.5-0.5B-shaped draft, bf16, built directly on the GPU (or --target /
@@ -16,6 +16,9 @@ shaped target and a Qwen2.5-0.5B-shaped draft, bf16, built directly on the GPU (
   E  where a pass inside a service goes (bench/gpu_where.py): a 1-row verify on the calling
      thread vs the model worker thread beside an asyncio loop and a grpc.aio server; and a
      bare 1-token forward eager vs replayed from a CUDA graph
+  Q  --quantization int4 on CUDA (bench/gpu_lowbit.py): the draft's 1-token step and prompt
+     pass int4 vs bf16, and greedy tokens of the int4 draft vs a bf16 copy holding its own
+     dequantized weights; skipped off CUDA
 After every phase bench-gpu.json and bench-gpu.md are (re)written under --out. With
 --device cpu the defaults are tiny shapes, so the test suite runs the same code path.
 Phase D needs the services' modules (bench/gpu-wheels.sh); A-C need torch + transformers.
@@ -39,7 +42,8 @@ import torch
 from bench import gpu_models as gm
 
 log = partial(print, flush=True)
-SHARES = {"A": 0.3, "B": 0.12, "D": 0.4, "E": 0.18}  # of --time-budget-s (C is instant)
+SHARES = {"A": 0.3, "B": 0.12, "D": 0.35, "E": 0.18, "Q": 0.05}  # of --time-budget-s (C:
+# instant)
 
 
 def parse_args(argv=None):
@@ -57,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--tokens", type=int, default=128, help="new tokens in phases B and D")
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--sessions", default="1,8", help="session counts of phase A")
-    p.add_argument("--phases", default="ABCDE", help="a subset of ABCDE")
+    p.add_argument("--phases", default="ABCDEQ", help="a subset of ABCDEQ")
     p.add_argument("--e2e-model", choices=["draft", "target"], default="draft",
                    help="phase D's model (draft == target): the draft's shape saves and loads "
                         "in seconds; the 7B target's 15 GB take minutes")
@@ -312,8 +316,28 @@ def main(argv=None) -> int:
             d["fixed_share_of_pair_round"] = round(fixed / (pair["round_ms"] + fixed), 4)
         return d
 
+    def phase_q():
+        if run.dev.type != "cuda" or run.dtype != torch.bfloat16:
+            return {"skipped": "int4 runs on CUDA in bf16 only (specdec.quantize_cuda); the "
+                               "CPU kernels are measured by make bench and bench.rows"}
+        from bench.gpu_lowbit import lowbit_check
+        draft = model("draft")
+        prompt_ids = ids("draft")
+        models.pop("draft")  # quantized in place: later phases would build it again
+        q = lowbit_check(draft, prompt_ids, warmup=args.warmup, repeats=args.repeats,
+                         budget_s=run.budget("Q"))
+        a = ((run.res.get("A") or {}).get("draft", {}).get("engine", {}).get("1") or {})
+        q["engine_bf16_draft_step_ms"] = a.get("draft_step_ms")  # (phase A's, if it ran)
+        g = q["greedy_vs_dequantized"]
+        log(f"  Q: draft 1-token step bf16 {q['bf16']['step_1']['ms']:.2f} ms, int4 "
+            f"{q['int4']['step_1']['ms']:.2f} ms (engine: bf16 {a.get('draft_step_ms')}, int4 "
+            f"{q['engine_int4']}); greedy tokens same as its dequantized "
+            f"weights: {g['same']}/{g['tokens']}; prompt logits max |diff| "
+            f"{g['prompt_logits_max_abs_diff']} (std {g['prompt_logits_std']})")
+        return q
+
     for key, fn in (("A", phase_a), ("B", phase_b), ("C", phase_c), ("D", phase_d),
-                    ("E", phase_e)):
+                    ("E", phase_e), ("Q", phase_q)):
         run.phase(key, fn)
     if "D" in args.phases and "C" in args.phases and "error" not in run.res.get("D", {}):
         run.phase("C", phase_c)  # again, with the fixed cost D measured

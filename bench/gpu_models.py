@@ -96,7 +96,7 @@ def loaded(model, name: str):
     eos = model.generation_config.eos_token_id
     return LoadedModel(
         name=name, model=model, tokenizer=None, dtype=model.dtype, device=model.device,
-        vocab_size=model.get_output_embeddings().weight.shape[0],
+        vocab_size=model.get_output_embeddings().out_features,  # (a low-bit head: no .weight)
         max_context_length=int(config.max_position_embeddings),
         eos_token_ids=[] if eos is None else [eos] if isinstance(eos, int) else list(eos),
         tokenizer_fingerprint="")

@@ -136,6 +136,7 @@ def markdown(res: dict) -> str:
                     f"{r['forward_ms_per_round']:.2f} | {r['fixed_ms_per_round']:.2f} | "
                     f"{r.get('fixed_from', '')} |")
     out += where_section(res.get("E"))
+    out += lowbit_section(res.get("Q"))
     errors = {k: v["error"] for k, v in res.items() if isinstance(v, dict) and "error" in v}
     if errors:
         out += ["", "## Errors", ""] + [f"- phase {k}: {v}" for k, v in errors.items()]
@@ -186,4 +187,37 @@ def where_section(e: dict | None) -> list[str]:
                        f"{g['speedup']}x |")
         else:
             out.append(f"| {role} | {g.get('skipped') or g.get('error')} | | |")
+    return out
+
+
+def lowbit_section(q: dict | None) -> list[str]:
+    """Phase Q: --quantization int4 on CUDA, the draft's shape."""
+    if not q or "error" in q:
+        return []
+    out = ["", "## Q. --quantization int4 on CUDA (draft's shape), median ms", ""]
+    if q.get("skipped"):
+        return out + [f"skipped: {q['skipped']}"]
+    passes = [k for k in q["bf16"] if k.startswith("pass_")]
+    out += ["| weights | weight MiB | 1-token step | " + " | ".join(passes) + " |",
+            "|---|---|---|" + "---|" * len(passes)]
+    for name in ("bf16", "int4"):
+        mib = q["dense_weight_bytes" if name == "bf16" else "int4_weight_bytes"] / 2**20
+        out.append(f"| {name} | {mib:.0f} | {_num(q[name]['step_1']['ms'])} | "
+                   + " | ".join(_num(q[name][k]["ms"]) for k in passes) + " |")
+    e = q.get("engine_int4") or {}
+    stats = e.get("graphs") or {}
+    out += ["", "draft step through DraftEngine as served (1 session): bf16 "
+            f"{_num(q.get('engine_bf16_draft_step_ms'))} ms (phase A), int4 "
+            + (f"{_num(e['draft_step_ms'])} ms; CUDA graphs: "
+               + (f"OFF after a failure: {stats['failure']}" if stats.get("failure") else
+                  f"{stats.get('captures', 0)} captured") if "draft_step_ms" in e
+               else f"error: {e.get('error')}")]
+    g = q["greedy_vs_dequantized"]
+    out += ["", f"quantized {q['counts']['quantized']} layers ({q['counts']['kept']} kept) in "
+            f"{q['quantize_s']} s. Greedy tokens of the int4 model vs a bf16 copy holding its "
+            f"dequantized weights: {g['same']}/{g['tokens']} the same (first "
+            f"{g['same_prefix']} in a row); prompt logits: argmax the same on "
+            f"{g['prompt_argmax_same'] * 100:.1f}% of rows, max |diff| "
+            f"{g['prompt_logits_max_abs_diff']}, mean |diff| "
+            f"{g['prompt_logits_mean_abs_diff']}, spread (std) {g['prompt_logits_std']}."]
     return out

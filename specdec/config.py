@@ -122,11 +122,12 @@ def model_service_parser(prog: str, role: str, default_port: int) -> EnvDefaults
     p.add_option("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                  help="weights' dtype; auto = bfloat16 on CUDA, float32 on CPU")
     p.add_option("--quantization", default="none", choices=list(QUANTIZATIONS),
-                 help="weight-only quantization of the linear layers (CPU): int8 or int4 "
-                      "weights, activations in --dtype; cheaper 1-token steps (a draft), "
-                      "costlier multi-token passes; fp16: fp16 weights, float32 activations "
-                      "(fbgemm; chosen for bf16 on CPUs without bf16 kernels) "
-                      "(docs/benchmarks.md)")
+                 help="weight-only quantization of the linear layers: int8 or int4 "
+                      "weights, activations in --dtype; on CPU cheaper 1-token steps (a "
+                      "draft), costlier multi-token passes; on CUDA int4 only, bf16, torch's "
+                      "int4 kernel (not yet run on a GPU); fp16 (CPU): fp16 weights, float32 "
+                      "activations (fbgemm; chosen for bf16 on CPUs without bf16 kernels) "
+                      "(docs/deployment.md)")
     p.add_option("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N")
     p.add_option("--threads", default=0, type=int, help="torch CPU threads; 0 = torch's default")
     p.add_option("--omp-wait-policy", default="auto", choices=["auto", "passive", "active"],

@@ -14,7 +14,7 @@ import structlog
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from . import fp16_weights, token_map
+from . import fp16_weights, quantize_cuda, token_map
 from .config import default_cache_dir
 from .errors import InvalidArgument
 from .fetch import resolve_model_dir, resolve_tokenizer_dir
@@ -140,7 +140,8 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
                head_vocab: str = "") -> LoadedModel:
     """Load a model and its tokenizer. cache_dir: where fetched and converted weights go
     (None = the services' default, specdec.config.default_cache_dir); quantization: "none",
-    "int8" or "int4" weight-only linear layers (specdec.quantize), or "fp16" weights with
+    "int8" or "int4" weight-only linear layers (specdec.quantize; int4 only on CUDA,
+    specdec.quantize_cuda), or "fp16" weights with
     float32 activations (specdec.fp16_weights; chosen by itself for bf16 with no other scheme
     on a CPU without bf16 matrix kernels), applied after loading;
     head_vocab: restrict the output head to these tokens (a draft's --draft-vocab,
@@ -150,6 +151,8 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
     if dt == torch.bfloat16 and dev.type == "cpu" and not cpu_bf16_usable():
         log.warning("bfloat16 is not usable on this CPU; falling back to float32", model=spec)
         dt = torch.float32
+    if dev.type == "cuda" and quantization in ("int8", "int4"):  # (before loading anything)
+        quantize_cuda.check(quantization, dt, torch.cuda.get_device_capability(dev))
     cache_dir = cache_dir or default_cache_dir()  # (never the working directory: GiBs)
     path = resolve_model_dir(spec, cache_dir, str(dt).removeprefix("torch."))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dt).to(dev).eval()
@@ -178,9 +181,14 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
         dt, slow_bf16 = torch.float32, False
         (log.warning if counts["inexact_weights"] else log.info)(
             "fp16 weights, float32 activations", model=spec, **counts)
+    elif quantization != "none" and dev.type == "cuda":  # int4 (checked above)
+        counts = quantize(model, quantization)
+        torch.cuda.empty_cache()  # (hand the freed dense weights back to the device)
+        log.info("quantized on CUDA: torch's int4 kernel for every pass, no dense copy",
+                 model=spec, scheme=quantization, **counts)
     elif quantization != "none":
         if dev.type != "cpu":
-            raise InvalidArgument(f"--quantization {quantization} runs on CPU only for now "
+            raise InvalidArgument(f"--quantization {quantization} runs on CPU and CUDA only "
                                   f"(device {dev})")
         cache = quantized_cache_file(path, cache_dir, quantization, dt, head_ids)
         counts = quantize(model, quantization, cache)

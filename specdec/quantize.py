@@ -1,4 +1,4 @@
-"""Weight-only int8 / int4 linear layers on torch's own CPU kernels.
+"""Weight-only int8 / int4 linear layers on torch's own CPU kernels (int4 on CUDA too).
 
 Every token step of a small model streams all its weights; with 8- or 4-bit weights it
 streams a half or a quarter of the bytes. torch's kernels dequantize per row of activations,
@@ -17,7 +17,9 @@ up to rounding. Where the two cross depends on the shapes and the machine (4-5 r
 1.5B target's 1536x8960 weights here, beyond 16 for the 0.5B draft's), so `calibrate`
 measures it on the model's own layers when it is loaded. So quantization speeds up small
 passes and costs memory (the low-bit copy on top of the dense one). Layers whose shapes a
-kernel does not take stay as they are (counted in the returned summary). CPU only for now.
+kernel does not take stay as they are (counted in the returned summary).
+On CUDA, int4 runs torch's CUDA int4 kernel on the same codes, scales and zeros, with no
+dense copy, and int8 is refused (specdec.quantize_cuda; not yet run on a GPU).
 The scheme "fp16" (fp16 weights, float32 activations, fbgemm) lives in specdec.fp16_weights.
 
 Quantizing a 0.5B model takes tens of seconds on a small CPU, so the packed weights can be
@@ -46,6 +48,7 @@ log = structlog.get_logger(__name__)
 SCHEMES = QUANTIZATIONS
 INT4_GROUP_SIZES = (128, 64, 32)
 INT4_INNER_K_TILES = 2
+REBUILD_STEP = 1 << 20  # weights per step of dense_from_codes: 4 MiB of float32, in the L3
 SMALL_ROWS = 4  # passes of at most this many rows use the low-bit kernels (until calibrated)
 CALIBRATION_ROWS = (4, 8, 16, 32)  # the row limits calibrate() tries
 
@@ -99,7 +102,8 @@ class _LowBit(nn.Module):
             layer.group_size = packed["group_size"]
         codes = packed.get("codes")
         if codes is not None:
-            layer._use_dequantized(layer._from_codes(unpack_codes(codes), linear.weight.dtype))
+            layer._use_dequantized(dense_from_codes(codes, layer.scales_and_zeros,
+                                                    layer.group_size, linear.weight.dtype))
         elif isinstance(layer, Int4Linear):  # a cache from before the codes: quantize the
             q, _, _ = _int4_codes(linear.weight.detach(), layer.group_size)  # once more and
             layer.codes = pack_codes(q)  # keep them, so quantize() rewrites the cache
@@ -140,15 +144,54 @@ def _int4_codes(w: torch.Tensor, group_size: int):
     return q.reshape(w.shape), scales, lo + scales * 8
 
 
+def tinygemm_scales_and_zeros(scales: torch.Tensor, zeros: torch.Tensor, n: int,
+                              dtype: torch.dtype) -> torch.Tensor:
+    """_int4_codes' scales and zeros [N*K/G, 1] -> [K/G, N, 2] in dtype, the layout both
+    torch int4 kernels (CPU and CUDA) take."""
+    return torch.cat([scales.reshape(n, -1, 1), zeros.reshape(n, -1, 1)], dim=2) \
+        .transpose(0, 1).contiguous().to(dtype)
+
+
+def dequantize_codes(q: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
+                     dtype: torch.dtype, in_place: bool = False) -> torch.Tensor:
+    """(q - 8) * scale + zero [N, K] in dtype, with the scales and zeros the kernels use, in
+    float32. in_place: q (float32 codes, contiguous) holds the float32 result afterwards. The
+    same operations in the same order either way (bit-identical), but full-size temporaries
+    cost more than the arithmetic: a cached start rebuilds every layer (issue 30)."""
+    n, k = q.shape
+    sz = scales_and_zeros.float().transpose(0, 1)                            # [N, K/G, 2]
+    groups = q.view(n, -1, group_size).sub_(8) if in_place else q.reshape(n, -1, group_size) - 8
+    groups.mul_(sz[..., :1]).add_(sz[..., 1:])
+    return groups.view(n, k).to(dtype)
+
+
 def pack_codes(q: torch.Tensor) -> torch.Tensor:
     """4-bit codes [N, K] (values 0..15, K even) -> [N, K/2] uint8, two per byte."""
     q = q.to(torch.uint8)
     return q[:, 0::2] | (q[:, 1::2] << 4)
 
 
-def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
-    """pack_codes' inverse: [N, K/2] uint8 -> [N, K] float32 codes."""
-    return torch.stack([packed & 15, packed >> 4], dim=2).reshape(packed.shape[0], -1).float()
+def dense_from_codes(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
+                     dtype: torch.dtype, step: int = REBUILD_STEP) -> torch.Tensor:
+    """The dense weights [N, K] in dtype from pack_codes' [N, K/2] uint8: the codes unpacked
+    and dequantize_codes'd in place, bit for bit what the two give apart, a few rows at a time
+    (about `step` weights) so the work stays in the CPU's cache, each weight written to memory
+    once. A cached start rebuilds every layer this way (issue 30)."""
+    n, half = packed.shape
+    rows = max(1, step // (2 * half))
+    out = torch.empty(n, 2 * half, dtype=dtype)
+    scratch = None if dtype == torch.float32 else torch.empty(rows, 2 * half)
+    for r in range(0, n, rows):
+        part = packed[r:r + rows]
+        q = out[r:r + rows] if scratch is None else scratch[:part.shape[0]]
+        pairs = q.view(-1, half, 2)
+        pairs[..., 0] = part & 15
+        pairs[..., 1] = part >> 4
+        dequantize_codes(q, scales_and_zeros[:, r:r + rows], group_size, torch.float32,
+                         in_place=True)
+        if scratch is not None:
+            out[r:r + rows] = q  # (rounds as .to(dtype) does)
+    return out
 
 
 class Int4Linear(_LowBit):
@@ -159,19 +202,15 @@ class Int4Linear(_LowBit):
         dtype = linear.weight.dtype
         self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
             q.to(torch.int32), INT4_INNER_K_TILES))
-        self.register_buffer("scales_and_zeros", torch.cat(
-            [scales.reshape(n, -1, 1), zeros.reshape(n, -1, 1)], dim=2)
-            .transpose(0, 1).contiguous().to(dtype))                         # [K/G, N, 2]
+        self.register_buffer("scales_and_zeros",
+                             tinygemm_scales_and_zeros(scales, zeros, n, dtype))
         self.group_size = group_size
         self.codes = pack_codes(q)  # [N, K/2] uint8, for the cache only (quantize drops it)
         self._use_dequantized(self._from_codes(q, dtype))
 
     def _from_codes(self, q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # [N, K]
-        """(q - 8) * scale + zero with the scales and zeros the kernel uses."""
-        n, k = q.shape
-        sz = self.scales_and_zeros.float().transpose(0, 1)                  # [N, K/G, 2]
-        groups = (q.reshape(n, -1, self.group_size) - 8) * sz[..., :1] + sz[..., 1:]
-        return groups.reshape(n, k).to(dtype)
+        """The dense weights; consumes q (float32 codes, overwritten)."""
+        return dequantize_codes(q, self.scales_and_zeros, self.group_size, dtype, in_place=True)
 
     def low_bit(self, rows: torch.Tensor) -> torch.Tensor:                  # [M, K] -> [M, N]
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -277,6 +316,10 @@ def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> d
         return counts
     if scheme == fp16_weights.SCHEME:  # fbgemm packs in a second or so: nothing to cache
         return {**fp16_weights.use_fp16_weights(model), "cached": 0}
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if any(m.weight.is_cuda for _, m in targets):  # (cache_file unused: quantize_cuda)
+        from .quantize_cuda import quantize_model
+        return quantize_model(model, scheme, targets)
     saved = None
     if cache_file is not None and cache_file.exists():
         try:
@@ -285,7 +328,6 @@ def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> d
         except Exception as e:  # a torn or foreign file: quantize again and rewrite it
             log.warning("ignoring an unreadable quantization cache", path=str(cache_file),
                         error=str(e))
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, linear in targets:
         new = None
         if saved is not None:

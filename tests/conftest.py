@@ -8,6 +8,8 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from fake_int4_kernels import fake_mm, fake_pack  # noqa: E402
+
 from specdec import fp16_weights  # noqa: E402
 from specdec.logs import configure_logging  # noqa: E402
 from specdec.models import load_model  # noqa: E402
@@ -49,6 +51,14 @@ def lms(model_dirs, tmp_path_factory):
     lms["draft_perturbed_top_half"] = load_model(str(model_dirs["draft_perturbed"]), "float32",
                                                  "cpu", cache, head_vocab=str(head))
     return lms
+
+
+@pytest.fixture
+def fake_cuda_kernels(monkeypatch):
+    """specdec.quantize_cuda's CUDA int4 kernels replaced by CPU stand-ins (fake_int4_kernels)."""
+    import specdec.quantize_cuda as qc
+    monkeypatch.setattr(qc, "_pack", fake_pack)
+    monkeypatch.setattr(qc, "_mm", fake_mm)
 
 
 @pytest.fixture(scope="session")

@@ -197,3 +197,144 @@ def test_calibration_sets_one_row_limit_and_changes_speed_only():
             m.max_rows = rows
         outputs.append(model(x))
     assert torch.allclose(outputs[0], outputs[1], atol=1e-4)
+
+
+# int4 on CUDA (specdec.quantize_cuda). Without a GPU: the selection and refusal logic, and
+# the layer against stand-ins for torch's two CUDA kernels that follow their documented
+# contract (int4mm.cu); with one: the real kernels.
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_nibble_order_matches_the_cuda_packing_kernels_documented_equivalence():
+    """int4mm.cu's matrix_to_m16n8k16_Bint4_layout packs four input bytes v[0..3] into
+    v[3]L|v[2]L|v[1]L|v[0]L|v[3]H|v[2]H|v[1]H|v[0]H, documented as equal to packing the
+    eight codes c[0..7] (int32 input) into c[7]|c[5]|c[3]|c[1]|c[6]|c[4]|c[2]|c[0]; with
+    the low nibble first (the cache's pack_codes) the two would differ."""
+    from specdec.quantize import pack_codes
+    from specdec.quantize_cuda import pack_nibbles
+    torch.manual_seed(0)
+    q = torch.randint(0, 16, (16, 8))
+
+    def from_bytes(v):
+        v = [int(b) for b in v]
+        return sum((v[i] & 0xF) << (16 + 4 * i) | (v[i] >> 4) << (4 * i) for i in range(4))
+
+    def from_codes(c):
+        c = [int(x) for x in c]
+        return sum(c[2 * i] << (4 * i) | c[2 * i + 1] << (16 + 4 * i) for i in range(4))
+
+    assert all(from_bytes(b) == from_codes(c) for b, c in zip(pack_nibbles(q), q, strict=True))
+    assert any(from_bytes(b) != from_codes(c) for b, c in zip(pack_codes(q), q, strict=True))
+
+
+def test_cuda_int4_layer_is_the_cpu_quantized_model_without_a_dense_copy(fake_cuda_kernels):
+    """The same codes, scales and zeros as the CPU layer (only packing and product differ),
+    every pass through the int4 kernel whatever its rows, and no dense weight kept."""
+    from specdec.quantize_cuda import CudaInt4Linear
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 64, bias=True).to(torch.bfloat16)
+    copy = nn.Linear(256, 64).to(torch.bfloat16)
+    copy.load_state_dict(linear.state_dict())
+    cpu_dense = Int4Linear(copy, 64)  # (it replaces its linear's weight: a copy)
+    layer = CudaInt4Linear(linear, 64)
+    floats = sum(t.numel() for t in [*layer.parameters(), *layer.buffers()]
+                 if t.is_floating_point())
+    assert floats < 256 * 64 / 8  # scales, zeros and bias only
+    want_w = cpu_dense.dense.weight.float()                      # the CPU layer's [N, K]
+    for rows in (1, SMALL_ROWS + 1, 40):
+        x = torch.randn(rows, 256, dtype=torch.bfloat16)[None]  # [1, rows, K]
+        got = layer(x)
+        assert got.shape == (1, rows, 64) and got.dtype == torch.bfloat16
+        want = x.float() @ want_w.t() + linear.bias.float()
+        torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.02)
+    strided = torch.randn(3, 5, 256, dtype=torch.bfloat16)[:, -1:, :]
+    torch.testing.assert_close(layer(strided), layer(strided.contiguous()))
+
+
+def test_cuda_refusals_are_clear():
+    from specdec.errors import InvalidArgument
+    from specdec.quantize_cuda import check
+    check("int4", torch.bfloat16, (9, 0))  # H100: allowed
+    check("none", torch.float32, (7, 5))
+    with pytest.raises(InvalidArgument, match="int8 is CPU only.*use --quantization int4"):
+        check("int8", torch.bfloat16, (9, 0))
+    with pytest.raises(InvalidArgument, match="needs --dtype bfloat16"):
+        check("int4", torch.float16, (9, 0))
+    with pytest.raises(InvalidArgument, match="8.0 or newer.*has 7.5"):
+        check("int4", torch.bfloat16, (7, 5))
+
+
+def test_load_model_on_cuda_checks_the_scheme_before_loading(model_dirs, tmp_path,
+                                                            monkeypatch):
+    from specdec.errors import InvalidArgument
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    with pytest.raises(InvalidArgument, match="int8 is CPU only"):  # (nothing loaded)
+        load_model("no/such-model", "bfloat16", "cuda", str(tmp_path), "int8")
+    with pytest.raises(InvalidArgument, match="bfloat16"):
+        load_model("no/such-model", "float32", "cuda", str(tmp_path), "int4")
+    if not torch.cuda.is_available():  # int4 passes the checks: it fails moving to the GPU
+        with pytest.raises(Exception) as failed:
+            load_model(str(model_dirs["target"]), "bfloat16", "cuda", str(tmp_path), "int4")
+        assert not isinstance(failed.value, InvalidArgument)
+
+
+@cuda
+@pytest.mark.parametrize("k, group", [(512, 128), (64, 64), (96, 32)])  # inner k-tiles 8/4/2
+def test_cuda_int4_kernel_multiplies_by_the_shared_dequantized_weights(k, group):
+    from specdec.quantize import _int4_codes, dequantize_codes
+    from specdec.quantize_cuda import CudaInt4Linear
+    torch.manual_seed(0)
+    linear = nn.Linear(k, 128, bias=True, device="cuda", dtype=torch.bfloat16)
+    q, _, _ = _int4_codes(linear.weight.detach(), group)
+    layer = CudaInt4Linear(linear, group)
+    want_w = dequantize_codes(q, layer.scales_and_zeros, group, torch.bfloat16)
+    torch.testing.assert_close(layer.dequantized(), want_w, rtol=2**-7, atol=1e-6)
+    x = torch.randn(1, 300, k, device="cuda", dtype=torch.bfloat16)
+    many = layer(x)
+    torch.testing.assert_close(many.float(), (x.float() @ want_w.float().t()
+                                              + linear.bias.float()), atol=0.05, rtol=0.02)
+    one_by_one = torch.cat([layer(x[:, i:i + 1]) for i in range(0, 300, 37)], dim=1)
+    torch.testing.assert_close(many[:, ::37], one_by_one)
+
+
+@cuda
+def test_int4_model_loads_on_cuda_and_approximates_the_original(model_dirs, tmp_path):
+    from specdec.quantize_cuda import CudaInt4Linear
+    path = str(model_dirs["target"])
+    full = load_model(path, "bfloat16", "cuda", str(tmp_path))
+    lm = load_model(path, "bfloat16", "cuda", str(tmp_path), "int4")
+    assert lm.quantization == "int4" and lm.device.type == "cuda"
+    assert not any(isinstance(m, nn.Linear) for m in lm.model.modules())
+    assert any(isinstance(m, CudaInt4Linear) for m in lm.model.modules())
+    assert not list((tmp_path / "quantized").glob("*.pt"))  # nothing cached on CUDA
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3, 8, 9, 10, 11, 12, 13]], device="cuda")
+    with torch.inference_mode():
+        ref, got = full.model(ids).logits[0].float(), lm.model(ids).logits[0].float()
+    assert nn.functional.cosine_similarity(got, ref, dim=-1).min() >= 0.8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rebuilding_dense_weights_from_codes_is_bit_identical_to_the_plain_expression(dtype):
+    """The cached start's rebuild (dense_from_codes: in place, a few rows at a time) gives
+    exactly what the plain expressions gave before (issue 30), as does dequantize_codes."""
+    from specdec.quantize import (
+        _int4_codes,
+        dense_from_codes,
+        dequantize_codes,
+        pack_codes,
+        tinygemm_scales_and_zeros,
+    )
+    torch.manual_seed(0)
+    w = torch.randn(48, 256) * 0.05
+    q, scales, zeros = _int4_codes(w, 64)
+    sz = tinygemm_scales_and_zeros(scales, zeros, 48, dtype)
+    packed = pack_codes(q)
+    plain_q = torch.stack([packed & 15, packed >> 4], dim=2).reshape(48, -1).float()
+    s = sz.float().transpose(0, 1)
+    plain = ((plain_q.reshape(48, -1, 64) - 8) * s[..., :1] + s[..., 1:]).reshape(48, 256)
+    assert torch.equal(plain_q, q)
+    assert torch.equal(dequantize_codes(q, sz, 64, dtype), plain.to(dtype))
+    for step in (256 * 5, 1 << 20):  # 5 rows a step (the last step 3), or all at once
+        rebuilt = dense_from_codes(packed, sz, 64, dtype, step=step)
+        assert rebuilt.dtype == dtype and torch.equal(rebuilt, plain.to(dtype))
