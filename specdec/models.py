@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from . import fp16_weights, quantize_cuda, token_map
 from .config import default_cache_dir
 from .errors import InvalidArgument
-from .fetch import resolve_model_dir, resolve_tokenizer_dir
+from .fetch import resolve_model, resolve_tokenizer_dir
 from .quantize import calibrate, quantize, use_fp16_dense_paths
 from .wide_rows import WIDE_ROWS, upcast_wide_passes
 
@@ -122,6 +123,15 @@ def eos_token_ids(model: PreTrainedModel, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def gguf_blocks(gguf: Path | None, model) -> Callable[[], dict] | None:
+    """For int4 from a GGUF file: what reads the layers it holds as 4-bit blocks (specdec.
+    gguf.int4_blocks), so that they keep the file's own weights (None: not a GGUF)."""
+    if gguf is None:
+        return None
+    from .gguf import int4_blocks
+    return lambda: int4_blocks(gguf, model)
+
+
 def quantized_cache_file(path, cache_dir: str | None, scheme: str, dtype: torch.dtype,
                          head_ids: torch.Tensor | None) -> Path | None:
     """Where the packed low-bit layers of this model are cached: keyed by the weight files
@@ -154,7 +164,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
     if dev.type == "cuda" and quantization in ("int8", "int4"):  # (before loading anything)
         quantize_cuda.check(quantization, dt, torch.cuda.get_device_capability(dev))
     cache_dir = cache_dir or default_cache_dir()  # (never the working directory: GiBs)
-    path = resolve_model_dir(spec, cache_dir, str(dt).removeprefix("torch."))
+    path, gguf = resolve_model(spec, cache_dir, str(dt).removeprefix("torch."))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dt).to(dev).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     config = model.config.get_text_config()
@@ -182,7 +192,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
         (log.warning if counts["inexact_weights"] else log.info)(
             "fp16 weights, float32 activations", model=spec, **counts)
     elif quantization != "none" and dev.type == "cuda":  # int4 (checked above)
-        counts = quantize(model, quantization)
+        counts = quantize(model, quantization, blocks=gguf_blocks(gguf, model))
         torch.cuda.empty_cache()  # (hand the freed dense weights back to the device)
         log.info("quantized on CUDA: torch's int4 kernel for every pass, no dense copy",
                  model=spec, scheme=quantization, **counts)
@@ -190,8 +200,10 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
         if dev.type != "cpu":
             raise InvalidArgument(f"--quantization {quantization} runs on CPU and CUDA only "
                                   f"(device {dev})")
-        cache = quantized_cache_file(path, cache_dir, quantization, dt, head_ids)
-        counts = quantize(model, quantization, cache)
+        blocks = gguf_blocks(gguf, model) if quantization == "int4" else None
+        cache = quantized_cache_file(path, cache_dir, quantization + ("+gguf" if blocks else ""),
+                                     dt, head_ids)
+        counts = quantize(model, quantization, cache, blocks)
         if slow_bf16 and fp16_weights.available():
             dense = use_fp16_dense_paths(model)
             slow_bf16 = False

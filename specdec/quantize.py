@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -42,6 +43,7 @@ from torch import nn
 
 from . import fp16_weights
 from .config import QUANTIZATIONS
+from .gguf_int4 import GROUP as GGUF_GROUP
 
 log = structlog.get_logger(__name__)
 
@@ -194,11 +196,21 @@ def dense_from_codes(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group
     return out
 
 
+def given_codes(blocks: tuple | None):
+    """A GGUF tensor's 4-bit blocks (specdec.gguf.int4_blocks' value) as _int4_codes' result
+    with group size gguf_int4.GROUP: (q float32 [N, K], scales, zeros [N*K/G, 1])."""
+    from .gguf_int4 import int4_codes
+    q, scales, zeros = int4_codes(*blocks)
+    return q.float(), scales.reshape(-1, 1), zeros.reshape(-1, 1)
+
+
 class Int4Linear(_LowBit):
-    def __init__(self, linear: nn.Linear, group_size: int):
+    def __init__(self, linear: nn.Linear, group_size: int, codes: tuple | None = None):
+        """codes: given_codes' (q, scales, zeros) to take as they are (a GGUF's own 4-bit
+        weights) instead of quantizing the layer's weights."""
         super().__init__(linear)
         n, k = linear.weight.shape
-        q, scales, zeros = _int4_codes(linear.weight.detach(), group_size)
+        q, scales, zeros = codes or _int4_codes(linear.weight.detach(), group_size)
         dtype = linear.weight.dtype
         self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
             q.to(torch.int32), INT4_INNER_K_TILES))
@@ -305,21 +317,26 @@ def use_fp16_dense_paths(model: nn.Module) -> int:
     return len(low_bit) + fp16_weights.pack_linears(model)["quantized"]
 
 
-def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> dict[str, int]:
+def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None,
+             blocks: Callable[[], dict] | None = None) -> dict[str, int]:
     """Replace the model's nn.Linear layers (the output head included) in place; with
     cache_file, load the packed layers from it if it exists, else save them there.
-    Returns {"quantized": n, "kept": m, "cached": 0 or 1}."""
+    blocks(): for int4, the layers a GGUF file holds as 4-bit blocks (specdec.gguf.
+    int4_blocks), which keep those weights (group size 32) instead of being quantized again;
+    called only when there is no cache to load.
+    Returns {"quantized": n, "kept": m, "cached": 0 or 1, "repacked": r}."""
     if scheme not in SCHEMES:
         raise ValueError(f"quantization {scheme!r}: expected one of {', '.join(SCHEMES)}")
-    counts = {"quantized": 0, "kept": 0, "cached": 0}
+    counts = {"quantized": 0, "kept": 0, "cached": 0, "repacked": 0}
     if scheme == "none":
         return counts
     if scheme == fp16_weights.SCHEME:  # fbgemm packs in a second or so: nothing to cache
         return {**fp16_weights.use_fp16_weights(model), "cached": 0}
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    repack = blocks is not None and scheme == "int4"
     if any(m.weight.is_cuda for _, m in targets):  # (cache_file unused: quantize_cuda)
         from .quantize_cuda import quantize_model
-        return quantize_model(model, scheme, targets)
+        return quantize_model(model, scheme, targets, blocks() if repack else {})
     saved = None
     if cache_file is not None and cache_file.exists():
         try:
@@ -328,6 +345,7 @@ def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> d
         except Exception as e:  # a torn or foreign file: quantize again and rewrite it
             log.warning("ignoring an unreadable quantization cache", path=str(cache_file),
                         error=str(e))
+    given = blocks() if repack and saved is None else {}
     for name, linear in targets:
         new = None
         if saved is not None:
@@ -335,6 +353,9 @@ def quantize(model: nn.Module, scheme: str, cache_file: Path | None = None) -> d
         elif linear.weight.device.type == "cpu":
             if scheme == "int8":
                 new = Int8Linear(linear)
+            elif linear.out_features % 8 == 0 and name in given:
+                new = Int4Linear(linear, GGUF_GROUP, given_codes(given[name]))
+                counts["repacked"] += 1
             elif (g := int4_group_size(linear.in_features)) is not None and \
                     linear.out_features % 8 == 0:
                 new = Int4Linear(linear, g)

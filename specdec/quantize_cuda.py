@@ -88,11 +88,13 @@ class CudaInt4Linear(nn.Module):
     """An nn.Linear as 4-bit codes in the tinygemm layout, bf16 scales and zeros per group of
     group_size input channels, and the layer's bias; no dense weight."""
 
-    def __init__(self, linear: nn.Linear, group_size: int):
+    def __init__(self, linear: nn.Linear, group_size: int, codes: tuple | None = None):
+        """codes: quantize.given_codes' (a GGUF's own 4-bit weights), else quantized here."""
         super().__init__()
         from .quantize import _int4_codes, tinygemm_scales_and_zeros
         n, k = linear.weight.shape
-        q, scales, zeros = _int4_codes(linear.weight.detach(), group_size)
+        q, scales, zeros = codes or _int4_codes(linear.weight.detach(), group_size)
+        q, scales, zeros = q.to(linear.weight.device), scales.to(q.device), zeros.to(q.device)
         self.in_features, self.out_features = k, n
         self.group_size = group_size
         self.register_buffer("qweight", _pack(pack_nibbles(q).contiguous(), inner_k_tiles(k)))
@@ -113,20 +115,27 @@ class CudaInt4Linear(nn.Module):
         return _mm(eye, self.qweight, self.group_size, self.scales_and_zeros).t().contiguous()
 
 
-def quantize_model(model: nn.Module, scheme: str, targets: list) -> dict[str, int]:
+def quantize_model(model: nn.Module, scheme: str, targets: list, given: dict
+                   ) -> dict[str, int]:
     """specdec.quantize.quantize for layers on a CUDA device: each (name, nn.Linear) of
-    targets the kernel takes becomes a CudaInt4Linear. Nothing is cached: the quantization
-    is elementwise work on the GPU, and the packed layout is the GPU kernel's."""
-    from .quantize import int4_group_size
+    targets the kernel takes becomes a CudaInt4Linear (from the GGUF blocks in `given`
+    where it has them). Nothing is cached: the quantization is elementwise work on the GPU,
+    and the packed layout is the GPU kernel's."""
+    from .quantize import GGUF_GROUP, given_codes, int4_group_size
     device = next(m.weight.device for _, m in targets if m.weight.is_cuda)
     check(scheme, next(m.weight.dtype for _, m in targets if m.weight.is_cuda),
           torch.cuda.get_device_capability(device))
-    counts = {"quantized": 0, "kept": 0, "cached": 0}
+    counts = {"quantized": 0, "kept": 0, "cached": 0, "repacked": 0}
     for name, linear in targets:
         g = int4_group_size(linear.in_features)
         if g is None or linear.out_features % 8 or linear.weight.device != device:
             counts["kept"] += 1
             continue
-        fp16_weights.replace_module(model, name, CudaInt4Linear(linear, g))
+        if name in given:
+            new = CudaInt4Linear(linear, GGUF_GROUP, given_codes(given[name]))
+            counts["repacked"] += 1
+        else:
+            new = CudaInt4Linear(linear, g)
+        fp16_weights.replace_module(model, name, new)
         counts["quantized"] += 1
     return counts

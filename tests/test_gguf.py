@@ -3,14 +3,18 @@ tokenizer as transformers' own GGUF loader gives (cast to that dtype), written o
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType, dequantize
 from tiny_gguf import write_tiny_gguf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from specdec import gguf as gguf_convert
 from specdec.fetch import convert_gguf
+from specdec.gguf_int4 import _BLOCK_BYTES, int4_codes
 from specdec.models import load_model, tokenizer_fingerprint
+from specdec.quantize import Int4Linear
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +89,52 @@ def test_a_served_gguf_is_converted_once_to_the_served_dtype(tiny_gguf, tmp_path
     monkeypatch.setattr(gguf_convert, "convert", refuse)
     again = load_model(str(tiny_gguf), "float32", "cpu", str(tmp_path))
     assert again.tokenizer_fingerprint == lm.tokenizer_fingerprint
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q4_K"])
+def test_4bit_blocks_repack_to_codes_scales_and_zeros_exactly(kind):
+    """int4_codes reads the blocks (random bytes, sane fp16 scales) into codes, scales and
+    zeros whose (q - 8) * scale + zero are the gguf package's dequantized values, exactly."""
+    rng = np.random.default_rng(0)
+    values = 256 if kind == "Q4_K" else 32
+    n, k = 6, 512
+    blocks = rng.integers(0, 256, size=(n * k // values, _BLOCK_BYTES[kind]), dtype=np.uint8)
+    halves = 1 if kind == "Q4_0" else 2  # d (Q4_0); d and m / dmin (Q4_1, Q4_K)
+    blocks[:, :2 * halves] = rng.uniform(1e-3, 0.1, size=(len(blocks), halves)).astype(
+        np.float16).view(np.uint8)
+    rows = blocks.reshape(n, -1)
+    q, scales, zeros = int4_codes(kind, rows)
+    assert q.shape == (n, k) and int(q.max()) <= 15 and scales.shape == zeros.shape == (n, k // 32)
+    w = (q.float().reshape(n, -1, 32) - 8) * scales[..., None] + zeros[..., None]
+    want = dequantize(rows, getattr(GGMLQuantizationType, kind)).reshape(n, k)
+    assert torch.equal(w.reshape(n, k), torch.from_numpy(want))
+
+
+def test_int4_from_a_4bit_gguf_keeps_the_files_own_weights(tmp_path, monkeypatch):
+    """--quantization int4 of a Q4_0 GGUF takes its blocks as they are (group size 32): the
+    dense weights equal the file's dequantized ones exactly (quantizing them again would
+    not), the low-bit passes agree with them, and a cached start does not read the blocks."""
+    gguf = write_tiny_gguf(tmp_path / "tiny-q4_0.gguf", matrices=GGMLQuantizationType.Q4_0)
+    plain = load_model(str(gguf), "float32", "cpu", str(tmp_path / "cache"))
+    lm = load_model(str(gguf), "float32", "cpu", str(tmp_path / "cache"), quantization="int4")
+    weights = dict(plain.model.named_modules())
+    layers = {name: m for name, m in lm.model.named_modules() if isinstance(m, Int4Linear)}
+    assert len(layers) >= 14 and all(m.group_size == 32 for m in layers.values())
+    for name, layer in layers.items():
+        assert torch.equal(layer.dense.weight, weights[name].weight), name
+    ids = torch.tensor([plain.tokenizer("def add(a, b):").input_ids])
+    with torch.inference_mode():
+        want = plain.model(ids).logits
+        assert torch.allclose(lm.model(ids).logits, want, atol=1e-4)  # dense (many rows)
+        for layer in layers.values():
+            layer.max_rows = 1 << 20  # every pass through the int4 kernel
+        assert torch.allclose(lm.model(ids).logits, want, atol=1e-4)
+
+    def refuse(*args):
+        raise AssertionError("read the blocks again")
+
+    monkeypatch.setattr(gguf_convert, "int4_blocks", refuse)
+    again = load_model(str(gguf), "float32", "cpu", str(tmp_path / "cache"), quantization="int4")
+    for name, layer in again.model.named_modules():
+        if isinstance(layer, Int4Linear):
+            assert torch.equal(layer.dense.weight, weights[name].weight), name

@@ -1,5 +1,5 @@
-"""A tiny seeded Qwen2 model written as a GGUF file (Q8_0 matrices, float32 vectors), with
-the tiny tokenizer in its metadata, as llama.cpp's converter lays them out."""
+"""A tiny seeded Qwen2 model written as a GGUF file (Q8_0 or Q4_0 matrices, float32
+vectors), with the tiny tokenizer in its metadata, as llama.cpp's converter lays them out."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from gguf import MODEL_ARCH, GGMLQuantizationType, GGUFWriter, get_tensor_name_m
 from tiny_models import build_model, tiny_config, train_tokenizer
 
 
-def write_tiny_gguf(path: Path, seed: int = 0, vocab_size: int = 320) -> Path:
+def write_tiny_gguf(path: Path, seed: int = 0, vocab_size: int = 320,
+                    matrices: GGMLQuantizationType = GGMLQuantizationType.Q8_0) -> Path:
     tokenizer = train_tokenizer(vocab_size)
     eos = tokenizer.convert_tokens_to_ids("<eos>")
     config = tiny_config(len(tokenizer), eos)
@@ -27,7 +28,7 @@ def write_tiny_gguf(path: Path, seed: int = 0, vocab_size: int = 320) -> Path:
     w.add_head_count_kv(config.num_key_value_heads)
     w.add_rope_freq_base(config.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(config.rms_norm_eps)
-    w.add_file_type(7)  # (mostly Q8_0)
+    w.add_file_type({GGMLQuantizationType.Q8_0: 7, GGMLQuantizationType.Q4_0: 2}[matrices])
     tk = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     special = set(tokenizer.all_special_tokens)
@@ -44,8 +45,7 @@ def write_tiny_gguf(path: Path, seed: int = 0, vocab_size: int = 320) -> Path:
         data = tensor.float().numpy()
         if data.ndim == 2:
             w.add_tensor(f"{names.get_name(base)}.{suffix}",
-                         quants.quantize(data, GGMLQuantizationType.Q8_0),
-                         raw_dtype=GGMLQuantizationType.Q8_0)
+                         quants.quantize(data, matrices), raw_dtype=matrices)
         else:
             w.add_tensor(f"{names.get_name(base)}.{suffix}", np.ascontiguousarray(data))
     w.write_header_to_file()
