@@ -35,6 +35,7 @@ def missing_modules(stubbed: list[str]) -> list[str]:
 def generate(addr: str, prompt: str, tokens: int, k: int, timeout_s: float) -> dict:
     import grpc
 
+    from coordinator.client import message_tokens
     from specdec.v1 import generator_pb2, generator_pb2_grpc
     req = generator_pb2.GenerateRequest(prompt=prompt, max_new_tokens=tokens,
                                         num_speculative_tokens=k, adaptive_k=False,
@@ -46,8 +47,8 @@ def generate(addr: str, prompt: str, tokens: int, k: int, timeout_s: float) -> d
     start = time.perf_counter()
     with grpc.insecure_channel(addr) as channel:
         for msg in generator_pb2_grpc.GeneratorStub(channel).Generate(req, timeout=timeout_s):
-            if msg.HasField("tokens"):
-                n += len(msg.tokens.ids)
+            if (got := message_tokens(msg)) is not None:
+                n += len(got[0])
             else:
                 stats = msg.stats
     wall = time.perf_counter() - start

@@ -4,9 +4,12 @@ A bare 1-token step over a cached prompt and a pass of the whole prompt (its row
 int4 kernel too), bf16 and int4 side by side, the weight bytes of each, the int4 draft's step
 through DraftEngine as served (CUDA graphs; phase A has bf16's), and whether the int4
 model's greedy tokens agree with a bf16 copy holding the int4 model's own dequantized weights
-(read back through the kernel): the two differ only by rounding in the products, so a wrong
-packing shows as logits far apart. Random weights make near-ties common, so a few differing
-tokens need not mean a fault; the logit difference against their spread is the sharper check.
+(read back through the kernel): the two differ only by rounding in the products, so an
+error that depends on the number of rows shows as logits far apart. A wrong packing would give
+both the same wrong weights: the weights read back are compared with the original bf16 ones
+too (packing_ok: off by no more than int4 rounding). Random weights make near-ties common,
+so a few differing tokens need not mean a fault; the logit difference against their spread
+is the sharper check.
 Off CUDA (or not in bf16) bench.gpu records the phase as skipped.
 """
 
@@ -79,11 +82,16 @@ def lowbit_check(model, prompt: list[int], *, warmup: int, repeats: int, budget_
         out["engine_int4"] = {"draft_step_ms": e["draft_step_ms"], "graphs": e["draft_graphs"]}
     except Exception as e:  # (keep the figures above)
         out["engine_int4"] = {"error": f"{type(e).__name__}: {e}"[:500]}
-    with torch.no_grad():  # the reference multiplies by the int4 model's own weights
-        for name, m in model.named_modules():
+    worst = 0.0  # the weights read back through the kernel against the original ones: a
+    with torch.no_grad():  # wrong packing is off by about the weights themselves, int4
+        for name, m in model.named_modules():  # rounding by at most ~1/30 of a group's range
             if isinstance(m, CudaInt4Linear):  # (a new parameter: unties a tied head)
-                reference.get_submodule(name).weight = nn.Parameter(m.dequantized(),
-                                                                    requires_grad=False)
+                w, original = m.dequantized(), reference.get_submodule(name).weight
+                worst = max(worst, float((w.float() - original.float()).abs().max()
+                                         / original.float().abs().max().clamp(min=1e-12)))
+                reference.get_submodule(name).weight = nn.Parameter(w, requires_grad=False)
+    out["weights_vs_original_max_rel_err"] = round(worst, 4)
+    out["packing_ok"] = worst < 0.2
     got, got_logits = greedy(model, prompt, tokens)
     want, want_logits = greedy(reference, prompt, tokens)
     del reference

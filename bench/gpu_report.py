@@ -219,5 +219,8 @@ def lowbit_section(q: dict | None) -> list[str]:
             f"{g['same_prefix']} in a row); prompt logits: argmax the same on "
             f"{g['prompt_argmax_same'] * 100:.1f}% of rows, max |diff| "
             f"{g['prompt_logits_max_abs_diff']}, mean |diff| "
-            f"{g['prompt_logits_mean_abs_diff']}, spread (std) {g['prompt_logits_std']}."]
+            f"{g['prompt_logits_mean_abs_diff']}, spread (std) {g['prompt_logits_std']}. "
+            "Weights read back through the kernel vs the original bf16 ones: max error "
+            f"{q['weights_vs_original_max_rel_err']} of each layer's largest weight ("
+            + ("packing OK" if q["packing_ok"] else "**PACKING WRONG**") + ")."]
     return out

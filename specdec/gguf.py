@@ -135,9 +135,11 @@ def _tensor_names(gguf: Path, reader, config):
     return architecture, processor, parsed, get_gguf_hf_weights_map(model, processor), model
 
 
-def int4_blocks(gguf: Path, model) -> dict[str, tuple[str, np.ndarray]]:
+def int4_blocks(gguf: Path, model, head_ids: torch.Tensor | None = None
+                ) -> dict[str, tuple[str, np.ndarray]]:
     """The model's linear weights that the file stores as 4-bit blocks specdec.gguf_int4
-    repacks: {module name: (GGUF type name, [rows, bytes] blocks, memory-mapped)}. Empty for
+    repacks: {module name: (GGUF type name, [rows, bytes] blocks)}. head_ids: the rows the
+    output head was restricted to (specdec.token_map), taken from the file's rows. Empty for
     an architecture whose transformers tensor processor changes tensors (their rows would no
     longer match the blocks). Reading the file's header takes seconds (its vocabulary), so
     call this only to quantize (a quantization cache keeps the result)."""
@@ -155,19 +157,22 @@ def int4_blocks(gguf: Path, model) -> dict[str, tuple[str, np.ndarray]]:
     config = model.config.get_text_config()
     names = gguf_lib.get_tensor_name_map(arch, config.num_hidden_layers)
     tensors = {t.name: t for t in reader.tensors}
+    head = model.get_output_embeddings()
     out = {}
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
             continue
         base = names.get_name(name)
+        if module is head and getattr(config, "tie_word_embeddings", False):
+            base = "token_embd"  # (transformers ties the head to the embeddings)
         tensor = tensors.get(f"{base}.weight") if base else None
-        if tensor is None and getattr(config, "tie_word_embeddings", False) and \
-                module is model.get_output_embeddings():
-            tensor = tensors.get("token_embd.weight")  # (the head is the embeddings)
         if tensor is None or tensor.data.ndim != 2 or not repackable(tensor.tensor_type.name):
             continue
-        if tensor.data.shape[0] == module.out_features:
-            out[name] = (tensor.tensor_type.name, tensor.data)
+        rows = tensor.data
+        if module is head and head_ids is not None:
+            rows = np.asarray(rows)[head_ids.cpu().numpy()]
+        if rows.shape[0] == module.out_features:
+            out[name] = (tensor.tensor_type.name, rows)
     return out
 
 

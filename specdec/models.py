@@ -123,13 +123,17 @@ def eos_token_ids(model: PreTrainedModel, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def gguf_blocks(gguf: Path | None, model) -> Callable[[], dict] | None:
+GGUF_REPACK = "+gguf-blocks-v1"  # in the cache key: which layers keep a GGUF's own blocks
+
+
+def gguf_blocks(gguf: Path | None, model, head_ids: torch.Tensor | None
+                ) -> Callable[[], dict] | None:
     """For int4 from a GGUF file: what reads the layers it holds as 4-bit blocks (specdec.
     gguf.int4_blocks), so that they keep the file's own weights (None: not a GGUF)."""
     if gguf is None:
         return None
     from .gguf import int4_blocks
-    return lambda: int4_blocks(gguf, model)
+    return lambda: int4_blocks(gguf, model, head_ids)
 
 
 def quantized_cache_file(path, cache_dir: str | None, scheme: str, dtype: torch.dtype,
@@ -192,7 +196,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
         (log.warning if counts["inexact_weights"] else log.info)(
             "fp16 weights, float32 activations", model=spec, **counts)
     elif quantization != "none" and dev.type == "cuda":  # int4 (checked above)
-        counts = quantize(model, quantization, blocks=gguf_blocks(gguf, model))
+        counts = quantize(model, quantization, blocks=gguf_blocks(gguf, model, head_ids))
         torch.cuda.empty_cache()  # (hand the freed dense weights back to the device)
         log.info("quantized on CUDA: torch's int4 kernel for every pass, no dense copy",
                  model=spec, scheme=quantization, **counts)
@@ -200,9 +204,9 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
         if dev.type != "cpu":
             raise InvalidArgument(f"--quantization {quantization} runs on CPU and CUDA only "
                                   f"(device {dev})")
-        blocks = gguf_blocks(gguf, model) if quantization == "int4" else None
-        cache = quantized_cache_file(path, cache_dir, quantization + ("+gguf" if blocks else ""),
-                                     dt, head_ids)
+        blocks = gguf_blocks(gguf, model, head_ids) if quantization == "int4" else None
+        cache = quantized_cache_file(path, cache_dir, quantization + (GGUF_REPACK if blocks
+                                                                      else ""), dt, head_ids)
         counts = quantize(model, quantization, cache, blocks)
         if slow_bf16 and fp16_weights.available():
             dense = use_fp16_dense_paths(model)
@@ -214,6 +218,12 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto",
                              else cache.with_suffix(".calibration.json"))
         log.info("quantized", model=spec, scheme=quantization, cache=str(cache),
                  low_bit_max_rows=max_rows, **counts)
+        if max_rows == 0:
+            log.warning(f"the {quantization} kernels lose to the dense product even for one "
+                        f"row on this CPU with {str(dt).removeprefix('torch.')} activations, "
+                        "so every pass uses the dequantized weights: this scheme only costs "
+                        "memory here. int4 with --dtype bfloat16 is fast on AVX2 CPUs; "
+                        "otherwise use --quantization none", model=spec)
     if slow_bf16:
         layers = upcast_wide_passes(model)
         log.warning("this CPU has no bf16 matrix kernels (oneDNN needs AVX-512 or AMX): each "

@@ -196,7 +196,7 @@ def dense_from_codes(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group
     return out
 
 
-def given_codes(blocks: tuple | None):
+def given_codes(blocks: tuple):
     """A GGUF tensor's 4-bit blocks (specdec.gguf.int4_blocks' value) as _int4_codes' result
     with group size gguf_int4.GROUP: (q float32 [N, K], scales, zeros [N*K/G, 1])."""
     from .gguf_int4 import int4_codes
@@ -260,9 +260,10 @@ def _calibration_key(layers: list) -> str:
 def calibrate(model: nn.Module, repeats: int = 2, cache_file: Path | None = None) -> int:
     """Set every low-bit layer's max_rows to the largest of CALIBRATION_ROWS (at least
     SMALL_ROWS) at which its low-bit kernels, summed over the model's layers, still beat the
-    dense product on this machine; returns it. Both paths compute the same model, so this
-    changes speed only. With cache_file (a JSON file), reuse the result saved there for the
-    same machine, torch and layers (_calibration_key), else measure and save it."""
+    dense product on this machine, or to 0 where they lose even for one row; returns it. Both
+    paths compute the same model, so this changes speed only. With cache_file (a JSON file),
+    reuse the result saved there for the same machine, torch and layers (_calibration_key),
+    else measure and save it."""
     layers = [m for m in model.modules() if isinstance(m, _LowBit)]
     if not layers:
         return SMALL_ROWS
@@ -296,10 +297,12 @@ def _measure_max_rows(layers: list, repeats: int) -> int:
         return fastest_pass([functools.partial(path, layer, x)
                              for layer, x in zip(layers, xs, strict=True)], repeats)
 
+    low_bit, dense = (lambda layer, x: layer.low_bit(x)), (lambda layer, x: layer.dense(x))
+    if seconds(low_bit, 1) >= seconds(dense, 1):  # (e.g. int4 with float32 activations on
+        return 0  # an AVX2-only CPU: ~10x a float32 product): every pass takes the dense path
     limit = SMALL_ROWS
     for rows in CALIBRATION_ROWS:
-        if seconds(lambda layer, x: layer.low_bit(x), rows) >= seconds(
-                lambda layer, x: layer.dense(x), rows):
+        if seconds(low_bit, rows) >= seconds(dense, rows):
             break
         limit = max(limit, rows)
     return limit

@@ -94,7 +94,8 @@ class CudaInt4Linear(nn.Module):
         from .quantize import _int4_codes, tinygemm_scales_and_zeros
         n, k = linear.weight.shape
         q, scales, zeros = codes or _int4_codes(linear.weight.detach(), group_size)
-        q, scales, zeros = q.to(linear.weight.device), scales.to(q.device), zeros.to(q.device)
+        dev = linear.weight.device  # (a GGUF's codes are read on the CPU)
+        q, scales, zeros = (t.to(dev) for t in (q, scales, zeros))
         self.in_features, self.out_features = k, n
         self.group_size = group_size
         self.register_buffer("qweight", _pack(pack_nibbles(q).contiguous(), inner_k_tiles(k)))

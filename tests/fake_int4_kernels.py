@@ -18,6 +18,7 @@ def fake_mm(rows, packed, group_size, scales_and_zeros):
     """Stands in for _weight_int4pack_mm: bf16 contiguous rows [M, K], scales and zeros
     [K/G, N, 2], w = (q - 8) * scale + zero, bf16 out."""
     assert rows.dtype == torch.bfloat16 and rows.is_contiguous() and rows.dim() == 2
+    assert rows.device == packed.device == scales_and_zeros.device  # (the kernel checks it)
     n, k = packed.shape[0], packed.shape[1] * 2
     assert scales_and_zeros.shape == (k // group_size, n, 2)
     assert scales_and_zeros.dtype == torch.bfloat16

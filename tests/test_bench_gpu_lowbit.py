@@ -39,5 +39,6 @@ def test_phase_q_code_path_with_stand_in_kernels(fake_cuda_kernels, monkeypatch)
     g = q["greedy_vs_dequantized"]
     assert g["tokens"] == 8 and g["same"] >= 6  # (bf16 rounding may flip a near-tie)
     assert g["prompt_logits_mean_abs_diff"] < 0.05 * g["prompt_logits_std"]
+    assert q["packing_ok"] and 0 < q["weights_vs_original_max_rel_err"] < 0.2
     md = "\n".join(lowbit_section(q))
     assert "| int4 |" in md and f"{g['same']}/8 the same" in md and "int4 " in md

@@ -14,7 +14,8 @@ from specdec import gguf as gguf_convert
 from specdec.fetch import convert_gguf
 from specdec.gguf_int4 import _BLOCK_BYTES, int4_codes
 from specdec.models import load_model, tokenizer_fingerprint
-from specdec.quantize import Int4Linear
+from specdec.quantize import Int4Linear, given_codes
+from specdec.quantize_cuda import CudaInt4Linear
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +139,32 @@ def test_int4_from_a_4bit_gguf_keeps_the_files_own_weights(tmp_path, monkeypatch
     for name, layer in again.model.named_modules():
         if isinstance(layer, Int4Linear):
             assert torch.equal(layer.dense.weight, weights[name].weight), name
+
+
+def test_int4_on_cuda_from_a_4bit_gguf_keeps_the_files_own_weights(tmp_path,
+                                                                   fake_cuda_kernels):
+    """The CUDA layer (stand-in kernels on a CPU, see fake_int4_kernels) built from the file's
+    blocks: group size 32, and the weights read back are the file's (up to bf16 scales)."""
+    gguf = write_tiny_gguf(tmp_path / "tiny-q4_0.gguf", matrices=GGMLQuantizationType.Q4_0)
+    plain = load_model(str(gguf), "float32", "cpu", str(tmp_path / "cache"))
+    modules = dict(plain.model.named_modules())
+    blocks = gguf_convert.int4_blocks(gguf, plain.model)
+    assert len(blocks) >= 14
+    for name, kind_rows in blocks.items():
+        layer = CudaInt4Linear(modules[name], 32, given_codes(kind_rows))
+        assert torch.allclose(layer.dequantized().float(), modules[name].weight.float(),
+                              rtol=1e-2, atol=1e-3), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_int4_on_a_gpu_from_a_4bit_gguf_keeps_the_files_own_weights(tmp_path):
+    gguf = write_tiny_gguf(tmp_path / "tiny-q4_0.gguf", matrices=GGMLQuantizationType.Q4_0)
+    plain = load_model(str(gguf), "bfloat16", "cuda", str(tmp_path / "cache"))
+    lm = load_model(str(gguf), "bfloat16", "cuda", str(tmp_path / "cache"), quantization="int4")
+    weights = dict(plain.model.named_modules())
+    layers = {n: m for n, m in lm.model.named_modules() if isinstance(m, CudaInt4Linear)}
+    assert len(layers) >= 14
+    for name, layer in layers.items():
+        assert layer.group_size == 32 and layer.scales_and_zeros.is_cuda, name
+        assert torch.allclose(layer.dequantized().float(), weights[name].weight.float(),
+                              rtol=1e-2, atol=1e-3), name

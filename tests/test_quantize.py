@@ -3,6 +3,7 @@ dequantized weights, and quantized models through the real loading path. End-to-
 exactness with quantized drafts is in test_exactness.py."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -180,7 +181,7 @@ def test_a_second_int4_load_reuses_the_cached_layers_and_calibration(model_dirs,
     calibration.write_text("torn")  # an unreadable calibration is measured again
     monkeypatch.undo()
     load_model(path, "float32", "cpu", cache, "int4")
-    assert json.loads(calibration.read_text())["max_rows"] in (SMALL_ROWS, *CALIBRATION_ROWS)
+    assert json.loads(calibration.read_text())["max_rows"] in (0, SMALL_ROWS, *CALIBRATION_ROWS)
 
 
 def test_calibration_sets_one_row_limit_and_changes_speed_only():
@@ -188,7 +189,7 @@ def test_calibration_sets_one_row_limit_and_changes_speed_only():
     model = nn.Sequential(*(nn.Linear(256, 256) for _ in range(3)))
     quantize(model, "int4")
     limit = calibrate(model, repeats=1)
-    assert limit in (SMALL_ROWS, *CALIBRATION_ROWS)
+    assert limit in (0, SMALL_ROWS, *CALIBRATION_ROWS)
     assert {m.max_rows for m in model if isinstance(m, Int4Linear)} == {limit}
     x = torch.randn(12, 256)
     outputs = []
@@ -197,6 +198,24 @@ def test_calibration_sets_one_row_limit_and_changes_speed_only():
             m.max_rows = rows
         outputs.append(model(x))
     assert torch.allclose(outputs[0], outputs[1], atol=1e-4)
+
+
+def test_calibration_turns_the_low_bit_path_off_where_it_loses_even_at_one_row(monkeypatch):
+    """(As int4 with float32 activations does on an AVX2-only CPU: a stand-in kernel that
+    sleeps 2 ms per layer.)"""
+    torch.manual_seed(0)
+    model = nn.Sequential(*(nn.Linear(256, 256) for _ in range(3)))
+    quantize(model, "int4")
+    kernel = Int4Linear.low_bit
+
+    def slow(self, rows):
+        time.sleep(0.002)
+        return kernel(self, rows)
+
+    monkeypatch.setattr(Int4Linear, "low_bit", slow)
+    assert calibrate(model, repeats=1) == 0
+    monkeypatch.setattr(Int4Linear, "low_bit", lambda self, rows: pytest.fail("low-bit used"))
+    model(torch.randn(1, 256))  # one row: the dense product
 
 
 # int4 on CUDA (specdec.quantize_cuda). Without a GPU: the selection and refusal logic, and
