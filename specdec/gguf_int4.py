@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from gguf.quants import Q4_K  # (its 6-bit scale and min unpacking)
 
 GROUP = 32  # values per scale and zero point, for every format here
 _BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q4_K": 144}
@@ -30,20 +31,12 @@ def repackable(type_name: str) -> bool:
 
 
 def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """[blocks, 16] bytes -> [blocks, 32] codes: the low nibbles, then the high ones."""
+    """[runs, B] bytes -> [runs, 2B] codes: the low nibbles, then the high ones."""
     return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
 
 
 def _f16(raw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(raw).view(np.float16).astype(np.float32)[..., 0]
-
-
-def _q4k_scale_min(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[blocks, 12] bytes -> the eight 6-bit scales and eight 6-bit mins, [blocks, 8] each."""
-    d, m, md = packed[:, 0:4], packed[:, 4:8], packed[:, 8:12]
-    sc = np.concatenate([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], axis=-1)
-    mn = np.concatenate([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], axis=-1)
-    return sc.astype(np.float32), mn.astype(np.float32)
 
 
 def int4_codes(type_name: str, rows: np.ndarray
@@ -56,9 +49,8 @@ def int4_codes(type_name: str, rows: np.ndarray
     blocks = rows.reshape(-1, _BLOCK_BYTES[type_name])                   # [N * blocks, bytes]
     if type_name == "Q4_K":
         d, dmin = _f16(blocks[:, 0:2])[:, None], _f16(blocks[:, 2:4])[:, None]
-        sc, mn = _q4k_scale_min(blocks[:, 4:16])
-        qs = blocks[:, 16:].reshape(-1, 4, 32)                           # [., pairs, 32]
-        codes = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8 * 32)
+        sc, mn = (x.astype(np.float32) for x in Q4_K.get_scale_min(blocks[:, 4:16]))
+        codes = _nibbles(blocks[:, 16:].reshape(-1, 32)).reshape(-1, 8 * 32)
         scales = d * sc                                                  # [N * blocks, 8]
         zeros = 8 * scales - dmin * mn
     else:
